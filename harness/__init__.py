@@ -1,0 +1,1 @@
+"""Segmentation research harness: declarative specs, one PyTorch loop, MLflow tracking."""

@@ -1,0 +1,115 @@
+"""Command line: `python -m harness experiment|predict|validate|models`.
+
+Exit status: 0 ok, 1 run failed, 2 bad input (spec, data, arguments), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from harness.spec import SpecError, load_spec
+
+EXAMPLES = """examples:
+  python -m harness experiment experiments/quickstart.yaml
+  python -m harness experiment experiments/unet.yaml data.root=../shared/data/oxford-pet-mini train.epochs=3
+  python -m harness validate experiments/resnet34_unet.yaml train.lr=3e-4
+  python -m harness predict --run <run id> --input photo.jpg --output predictions/
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Segmentation experiments tracked in MLflow.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("experiment", "train and test one spec, logging a run to MLflow"),
+                       ("validate", "check a spec (with overrides) and print the resolved YAML")):
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("spec", type=Path, help="experiment YAML (may name a base: spec)")
+        s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides applied after the file, e.g. train.lr=3e-4 data.image_size=96")
+    s = sub.add_parser("predict", help="write masks and overlays with a logged model")
+    s.add_argument("--run", required=True, help="MLflow run id whose model to use")
+    s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
+    s.add_argument("--output", required=True, type=Path, help="folder for <stem>_mask.png and <stem>_overlay.png")
+    s.add_argument("--threshold", type=float, default=None, help="default: the run's eval.threshold")
+    sub.add_parser("models", help="list registered model names")
+    return p
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # -> the run is marked KILLED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _dispatch(args)
+    except SpecError as err:
+        print(f"spec error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run was marked KILLED", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "models":
+        from harness.models import list_models
+        print("\n".join(list_models()))
+        return 0
+    if args.command == "validate":
+        import yaml
+        spec = load_spec(args.spec, args.overrides)
+        print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
+        print(f"# spec hash {spec.spec_hash()}", file=sys.stderr)
+        return 0
+    if args.command == "experiment":
+        return _experiment(args)
+    return _predict(args)
+
+
+def _experiment(args) -> int:
+    spec = load_spec(args.spec, args.overrides)  # validate before importing torch-heavy modules
+    from harness.data import DataError
+    from harness.experiment import run_experiment
+    from harness.models import WeightsUnavailable
+    from harness.tracking import MlflowTracker, default_tracking_uri
+
+    def make_tracker(params, tags):
+        return MlflowTracker(spec.tracking, spec.name, params, tags)
+
+    try:
+        result = run_experiment(spec, make_tracker)
+    except (DataError, WeightsUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the tracker has already marked the run FAILED with its traceback
+        print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id} FINISHED in experiment '{spec.tracking}' ({default_tracking_uri()})")
+    return 0
+
+
+def _predict(args) -> int:
+    from harness.predict import list_inputs, predict_paths
+    from harness.tracking import load_model, run_params
+
+    try:
+        inputs = list_inputs(args.input)
+        params = run_params(args.run)
+    except Exception as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = load_model(args.run)
+    threshold = args.threshold if args.threshold is not None else float(params.get("eval.threshold", 0.5))
+    written = predict_paths(model, inputs, args.output, size=int(params["data.image_size"]), threshold=threshold)
+    print(f"wrote {len(written)} mask(s) and overlay(s) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""What a user needs to trust a run: code version, environment, device. No env vars, no secrets."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+HARNESS_VERSION = metadata.version("seg-harness") if "seg-harness" in {
+    d.metadata["Name"] for d in metadata.distributions()} else "0+unknown"
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """{'git.commit': sha or 'unknown', 'git.dirty': 'true'|'false'|'unknown'}."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"git.commit": sha, "git.dirty": str(bool(status.strip())).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    env = {
+        "env.python": platform.python_version(),
+        "env.platform": platform.platform(),
+        "env.torch": torch.__version__,
+        "env.harness": HARNESS_VERSION,
+        "env.cpu_threads": str(torch.get_num_threads()),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["device.name"] = torch.cuda.get_device_name(device)
+        env["env.cuda"] = str(torch.version.cuda)
+    for pkg in ("torchvision", "mlflow", "albumentations", "numpy"):
+        try:
+            env[f"env.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return env

@@ -1,0 +1,154 @@
+"""The one module that imports mlflow. The training loop sees only the small `Tracker` interface.
+
+Default store: SQLite at `mlruns/mlflow.db` with artifacts under `mlruns/artifacts/`, relative
+to the working directory; `MLFLOW_TRACKING_URI` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import RunStatus
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+STORE_DIR = Path("mlruns")
+MODEL_NAME = "model"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+class Tracker(Protocol):
+    """What the loop needs from a tracking backend."""
+
+    run_id: str
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+
+class NullTracker:
+    """Tracker that records nothing (benchmarks, the minimal-loop comparison)."""
+
+    run_id = "none"
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifact(self, path, folder=None):
+        pass
+
+    def log_model(self, model, example):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+class MlflowTracker:
+    """One MLflow run. As a context manager it ends the run FINISHED, KILLED or FAILED, never RUNNING.
+
+    An exception marks the run FAILED and stores the traceback as `traceback.txt`; Ctrl-C
+    (KeyboardInterrupt) and SIGTERM (converted to KeyboardInterrupt by the CLI) mark it KILLED.
+    """
+
+    def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+                 tracking_uri: str | None = None):
+        self.experiment, self.run_name = experiment, run_name
+        self.params, self.tags = params, tags
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.run_id = ""
+
+    def __enter__(self) -> "MlflowTracker":
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        experiment_id = _experiment_id(self.experiment, self.tracking_uri)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                               tags={k: str(v) for k, v in self.tags.items()})
+        self.run_id = run.info.run_id
+        mlflow.log_params(self.params)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            return False
+        if issubclass(exc_type, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+            try:
+                mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt")
+                mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+            except Exception:  # the store itself may be what failed; still end the run
+                pass
+        mlflow.end_run(RunStatus.to_string(status))
+        return False
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=True)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """Log with torch.export ('pt2', MLflow 3's default off Databricks: no pickle on load).
+
+        The signature marks batch, height and width as dynamic (-1), so the exported program
+        accepts any size; the example needs batch > 1 for the batch dim to stay dynamic.
+        """
+        model = model.eval().cpu()
+        example = example.cpu().float()
+        with torch.no_grad():
+            output = model(example)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "image")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, output.shape[1], -1, -1), "logits")]),
+        )
+        mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature,
+                                 input_example=example.numpy(), serialization_format="pt2")
+
+
+def _experiment_id(name: str, uri: str) -> str:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+# ----------------------------------------------------------------------------- reading back
+
+
+def load_model(run_id: str, tracking_uri: str | None = None) -> torch.nn.Module:
+    """The model logged by `MlflowTracker.log_model` for a run."""
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    return mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_NAME}", map_location="cpu")
+
+
+def run_params(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
+    return MlflowClient(tracking_uri or default_tracking_uri()).get_run(run_id).data.params

@@ -1,0 +1,179 @@
+"""The one training loop: for epoch -> train_one_epoch -> evaluate -> tracker.log_metrics.
+
+Everything here takes plain arguments; only `run_experiment` reads the spec. Per-step host
+syncs are avoided: the running loss stays on the device and is read every `SYNC_EVERY` steps
+for the progress bar, and metrics are accumulated on the device and read once per evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from harness.metrics import MetricAccumulator
+
+SYNC_EVERY = 10  # steps between progress-bar updates (each one is a host sync)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training loss became NaN or Inf."""
+
+
+@dataclass
+class StepConfig:
+    """How a batch is run: device placement, precision and memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, masks: torch.Tensor):
+        """uint8 (N, 3, H, W) and (N, 1, H, W) -> float images in [0, 1] and float masks, on device."""
+        images = images.to(self.device, non_blocking=True).float().div_(255.0)
+        masks = masks.to(self.device, non_blocking=True).float()
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks
+
+
+@dataclass
+class EpochStats:
+    metrics: dict[str, float]
+    counts: torch.Tensor | None = None  # (N, 4) per-image confusion counts (evaluate only)
+    extra: dict = field(default_factory=dict)
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler,
+                    cfg: StepConfig, *, grad_clip: float | None = None, desc: str = "train") -> EpochStats:
+    """One pass over `loader`. Returns train/loss and throughput; raises NonFiniteLoss."""
+    model.train()
+    loss_sum = torch.zeros((), device=cfg.device)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for step, (images, masks, _) in enumerate(bar, 1):
+        images, masks = cfg.to_device(images, masks)
+        with cfg.autocast():
+            logits = model(images)
+        loss = loss_fn(logits, masks)  # losses run in float32 outside autocast
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * images.shape[0]
+        seen += images.shape[0]
+        if step % SYNC_EVERY == 0:
+            mean = (loss_sum / seen).item()
+            _check_finite(mean, desc, step)
+            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    if cfg.device.type == "cuda":
+        torch.cuda.synchronize(cfg.device)
+    elapsed = time.perf_counter() - start
+    mean = (loss_sum / max(seen, 1)).item()
+    _check_finite(mean, desc, len(loader))
+    return EpochStats({"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed})
+
+
+def _check_finite(value: float, desc: str, step: int) -> None:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise NonFiniteLoss(f"non-finite training loss ({value}) in {desc}, by step {step}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: float = 0.5,
+             prefix: str = "val") -> EpochStats:
+    """Loss and Dice/IoU/accuracy over `loader`, keys '<prefix>/...'; counts per image in order."""
+    model.eval()
+    acc = MetricAccumulator(threshold)
+    loss_sum = torch.zeros((), device=cfg.device)
+    seen = 0
+    start = time.perf_counter()
+    for images, masks, _ in tqdm(loader, desc=prefix, unit="batch", leave=False, dynamic_ncols=True):
+        images, masks = cfg.to_device(images, masks)
+        with cfg.autocast():
+            logits = model(images)
+        loss_sum += loss_fn(logits, masks) * images.shape[0]
+        acc.update(logits.float(), masks)
+        seen += images.shape[0]
+    counts = acc.counts()
+    metrics = {f"{prefix}/{k}": v for k, v in acc.compute().items()}
+    metrics[f"{prefix}/loss"] = (loss_sum / max(seen, 1)).item()
+    metrics[f"throughput/{prefix}_img_s"] = seen / (time.perf_counter() - start)
+    return EpochStats(metrics, counts)
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("train.device=mps but MPS is not available")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 (AVX512-BF16 / AMX); elsewhere bf16 autocast is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Spec 'amp' -> autocast dtype, or None for float32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9):
+    table = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
+    }
+    if name not in table:
+        raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(table)}")
+    return table[name]()
+
+
+def build_scheduler(name: str, optimizer, *, epochs: int):
+    """Stepped once per epoch; 'plateau' is stepped with val Dice (mode max)."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    raise ValueError(f"unknown scheduler '{name}'; valid: none, cosine, plateau")
