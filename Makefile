@@ -1,0 +1,49 @@
+# Every target installs what it needs on first use (a virtual environment in .venv).
+# `make help` lists them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SPEC ?= experiments/quickstart.yaml
+SET ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+PYTEST_ARGS ?=
+export NO_ALBUMENTATIONS_UPDATE = 1
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+.PHONY: help install experiment validate test test-all ui predict clean-venv
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: SPEC=<yaml> SET=\"key=value ...\" RUN=<run id> INPUT=<path> OUTPUT=<dir> HOST PORT"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the project with its dev extra
+
+experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) with overrides SET
+	$(PY) -m harness experiment $(SPEC) $(SET)
+
+validate: $(VENV)/.installed  ## check SPEC with SET and print the resolved YAML
+	$(PY) -m harness validate $(SPEC) $(SET)
+
+test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed  ## every test, slow ones included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+ui: $(VENV)/.installed  ## MLflow UI on http://$(HOST):$(PORT)
+	@mkdir -p mlruns
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
+
+predict: $(VENV)/.installed  ## masks + overlays: RUN=<run id> INPUT=<file|dir> OUTPUT=<dir>
+	@test -n "$(RUN)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict RUN=<run id> INPUT=<file or folder> OUTPUT=<folder>"; exit 2; }
+	$(PY) -m harness predict --run $(RUN) --input $(INPUT) --output $(OUTPUT)
+
+clean-venv:  ## remove .venv (the next target reinstalls)
+	rm -rf $(VENV)

@@ -1,0 +1,105 @@
+"""A tiny CPU run through the CLI: one FINISHED MLflow run with every metric and artifact; predict."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import EXPERIMENTS
+from harness.spec import load_spec
+
+EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "val/iou_micro", "val/pixel_acc",
+              "lr", "time/epoch_s", "throughput/train_img_s"}
+FINAL_KEYS = {"test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc", "model/num_params"}
+TAG_KEYS = {"spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "env.torch", "env.harness"}
+SECRET = "planted-secret-7f3a9c"
+ARTIFACTS = {"spec.yaml", "learning_curves.png", "val_predictions.png", "test_per_image.csv"}
+
+
+def _cli(args, cwd, uri):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "AWS_SECRET_ACCESS_KEY": SECRET}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    proc = _cli(["experiment", str(EXPERIMENTS / "debug.yaml"), "train.epochs=4"], tmp, uri)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert len(runs) == 1
+    return tmp, uri, client, runs[0]
+
+
+def test_run_is_finished_with_every_metric(finished_run):
+    _, _, client, run = finished_run
+    assert run.info.status == "FINISHED"
+    assert EPOCH_KEYS | FINAL_KEYS <= set(run.data.metrics)
+    for key in EPOCH_KEYS:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == [1, 2, 3, 4], key  # one step per epoch, none duplicated or missing
+
+
+def test_learning_happens(finished_run):
+    _, _, client, run = finished_run
+    dice = [m.value for m in client.get_metric_history(run.info.run_id, "val/dice")]
+    assert dice[-1] > dice[0]
+
+
+def test_params_are_the_flattened_spec(finished_run):
+    _, _, _, run = finished_run
+    params = run.data.params
+    assert params["model.arch"] == "unet" and params["train.epochs"] == "4" and params["data.image_size"] == "32"
+    assert TAG_KEYS <= set(run.data.tags)
+
+
+def test_artifacts(finished_run):
+    _, _, client, run = finished_run
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert ARTIFACTS <= names
+    local = Path(client.download_artifacts(run.info.run_id, "test_per_image.csv"))
+    rows = list(csv.DictReader(local.open()))
+    assert len(rows) == int(run.data.tags["data.n_test"])
+    mean = np.mean([float(r["dice"]) for r in rows])
+    assert mean == pytest.approx(run.data.metrics["test/dice"], abs=1e-5)
+    logged_spec = load_spec(client.download_artifacts(run.info.run_id, "spec.yaml"))
+    assert logged_spec.spec_hash() == run.data.tags["spec_hash"]
+    png = Image.open(client.download_artifacts(run.info.run_id, "val_predictions.png"))
+    assert png.width > 100 and png.height > 100
+
+
+def test_no_secret_environment_variable_is_recorded(finished_run):
+    tmp, _, _, run = finished_run
+    assert SECRET not in repr(run.data.params) + repr(run.data.tags)
+    for path in (tmp / "mlruns").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_predict_round_trip(finished_run, tmp_path):
+    tmp, uri, _, run = finished_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(inputs / "a.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(inputs / "b.jpg")
+    proc = _cli(["predict", "--run", run.info.run_id, "--input", str(inputs), "--output", str(tmp_path / "out")],
+                tmp, uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stem, size in (("a", (70, 45)), ("b", (32, 32))):
+        mask = Image.open(tmp_path / "out" / f"{stem}_mask.png")
+        assert mask.size == size
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == size

@@ -1,0 +1,125 @@
+"""Every shipped spec loads; bad specs fail with the file and field named, exit 2, no run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXPERIMENTS, REPO
+from harness.spec import ExperimentSpec, SpecError, flatten, load_spec
+
+ALL_SPECS = sorted(EXPERIMENTS.rglob("*.yaml"))
+
+
+def test_specs_exist():
+    names = {p.relative_to(EXPERIMENTS).as_posix() for p in ALL_SPECS}
+    required = {"base.yaml", "quickstart.yaml", "debug.yaml", "unet.yaml", "resnet34_unet.yaml",
+                "loss_bce.yaml", "loss_bce_with_logits.yaml"}
+    assert required <= names
+    assert {f"augment/{p}.yaml" for p in ("none", "flip", "crop_flip", "color", "elastic")} <= names
+
+
+@pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.relative_to(EXPERIMENTS).as_posix())
+def test_every_spec_loads(path):
+    spec = load_spec(path)
+    assert isinstance(spec, ExperimentSpec)
+    if spec.data.root:
+        assert Path(spec.data.root).is_absolute()
+
+
+def test_child_holds_only_differences():
+    unet, resnet = load_spec(EXPERIMENTS / "unet.yaml"), load_spec(EXPERIMENTS / "resnet34_unet.yaml")
+    diff = {k for k, v in flatten(unet.to_dict()).items() if flatten(resnet.to_dict())[k] != v}
+    assert diff == {"name", "model.arch"}
+
+
+def test_overrides_are_typed_and_applied():
+    spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.lr=3e-4", "model.arch=resnet34_unet", "train.grad_clip=1"])
+    assert spec.train.lr == 3e-4 and spec.model.arch == "resnet34_unet" and spec.train.grad_clip == 1.0
+
+
+def test_spec_hash_tracks_content():
+    a = load_spec(EXPERIMENTS / "debug.yaml")
+    assert a.spec_hash() == load_spec(EXPERIMENTS / "debug.yaml").spec_hash()
+    assert a.spec_hash() != load_spec(EXPERIMENTS / "debug.yaml", ["seed=1"]).spec_hash()
+
+
+def test_data_root_is_relative_to_the_spec_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("data: {dataset: folder, root: mydata}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../base.yaml\nname: child\n")
+    spec = load_spec(tmp_path / "sub" / "child.yaml")
+    assert spec.data.root == str((tmp_path / "mydata").resolve())
+
+
+BAD = {
+    # case: (yaml text, extra overrides, words the message must contain)
+    "unknown_top_key": ("epochz: 3\n", [], ["epochz", "unknown field", ":1"]),
+    "unknown_nested_key": ("train:\n  lr: 0.1\n  lrate: 0.1\n", [], ["train.lrate", ":3", "epochs"]),
+    "wrong_type": ("train: {epochs: many}\n", [], ["train.epochs", "integer"]),
+    "unknown_arch": ("model: {arch: segformer}\n", [], ["model.arch", "unet", "resnet34_unet"]),
+    "unknown_loss": ("train: {loss: focal}\n", [], ["train.loss", "bce_with_logits"]),
+    "negative_lr": ("train: {lr: -0.1}\n", [], ["train.lr", "greater than 0"]),
+    "unknown_transform": ("augment:\n  - {name: HorizontalFlipp}\n", [], ["augment", "HorizontalFlipp"]),
+    "unknown_transform_arg": ("augment:\n  - {name: HorizontalFlip, prob: 0.5}\n", [], ["augment", "prob"]),
+    "bad_transform_value": ("augment:\n  - {name: HorizontalFlip, p: 2}\n", [], ["augment", "less than or equal to 1"]),
+    "unknown_preset": ("augment: mixup\n", [], ["augment", "flip", "crop_flip"]),
+    "bad_yaml": ("train: {epochs: 3\n", [], ["invalid YAML", ":2"]),
+    "empty_file": ("", [], ["empty"]),
+    "not_a_mapping": ("- 1\n- 2\n", [], ["mapping"]),
+    "missing_base": ("base: nowhere.yaml\n", [], ["base", "not found"]),
+    "override_unknown_field": ("name: x\n", ["train.lrr=1"], ["train.lrr", "does not exist", "lr"]),
+    "override_bad_value": ("name: x\n", ["train.amp=fp8"], ["train.amp", "bf16"]),
+    "root_missing": ("data: {dataset: oxford_pet}\n", [], ["data.root", "required"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_spec_names_file_and_field(case, tmp_path):
+    text, overrides, words = BAD[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    message = str(info.value)
+    if not overrides:
+        assert str(path) in message
+    for word in words:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+def test_base_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(SpecError, match="cycle"):
+        load_spec(tmp_path / "a.yaml")
+
+
+def test_error_points_at_the_file_that_sets_the_field(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: b\ntrain:\n  epochs: -1\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: c\n")
+    with pytest.raises(SpecError, match=r"base\.yaml:3: field 'train\.epochs'"):
+        load_spec(tmp_path / "child.yaml")
+
+
+@pytest.mark.parametrize("case", ["unknown_nested_key", "unknown_arch", "negative_lr", "unknown_transform_arg"])
+def test_cli_exits_2_and_creates_no_run(case, tmp_path):
+    text, _, words = BAD[case]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "PATH": "/usr/bin:/bin",
+           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "experiment", str(spec)], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert words[0] in proc.stderr and str(spec) in proc.stderr
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_cli_help_mentions_overrides():
+    proc = subprocess.run([sys.executable, "-m", "harness", "experiment", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "KEY=VALUE" in proc.stdout
