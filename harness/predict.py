@@ -33,8 +33,7 @@ def predict_mask(model: torch.nn.Module, image: Image.Image, size: int, threshol
     """
     rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255.0
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-    x = torch.cat([x, x])  # the exported program was traced with batch 2; keep the batch > 1
-    logits = model(x)[:1]
+    logits = model(x)
     logits = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
     return (torch.sigmoid(logits)[0, 0] > threshold).numpy().astype(np.uint8)
 

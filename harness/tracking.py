@@ -43,6 +43,15 @@ class NullTracker:
 
     run_id = "none"
 
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
     def log_metrics(self, metrics, step):
         pass
 
@@ -117,8 +126,9 @@ class MlflowTracker:
         with torch.no_grad():
             output = model(example)
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "image")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, output.shape[1], -1, -1), "logits")]),
+            # Unnamed specs: a named input makes pyfunc pass a dict, which the torch flavor refuses.
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, output.shape[1], -1, -1))]),
         )
         mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature,
                                  input_example=example.numpy(), serialization_format="pt2")

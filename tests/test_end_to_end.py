@@ -103,3 +103,13 @@ def test_predict_round_trip(finished_run, tmp_path):
         assert mask.size == size
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
         assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == size
+
+
+def test_logged_model_serves_through_pyfunc(finished_run):
+    import mlflow
+
+    _, uri, _, run = finished_run
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    out = model.predict(np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32))
+    assert out.shape == (1, 1, 40, 56) and np.isfinite(out).all()

@@ -1,0 +1,80 @@
+"""No code path leaves a run RUNNING: failures are FAILED (with traceback), interrupts KILLED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS
+from harness import experiment as experiment_module
+from harness.experiment import run_experiment
+from harness.spec import load_spec
+from harness.tracking import MlflowTracker
+from harness.train import NonFiniteLoss
+
+
+def _run(store, tmp_path, on_epoch=None, overrides=("train.epochs=2",)):
+    spec = load_spec(EXPERIMENTS / "debug.yaml", list(overrides))
+    make = lambda params, tags: MlflowTracker(spec.tracking, spec.name, params, tags, tracking_uri=store)  # noqa: E731
+    return run_experiment(spec, make, checkpoint_root=tmp_path / "ckpt", on_epoch=on_epoch)
+
+
+def _only_run(store):
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_exception_marks_failed_with_traceback(store, tmp_path):
+    def boom(epoch, metrics):
+        raise RuntimeError(f"boom at epoch {epoch}")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(store, tmp_path, boom)
+    client, run = _only_run(store)
+    assert run.info.status == "FAILED"
+    assert "boom at epoch 1" in run.data.tags["error"]
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_keyboard_interrupt_marks_killed(store, tmp_path):
+    def interrupt(epoch, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(store, tmp_path, interrupt)
+    _, run = _only_run(store)
+    assert run.info.status == "KILLED"
+    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val/dice")] == [1]
+
+
+def test_nan_loss_fails_naming_the_epoch(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment_module, "get_loss", lambda name: lambda logits, target: logits.mean() * torch.nan)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1/2.*step"):
+        _run(store, tmp_path)
+    _, run = _only_run(store)
+    assert run.info.status == "FAILED"
+
+
+def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "experiment", str(EXPERIMENTS / "debug.yaml"),
+                             "train.epochs=500"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("epoch   1/500") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    _, run = _only_run(store)
+    assert run.info.status == "KILLED"
