@@ -66,6 +66,11 @@ class TrainSpec(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
 
 class EvalSpec(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)

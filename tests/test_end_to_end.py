@@ -113,3 +113,27 @@ def test_logged_model_serves_through_pyfunc(finished_run):
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     out = model.predict(np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32))
     assert out.shape == (1, 1, 40, 56) and np.isfinite(out).all()
+
+
+def test_cosine_schedule_lowers_lr_each_epoch(finished_run):
+    _, _, client, run = finished_run
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs[0] == pytest.approx(float(run.data.params["train.lr"]))
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_analysis_reads_the_run_without_harness(finished_run):
+    _, uri, _, run = finished_run
+    code = (
+        "import sys; from analysis.runs import load_runs, load_history, load_per_image\n"
+        f"runs = load_runs('debug', {uri!r})\n"
+        "assert len(runs) == 1 and runs['model.arch'][0] == 'unet'\n"
+        "hist = load_history(list(runs.run_id), " + repr(uri) + ")\n"
+        "assert sorted(hist[hist.metric == 'val/dice'].epoch) == [1, 2, 3, 4]\n"
+        "per = load_per_image(runs.run_id[0], " + repr(uri) + ")\n"
+        "assert abs(per.dice.mean() - runs['test/dice'][0]) < 1e-5\n"
+        "assert not any(m.startswith('harness') for m in sys.modules), 'analysis imported harness'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -41,6 +41,12 @@ def test_overrides_are_typed_and_applied():
     assert spec.train.lr == 3e-4 and spec.model.arch == "resnet34_unet" and spec.train.grad_clip == 1.0
 
 
+def test_bare_off_means_off(tmp_path):
+    (tmp_path / "s.yaml").write_text("train:\n  amp: off\n")
+    assert load_spec(tmp_path / "s.yaml").train.amp == "off"
+    assert load_spec(EXPERIMENTS / "debug.yaml", ["train.amp=off"]).train.amp == "off"
+
+
 def test_spec_hash_tracks_content():
     a = load_spec(EXPERIMENTS / "debug.yaml")
     assert a.spec_hash() == load_spec(EXPERIMENTS / "debug.yaml").spec_hash()

@@ -1,0 +1,63 @@
+"""MLflow runs -> tidy pandas DataFrames. The one place that knows metric and param names.
+
+Reads the store through `mlflow.search_runs` and the run artifacts; nothing here imports
+`harness`, so analyses keep working on runs made by older versions of the training code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+TEST_METRICS = ["test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc"]
+EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "lr", "time/epoch_s",
+                 "throughput/train_img_s"]
+KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "train.loss", "train.lr", "train.optimizer",
+              "train.epochs", "data.dataset", "data.image_size", "data.foreground", "seed"]
+KEY_TAGS = ["spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
+
+
+def load_runs(experiment: str, uri: str | None = None, status: str | None = "FINISHED") -> pd.DataFrame:
+    """One row per run: run_id, status, start_time, the key params, tags and final test metrics.
+
+    Params stay strings in MLflow; numeric ones are converted here. Missing columns are NaN.
+    """
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    filter_string = f"attributes.status = '{status}'" if status else ""
+    raw = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
+    if raw.empty:
+        return pd.DataFrame(columns=["run_id", "status", "start_time", *KEY_PARAMS, *KEY_TAGS, *TEST_METRICS])
+    out = pd.DataFrame({"run_id": raw["run_id"], "status": raw["status"], "start_time": raw["start_time"]})
+    for name in KEY_PARAMS:
+        out[name] = raw.get(f"params.{name}")
+    for name in KEY_TAGS:
+        out[name] = raw.get(f"tags.{name}")
+    for name in [*TEST_METRICS, "model/num_params", "best/val_dice"]:
+        out[name] = raw.get(f"metrics.{name}")
+    for name in ("model.base_width", "train.lr", "train.epochs", "data.image_size", "seed"):
+        out[name] = pd.to_numeric(out[name], errors="coerce")
+    return out
+
+
+def load_history(run_ids: list[str], uri: str | None = None, metrics: list[str] = EPOCH_METRICS) -> pd.DataFrame:
+    """Long table of per-epoch metrics: run_id, metric, epoch, value."""
+    client = MlflowClient(tracking_uri(uri))
+    rows = [(rid, key, m.step, m.value) for rid in run_ids for key in metrics
+            for m in client.get_metric_history(rid, key)]
+    return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
+
+
+def load_per_image(run_id: str, uri: str | None = None) -> pd.DataFrame:
+    """The run's `test_per_image.csv`: name, dice, iou, tp, fp, fn, tn, fg_pixels."""
+    client = MlflowClient(tracking_uri(uri))
+    frame = pd.read_csv(client.download_artifacts(run_id, "test_per_image.csv"))
+    frame.insert(0, "run_id", run_id)
+    return frame

@@ -1,0 +1,67 @@
+"""The loop's guarantees: deterministic on CPU, early stopping, AMP resolution, channels_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import EXPERIMENTS
+from harness.experiment import run_experiment
+from harness.spec import load_spec
+from harness.tracking import NullTracker
+from harness.train import cpu_supports_bf16, resolve_amp, select_device
+
+
+def _run(tmp_path, *overrides):
+    spec = load_spec(EXPERIMENTS / "debug.yaml", list(overrides))
+    return run_experiment(spec, NullTracker, checkpoint_root=tmp_path)
+
+
+def test_same_seed_same_run_on_cpu(tmp_path):
+    a = _run(tmp_path / "a", "train.epochs=2", "augment=flip")
+    b = _run(tmp_path / "b", "train.epochs=2", "augment=flip")
+    assert [h["val/dice"] for h in a.history] == [h["val/dice"] for h in b.history]
+    assert [h["train/loss"] for h in a.history] == [h["train/loss"] for h in b.history]
+    c = _run(tmp_path / "c", "train.epochs=2", "augment=flip", "seed=1")
+    assert [h["train/loss"] for h in a.history] != [h["train/loss"] for h in c.history]
+
+
+def test_early_stopping_stops_when_val_dice_stalls(tmp_path, monkeypatch):
+    from harness import experiment
+
+    scripted = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.7])
+    real = experiment.evaluate
+
+    def fake_evaluate(*args, prefix="val", **kwargs):
+        stats = real(*args, prefix=prefix, **kwargs)
+        if prefix == "val":
+            stats.metrics["val/dice"] = next(scripted)
+        return stats
+
+    monkeypatch.setattr(experiment, "evaluate", fake_evaluate)
+    result = _run(tmp_path, "train.epochs=6", "train.early_stopping_patience=3")
+    assert len(result.history) == 5  # epochs 3, 4, 5 do not beat 0.6
+    assert result.best_epoch == 2 and result.best_val_dice == 0.6
+
+
+@pytest.mark.parametrize("overrides", [("train.channels_last=true", "train.amp=off"),
+                                       ("train.amp=bf16", "train.loss=bce", "train.optimizer=sgd",
+                                        "train.scheduler=plateau", "train.grad_clip=1.0")])
+def test_variants_train_and_test(tmp_path, overrides):
+    result = _run(tmp_path, "train.epochs=1", *overrides)
+    assert 0.0 <= result.test["test/dice"] <= 1.0
+
+
+def test_amp_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp("fp16", cpu) is torch.float16
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if cpu_supports_bf16() else None)
+
+
+def test_explicit_missing_device_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        select_device("cuda")
