@@ -9,10 +9,13 @@ SET ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 PYTEST_ARGS ?=
+WORKERS ?= 1
+STORAGE ?=
+STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install experiment validate test test-all ui predict clean-venv
+.PHONY: help install experiment validate study dashboard bench test test-all ui predict clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +33,17 @@ experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) wit
 
 validate: $(VENV)/.installed  ## check SPEC with SET and print the resolved YAML
 	$(PY) -m harness validate $(SPEC) $(SET)
+
+study: $(VENV)/.installed  ## run/resume an Optuna study: SPEC=<study yaml> [WORKERS=N] [STORAGE=url]
+	$(PY) -m harness study $(if $(filter command line,$(origin SPEC)),$(SPEC),$(STUDY_SPEC)) $(SET) \
+		--workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE))
+
+dashboard: $(VENV)/.installed  ## optuna-dashboard on http://$(HOST):8080 (STUDY=<name> or STORAGE=url)
+	$(VENV)/bin/optuna-dashboard --host $(HOST) --port 8080 \
+		$(or $(STORAGE),mlruns/optuna/$(or $(STUDY),$(basename $(notdir $(STUDY_SPEC)))).journal)
+
+bench: $(VENV)/.installed  ## throughput of the loop per model and precision (prints a table, saves JSON)
+	$(PY) -m harness.bench $(BENCH_ARGS)
 
 test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

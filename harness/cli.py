@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("spec", type=Path, help="experiment YAML (may name a base: spec)")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides applied after the file, e.g. train.lr=3e-4 data.image_size=96")
+    s = sub.add_parser("study", help="run or resume an Optuna study over an experiment spec",
+                       description="Run or resume an Optuna study: every trial is an MLflow run nested under "
+                                   "the study's parent run. Re-running the same command resumes up to n_trials.")
+    s.add_argument("spec", type=Path, help="study YAML (base experiment spec + search_space)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study-level overrides, e.g. n_trials=4")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    s.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file under mlruns/optuna/)")
+    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
     s.add_argument("--run", required=True, help="MLflow run id whose model to use")
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
@@ -69,6 +77,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "experiment":
         return _experiment(args)
+    if args.command == "study":
+        return _study(args)
     return _predict(args)
 
 
@@ -91,6 +101,23 @@ def _experiment(args) -> int:
         print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     print(f"run {result.run_id} FINISHED in experiment '{spec.tracking}' ({default_tracking_uri()})")
+    return 0
+
+
+def _study(args) -> int:
+    from harness.studyspec import load_study_spec
+
+    spec, base = load_study_spec(args.spec, args.overrides)
+    from harness.study import run_study, run_worker
+
+    if args.worker_index is not None:
+        run_worker(spec, base, args.storage, args.worker_index)
+        return 0
+    cmd = [sys.executable, "-m", "harness", "study", str(args.spec), *args.overrides]
+    if args.storage:
+        cmd += ["--storage", args.storage]
+    study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage, worker_cmd=cmd)
+    print(f"study '{spec.name}': {len(study.trials)} trials in storage")
     return 0
 
 

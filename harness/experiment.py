@@ -8,6 +8,7 @@ created, so a bad input leaves no half-made run behind.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import random
 import tempfile
@@ -53,6 +54,15 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # speed over bitwise repeatability on GPU
 
 
+@functools.lru_cache(maxsize=2)
+def cached_data(dataset: str, **kwargs):
+    """build_data, memoised per process: the trials of one study worker decode the data once.
+
+    Arrays are never modified in place (splits copy on indexing, augmentation returns new arrays).
+    """
+    return build_data(dataset, **kwargs)
+
+
 def _save_atomic(obj, path: Path) -> None:
     """Write then rename, so a crash never leaves a truncated checkpoint."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -66,7 +76,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     device = select_device(spec.train.device)
     seed_everything(spec.seed, device)
     d, t = spec.data, spec.train
-    data = build_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
+    data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
                       val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size)
     model = create_model(spec.model.arch, upsample=spec.model.upsample, base_width=spec.model.base_width,
                          encoder_weights=spec.model.encoder_weights).to(device)

@@ -110,7 +110,7 @@ class ExperimentSpec(_Section):
 # ----------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
+def read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
     """Parse a spec file with `safe_load`, and keep the node tree to find lines for errors."""
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
@@ -145,21 +145,21 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, list[tup
     if path in seen:
         cycle = " -> ".join(str(p) for p in (*seen, path))
         raise SpecError(f"{path}: base: cycle: {cycle}")
-    data, node = _read_yaml(path)
+    data, node = read_yaml(path)
     chain = [(path, node)]
     base = data.pop("base", None)
     if base is None:
         return data, chain
     if not isinstance(base, str):
-        raise SpecError(f"{path}:{_line(node, ('base',))}: field 'base' must be a path string")
+        raise SpecError(f"{path}:{line_of(node, ('base',))}: field 'base' must be a path string")
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
-        raise SpecError(f"{path}:{_line(node, ('base',))}: field 'base': file not found: {base_path}")
+        raise SpecError(f"{path}:{line_of(node, ('base',))}: field 'base': file not found: {base_path}")
     parent, parent_chain = _load_chain(base_path, (*seen, path))
     return _merge(parent, data), chain + parent_chain
 
 
-def _line(node, keys: tuple) -> str:
+def line_of(node, keys: tuple) -> str:
     """1-based line of a dotted key in a composed YAML mapping, or '?'."""
     for key in keys:
         if not isinstance(node, yaml.MappingNode):
@@ -177,7 +177,7 @@ def _locate(chain, keys: tuple) -> str:
     """'file:line' of the nearest file in the chain that sets `keys` (or a prefix of them)."""
     for depth in range(len(keys), 0, -1):
         for path, node in chain:
-            line = _line(node, keys[:depth])
+            line = line_of(node, keys[:depth])
             if line != "?":
                 return f"{path}:{line}"
     return str(chain[0][0])
@@ -237,7 +237,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
 
 def _defining_file(chain, keys) -> Path:
     for path, node in chain:
-        if _line(node, keys) != "?":
+        if line_of(node, keys) != "?":
             return path
     return chain[0][0]
 

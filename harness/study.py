@@ -1,0 +1,232 @@
+"""Optuna studies over experiment specs. The one module that imports optuna.
+
+Each trial is an ordinary experiment run (same loop, same MLflow record) nested under one
+parent run per study. The parent holds the study's settings, a trials table, figures and the
+best value and params; the best trial is also written as a ready-to-run experiment spec.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+import yaml
+
+from harness import tracking
+from harness.experiment import run_experiment
+from harness.spec import flatten, load_spec
+from harness.studyspec import StudySpec
+
+GENERATED = Path("experiments/generated")
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class Pruned(optuna.TrialPruned):
+    """Ends the trial's MLflow run KILLED, tagged PRUNED (tracking honours these attributes)."""
+
+    run_status = "KILLED"
+    run_tags = {"trial.state": "PRUNED"}
+
+
+def storage_for(spec: StudySpec, override: str | None = None):
+    """Default: a journal file under mlruns/optuna/. RDB URLs get heartbeats and one retry."""
+    url = override or spec.storage
+    if not url:
+        path = Path("mlruns/optuna") / f"{spec.name}.journal"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if url.startswith(("sqlite", "postgresql", "mysql")):
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=10, grace_period=30,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    raise ValueError(f"unsupported storage '{url}': use sqlite:///..., postgresql://... or leave it empty")
+
+
+def _sampler(spec: StudySpec, worker: int):
+    seed = spec.seed + worker  # parallel workers must not draw the same sequence
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({k: p.choices for k, p in spec.search_space.items()}, seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+
+
+def _pruner(spec: StudySpec):
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, storage, worker: int = 0) -> optuna.Study:
+    return optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True,
+                               direction=spec.direction, sampler=_sampler(spec, worker), pruner=_pruner(spec))
+
+
+def _suggest(trial: optuna.Trial, name: str, p):
+    if p.type == "categorical":
+        return trial.suggest_categorical(name, p.choices)
+    if p.type == "int":
+        return trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+
+
+def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: str):
+    """Objective: build the trial's experiment spec, run it, report the metric each epoch."""
+    better = max if spec.direction == "maximize" else min
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {k: _suggest(trial, k, p) for k, p in spec.search_space.items()}
+        exp = load_spec(base, spec.overrides(values))
+        exp.name = f"{spec.name}-trial-{trial.number:04d}"
+        tags = {"optuna.study": spec.name, "optuna.trial": trial.number}
+        made: list[tracking.MlflowTracker] = []
+
+        def make_tracker(params, run_tags):
+            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
+                                               parent_run_id=parent_run_id))
+            return made[-1]
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[spec.metric], epoch)
+            if trial.should_prune():
+                raise Pruned(f"trial {trial.number} pruned at epoch {epoch} ({spec.metric}={metrics[spec.metric]:.4f})")
+
+        state = "FAIL"
+        try:
+            result = run_experiment(exp, make_tracker, on_epoch=on_epoch)
+            state = "COMPLETE"
+        except Pruned:
+            state = "PRUNED"
+            raise
+        finally:
+            if made and made[0].run_id:
+                trial.set_user_attr("mlflow_run_id", made[0].run_id)
+                tracking.set_run_tags(made[0].run_id, {"trial.state": state})
+        return better(h[spec.metric] for h in result.history)
+
+    return objective
+
+
+def run_worker(spec: StudySpec, base: Path, storage_url: str | None, worker: int) -> None:
+    """Optimise until the study holds n_trials finished (complete or pruned) trials."""
+    storage = storage_for(spec, storage_url)
+    study = open_study(spec, storage, worker)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    experiment = study.user_attrs["mlflow_experiment"]
+    callbacks = [optuna.study.MaxTrialsCallback(spec.n_trials, states=DONE)] if spec.n_trials else []
+    if spec.n_trials and sum(t.state in DONE for t in study.trials) >= spec.n_trials:
+        return
+    study.optimize(make_objective(spec, base, experiment, parent), n_trials=spec.n_trials, timeout=spec.timeout,
+                   callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+
+
+def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1, storage_url: str | None = None,
+              worker_cmd: list[str] | None = None) -> optuna.Study:
+    """Create or resume the study and its MLflow parent run, run the workers, then summarise."""
+    storage = storage_for(spec, storage_url)
+    study = open_study(spec, storage)  # created once here, before any worker starts
+    experiment = spec.tracking or load_spec(base).tracking
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        params = {**flatten(spec.model_dump(mode="json")), "spec_path": str(spec_path)}
+        study.set_user_attr("mlflow_parent_run_id", tracking.create_parent_run(experiment, spec.name, params))
+        study.set_user_attr("mlflow_experiment", experiment)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    tracking.reopen_run(parent)
+    try:
+        if workers > 1:
+            procs = [subprocess.Popen([*worker_cmd, f"--worker-index={i}"]) for i in range(workers)]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                print(f"warning: worker exit codes {codes}", file=sys.stderr)
+        else:
+            run_worker(spec, base, storage_url, 0)
+    except BaseException:
+        tracking.end_run(parent, "KILLED")
+        raise
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    summarise(study, spec, base, parent)
+    tracking.end_run(parent, "FINISHED")
+    return study
+
+
+def summarise(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> Path | None:
+    """Log the trials table, figures and best result to the parent run; write the best spec."""
+    states = [t.state for t in study.trials]
+    S = optuna.trial.TrialState
+    tracking.log_run_metrics(parent, {"trials/complete": states.count(S.COMPLETE), "trials/pruned": states.count(S.PRUNED),
+                                      "trials/failed": states.count(S.FAIL)})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        tracking.log_run_artifact(parent, out / "trials.csv")
+        for path in _figures(study, out):
+            tracking.log_run_artifact(parent, path, "figures")
+    if S.COMPLETE not in states:
+        print("no trial completed: no best spec written", file=sys.stderr)
+        return None
+    best = study.best_trial
+    tracking.log_run_metrics(parent, {"best/value": best.value, "best/trial": best.number})
+    tracking.set_run_tags(parent, {"best.trial": best.number, "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+                                   **{f"best.{k}": v for k, v in best.params.items()}})
+    path = write_best_spec(spec, base, best)
+    tracking.log_run_artifact(parent, path)
+    print(f"best trial {best.number}: {spec.metric} = {best.value:.4f} with {best.params}\nwrote {path}")
+    return path
+
+
+def _figures(study: optuna.Study, out: Path) -> list[Path]:
+    """Optimisation history, parameter importances, parallel coordinates (skipped when not computable)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    made = []
+    for name, plot in (("optimization_history", ovm.plot_optimization_history),
+                       ("param_importances", ovm.plot_param_importances),
+                       ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=90)
+            plt.close(fig)
+            made.append(out / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. importances need 2+ complete trials
+            print(f"figure {name} skipped: {err}", file=sys.stderr)
+    return made
+
+
+def _unflatten(flat: dict) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def write_best_spec(spec: StudySpec, base: Path, best: optuna.trial.FrozenTrial) -> Path:
+    """experiments/generated/<study>-best.yaml: base spec + fixed overrides + best params."""
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    path = GENERATED / f"{spec.name}-best.yaml"
+    doc = {"base": os.path.relpath(base, path.parent.resolve()), "name": f"{spec.name}-best",
+           **_unflatten({**spec.set, **best.params})}
+    header = (f"# Generated from study '{spec.name}': trial {best.number}, {spec.metric} = {best.value:.6f}.\n"
+              f"# Reproduce: make experiment SPEC={path}\n")
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    load_spec(path)  # the generated spec must itself be valid
+    return path

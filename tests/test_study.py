@@ -1,0 +1,113 @@
+"""Optuna studies: validated study specs, nested MLflow runs, resume, pruning, best spec, workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS
+from harness import study as study_module
+from harness.experiment import run_experiment
+from harness.spec import SpecError, load_spec
+from harness.study import run_study
+from harness.studyspec import load_study_spec
+from harness.tracking import NullTracker
+
+DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
+
+
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_study_specs_load(path):
+    spec, base = load_study_spec(path)
+    assert base.is_file() and spec.search_space
+
+
+BAD_STUDIES = {
+    "unknown_field": ("search_space:\n  train.lrr: {type: float, low: 0.1, high: 1}\n", ["train.lrr", "does not exist"]),
+    "bad_choice": ("search_space:\n  model.arch: {type: categorical, choices: [unet, segformer]}\n",
+                   ["model.arch", "segformer"]),
+    "bad_bounds": ("search_space:\n  train.lr: {type: float, low: 1, high: 0.1}\n", ["low", "high"]),
+    "bad_set": ("set: {train.epochz: 2}\nsearch_space:\n  train.lr: {type: float, low: 0.001, high: 0.1}\n",
+                ["set", "train.epochz"]),
+    "grid_needs_categorical": ("sampler: grid\nsearch_space:\n  train.lr: {type: float, low: 0.001, high: 0.1}\n",
+                               ["grid", "categorical"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STUDIES))
+def test_bad_study_spec_names_the_field(case, tmp_path):
+    text, words = BAD_STUDIES[case]
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nbase: {EXPERIMENTS / 'debug.yaml'}\n{text}")
+    with pytest.raises(SpecError) as info:
+        load_study_spec(path)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def _children(client, parent_id, experiment="debug"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_study_nests_trials_resumes_and_writes_best_spec(store, tmp_path):
+    spec, base = load_study_spec(DEBUG_STUDY)
+    study = run_study(spec, base, DEBUG_STUDY)
+    client = MlflowClient(store)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"trials.csv", "figures", "debug_study-best.yaml"} <= names
+    assert "figures/optimization_history.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}
+    children = _children(client, parent_id)
+    assert len(children) == 3 == len(study.trials)
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
+    for trial in study.trials:
+        assert by_trial[trial.number].data.tags["trial.state"] == trial.state.name
+        assert trial.user_attrs["mlflow_run_id"] == by_trial[trial.number].info.run_id
+
+    # The best trial as a spec reproduces its val Dice (CPU, same seed: deterministic).
+    best_spec = load_spec(tmp_path / "experiments" / "generated" / "debug_study-best.yaml")
+    rerun = run_experiment(best_spec, NullTracker, checkpoint_root=tmp_path / "ck")
+    assert rerun.best_val_dice == pytest.approx(study.best_value, abs=1e-12)
+
+    # Re-running resumes: one more trial to reach n_trials=4, not four new ones.
+    spec4, _ = load_study_spec(DEBUG_STUDY, ["n_trials=4"])
+    again = run_study(spec4, base, DEBUG_STUDY)
+    assert len(again.trials) == 4
+    assert len(_children(client, parent_id)) == 4
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_pruned_trial_is_pruned_in_optuna_and_mlflow(store, monkeypatch):
+    monkeypatch.setattr(study_module, "_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=1.01))
+    spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=1"])
+    study = run_study(spec, base, DEBUG_STUDY)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    client = MlflowClient(store)
+    (child,) = _children(client, study.user_attrs["mlflow_parent_run_id"])
+    assert child.data.tags["trial.state"] == "PRUNED" and child.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [1]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(store, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "study", str(DEBUG_STUDY), "n_trials=4", "--workers", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "mlruns" / "optuna" / "debug_study.journal")))
+    study = optuna.load_study(study_name="debug_study", storage=storage)
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) >= 4 and len(study.trials) <= 5  # MaxTrialsCallback may let one racing trial through
+    client = MlflowClient(store)
+    children = _children(client, study.user_attrs["mlflow_parent_run_id"])
+    trial_numbers = [int(r.data.tags["optuna.trial"]) for r in children]
+    assert sorted(trial_numbers) == sorted(t.number for t in study.trials)  # none lost, none duplicated
