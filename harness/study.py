@@ -42,7 +42,7 @@ def storage_for(spec: StudySpec, override: str | None = None):
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if url.startswith(("sqlite", "postgresql", "mysql")):
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=10, grace_period=30,
+            url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
     raise ValueError(f"unsupported storage '{url}': use sqlite:///..., postgresql://... or leave it empty")
 
@@ -94,6 +94,8 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
             return made[-1]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch == 1:  # recorded early, so a trial whose worker is killed can still be traced
+                trial.set_user_attr("mlflow_run_id", made[0].run_id)
             trial.report(metrics[spec.metric], epoch)
             if trial.should_prune():
                 raise Pruned(f"trial {trial.number} pruned at epoch {epoch} ({spec.metric}={metrics[spec.metric]:.4f})")
@@ -151,9 +153,20 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
         tracking.end_run(parent, "KILLED")
         raise
     study = optuna.load_study(study_name=spec.name, storage=storage)
+    close_failed_runs(study)
     summarise(study, spec, base, parent)
     tracking.end_run(parent, "FINISHED")
     return study
+
+
+def close_failed_runs(study: optuna.Study) -> None:
+    """A worker killed mid-trial leaves its MLflow run RUNNING; once Optuna has failed the
+    trial (heartbeat), end that run FAILED so no run stays RUNNING."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and tracking.run_status(run_id) == "RUNNING":
+            tracking.set_run_tags(run_id, {"trial.state": "FAIL", "error": "worker died (no heartbeat)"})
+            tracking.end_run(run_id, "FAILED")
 
 
 def summarise(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> Path | None:

@@ -67,6 +67,8 @@ class StudySpec(BaseModel):
     seed: int = Field(0, ge=0)
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file under mlruns/optuna/")
     tracking: str | None = Field(None, description="MLflow experiment; default: the base spec's")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats (RDB storages)")
+    grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed and retried")
 
     @model_validator(mode="after")
     def _stop_rule(self):

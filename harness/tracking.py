@@ -193,6 +193,10 @@ def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str
     return run.info.run_id
 
 
+def run_status(run_id: str) -> str:
+    return _client().get_run(run_id).info.status
+
+
 def reopen_run(run_id: str) -> None:
     _client().update_run(run_id, status="RUNNING")
 

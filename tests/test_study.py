@@ -111,3 +111,69 @@ def test_two_workers_share_one_study(store, tmp_path):
     children = _children(client, study.user_attrs["mlflow_parent_run_id"])
     trial_numbers = [int(r.data.tags["optuna.trial"]) for r in children]
     assert sorted(trial_numbers) == sorted(t.number for t in study.trials)  # none lost, none duplicated
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from pg import postgres_server
+
+    with postgres_server() as url:
+        if url is None:
+            pytest.skip("PostgreSQL server binaries not found (.ci/run installs Debian's postgresql)")
+        yield url
+
+
+def _study_cli(args, cwd, uri, **popen):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness", "study", str(DEBUG_STUDY), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_workers_share_a_postgresql_study_and_mlflow_store(postgres, tmp_path):
+    storage, mlflow_uri = f"{postgres}/optuna", f"{postgres}/mlflow"
+    proc = _study_cli(["n_trials=4", "--workers", "2", "--storage", storage], tmp_path, mlflow_uri)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    study = optuna.load_study(study_name="debug_study", storage=storage)
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) >= 4 and len(study.trials) <= 5
+    children = _children(MlflowClient(mlflow_uri), study.user_attrs["mlflow_parent_run_id"])
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(t.number for t in study.trials)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_path):
+    import signal
+    import time
+
+    storage, mlflow_uri = f"{postgres}/optuna", f"{postgres}/mlflow"
+    args = ["n_trials=2", "name=killed_study", "heartbeat_interval=1", "grace_period=3", "pruner=none",
+            "--storage", storage]
+    proc = _study_cli(args, tmp_path, mlflow_uri, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for a trial that has reached its first epoch
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="killed_study", storage=storage).trials
+        except KeyError:
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(4)  # past the grace period: the trial's heartbeat is stale
+    proc = _study_cli(args, tmp_path, mlflow_uri)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    study = optuna.load_study(study_name="killed_study", storage=storage)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    retries = [t for t in study.trials
+               if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == failed[0].number]
+    assert len(retries) == 1 and retries[0].params == failed[0].params
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(failed[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
