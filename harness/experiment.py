@@ -73,6 +73,7 @@ def _save_atomic(obj, path: Path) -> None:
 def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path = Path("mlruns/checkpoints"),
                    on_epoch: EpochCallback | None = None) -> RunResult:
     """Train and test `spec`. `make_tracker(params, tags)` returns a context-managed Tracker."""
+    run_start = time.perf_counter()
     device = select_device(spec.train.device)
     seed_everything(spec.seed, device)
     d, t = spec.data, spec.train
@@ -141,6 +142,9 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
         tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
         _log_artifacts(tracker, spec, data, model, cfg, history, test.counts)
+        total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
+        tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history)},
+                            step=len(history))
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
         return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
 
