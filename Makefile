@@ -15,7 +15,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install experiment validate study dashboard bench test test-all ui predict clean-venv
+.PHONY: help install experiment validate study dashboard campaign report bench test test-all ui predict clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,13 @@ study: $(VENV)/.installed  ## run/resume an Optuna study: SPEC=<study yaml> [WOR
 dashboard: $(VENV)/.installed  ## optuna-dashboard on http://$(HOST):8080 (STUDY=<name> or STORAGE=url)
 	$(VENV)/bin/optuna-dashboard --host $(HOST) --port 8080 \
 		$(or $(STORAGE),mlruns/optuna/$(or $(STUDY),$(basename $(notdir $(STUDY_SPEC)))).journal)
+
+campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped)
+	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET)
+
+report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> or EXPERIMENT=<name>
+	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
+	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT))
 
 bench: $(VENV)/.installed  ## throughput of the loop per model and precision (prints a table, saves JSON)
 	$(PY) -m harness.bench $(BENCH_ARGS)

@@ -47,6 +47,51 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
     return out
 
 
+def load_campaign(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
+                  status: str = "FINISHED") -> tuple[pd.DataFrame, list[str]]:
+    """Runs of a campaign (by tag, in any experiment), or all runs of an experiment.
+
+    Returns (runs, axes): one row per run with the key params, tags and test metrics, plus an
+    `arm` column naming the cell without its seed; axes are the campaign's matrix fields.
+    """
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    clauses = [f"attributes.status = '{status}'"]
+    if campaign:
+        clauses.append(f"tags.campaign = '{campaign}'")
+        raw = mlflow.search_runs(search_all_experiments=True, filter_string=" and ".join(clauses))
+    else:
+        raw = mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses))
+    if raw.empty:
+        raise LookupError(f"no {status} runs for {'campaign ' + repr(campaign) if campaign else 'experiment ' + repr(experiment)}")
+    axes = (raw["tags.campaign.axes"].dropna().iloc[0].split(",") if campaign and "tags.campaign.axes" in raw
+            else ["model.arch", "seed"])
+    raw = raw.sort_values("start_time")  # cells run in matrix order: keeps the matrix's level order
+    runs = pd.DataFrame({"run_id": raw["run_id"], "start_time": raw["start_time"]})
+    for name in dict.fromkeys([*KEY_PARAMS, *axes]):
+        runs[name] = raw.get(f"params.{name}")
+    for name in KEY_TAGS:
+        runs[name] = raw.get(f"tags.{name}")
+    for name in [*TEST_METRICS, "model/num_params", "best/val_dice", "time/total_s", "throughput/train_img_s"]:
+        runs[name] = pd.to_numeric(raw.get(f"metrics.{name}"), errors="coerce")
+    arm_axes = [a for a in axes if a != "seed"] or ["model.arch"]
+    runs["arm"] = runs[arm_axes].astype(str).agg(" / ".join, axis=1)
+    return runs, axes
+
+
+def log_report(path: str | Path, name: str, experiment: str, tags: dict[str, str], uri: str | None = None) -> str:
+    """Log a report file as the artifact of a dedicated run (tag run.kind=report). Returns its id."""
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=name, tags={"run.kind": "report", **tags}) as run:
+        mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+def experiment_name(run_id: str, uri: str | None = None) -> str:
+    client = MlflowClient(tracking_uri(uri))
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 def load_history(run_ids: list[str], uri: str | None = None, metrics: list[str] = EPOCH_METRICS) -> pd.DataFrame:
     """Long table of per-epoch metrics: run_id, metric, epoch, value."""
     client = MlflowClient(tracking_uri(uri))

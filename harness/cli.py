@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     s.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file under mlruns/optuna/)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    s = sub.add_parser("campaign", help="run every cell of a campaign matrix (finished cells are skipped)",
+                       description="Run a matrix of experiments. Each cell is an ordinary run tagged with the "
+                                   "campaign; cells already FINISHED with the same spec hash are skipped.")
+    s.add_argument("spec", type=Path, help="campaign YAML (base experiment spec + matrix)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign-level overrides, e.g. name=x")
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
     s.add_argument("--run", required=True, help="MLflow run id whose model to use")
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
@@ -79,6 +84,8 @@ def _dispatch(args) -> int:
         return _experiment(args)
     if args.command == "study":
         return _study(args)
+    if args.command == "campaign":
+        return _campaign(args)
     return _predict(args)
 
 
@@ -105,7 +112,7 @@ def _experiment(args) -> int:
 
 
 def _study(args) -> int:
-    from harness.studyspec import load_study_spec
+    from harness.plans import load_study_spec
 
     spec, base = load_study_spec(args.spec, args.overrides)
     from harness.study import run_study, run_worker
@@ -119,6 +126,17 @@ def _study(args) -> int:
     study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage, worker_cmd=cmd)
     print(f"study '{spec.name}': {len(study.trials)} trials in storage")
     return 0
+
+
+def _campaign(args) -> int:
+    from harness.plans import load_campaign_spec
+
+    spec, base = load_campaign_spec(args.spec, args.overrides)
+    from harness.campaign import print_summary, run_campaign
+
+    results = run_campaign(spec, base)
+    print_summary(spec, results)
+    return 1 if any(r.status == "FAILED" for r in results) else 0
 
 
 def _predict(args) -> int:

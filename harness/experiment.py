@@ -174,6 +174,8 @@ def _log_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts)
                 tp, fp, fn, tn = counts[i].tolist()
                 writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn])
         tracker.log_artifact(out / "test_per_image.csv")
+    if not spec.log_model:
+        return
     example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0
     if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
         example = example.repeat(2, 1, 1, 1)

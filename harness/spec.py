@@ -80,6 +80,7 @@ class ExperimentSpec(_Section):
     name: str = "experiment"
     seed: int = Field(0, ge=0)
     tracking: str = Field("segmentation", description="MLflow experiment name")
+    log_model: bool = Field(True, description="log the best model to MLflow (torch.export: seconds per run)")
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     augment: str | list[dict[str, Any]] = Field(

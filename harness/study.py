@@ -20,7 +20,7 @@ import yaml
 from harness import tracking
 from harness.experiment import run_experiment
 from harness.spec import flatten, load_spec
-from harness.studyspec import StudySpec
+from harness.plans import StudySpec
 
 GENERATED = Path("experiments/generated")
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -193,6 +193,19 @@ def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str
     return run.info.run_id
 
 
+def find_runs(experiment: str, tags: dict[str, str], status: str | None = None) -> list[str]:
+    """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first."""
+    client = _client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
+    runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
+    return [r.info.run_id for r in runs]
+
+
 def run_status(run_id: str) -> str:
     return _client().get_run(run_id).info.status
 

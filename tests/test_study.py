@@ -15,7 +15,7 @@ from harness import study as study_module
 from harness.experiment import run_experiment
 from harness.spec import SpecError, load_spec
 from harness.study import run_study
-from harness.studyspec import load_study_spec
+from harness.plans import load_study_spec
 from harness.tracking import NullTracker
 
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"

@@ -1,4 +1,7 @@
-"""Study specs: an experiment spec plus a search space, validated before any trial runs.
+"""Plans over experiment specs: Optuna studies (a search space) and campaigns (a matrix).
+
+Both are a base experiment spec, fixed dotted overrides (`set`) and axes of dotted fields.
+Study example:
 
 ```yaml
 base: ../unet.yaml              # the experiment spec every trial starts from
@@ -8,12 +11,19 @@ search_space:
   train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
 n_trials: 20
 ```
-Every key of `set` and `search_space` must name a field of the experiment spec, and every
-choice and bound must be a valid value for it: both are checked by building the spec.
+Campaign example (every combination is one ordinary experiment run):
+
+```yaml
+base: ../unet.yaml
+matrix: {model.arch: [unet, resnet34_unet], seed: [0, 1, 2]}
+```
+Every key of `set` and of the axes must name a field of the experiment spec, and every value
+must be valid for it: both are checked by building the spec before anything runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -52,11 +62,43 @@ class Param(BaseModel):
         return [cast(self.low), cast(self.high)]
 
 
-class StudySpec(BaseModel):
+class PlanSpec(BaseModel):
+    """What studies and campaigns share: a name, a base experiment spec and fixed overrides."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name (Optuna and MLflow)")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="plan name (Optuna, MLflow tags)")
     base: str = Field(..., description="experiment spec, relative to this file")
     set: dict[str, Any] = Field(default_factory=dict, description="fixed dotted overrides")
+    tracking: str | None = Field(None, description="MLflow experiment; default: the base spec's")
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """Dotted KEY=VALUE overrides for one trial or cell (JSON values parse as YAML)."""
+        return [f"{k}={json.dumps(v)}" for k, v in {**self.set, **values}.items()]
+
+    def axes(self) -> tuple[str, dict[str, list[Any]]]:
+        """(section name, {dotted field: values that must all be valid})."""
+        raise NotImplementedError
+
+
+class CampaignSpec(PlanSpec):
+    matrix: dict[str, list[Any]] = Field(..., description="dotted field -> values; the product is run")
+
+    @model_validator(mode="after")
+    def _non_empty(self):
+        if not self.matrix or any(not v for v in self.matrix.values()):
+            raise ValueError("matrix needs at least one field, each with a non-empty list of values")
+        return self
+
+    def axes(self):
+        return "matrix", self.matrix
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every combination of the matrix values, in a stable order (first axis slowest)."""
+        keys = list(self.matrix)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.matrix[k] for k in keys))]
+
+
+class StudySpec(PlanSpec):
     search_space: dict[str, Param]
     n_trials: int | None = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds, per invocation")
@@ -66,7 +108,6 @@ class StudySpec(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = Field(0, ge=0)
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file under mlruns/optuna/")
-    tracking: str | None = Field(None, description="MLflow experiment; default: the base spec's")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats (RDB storages)")
     grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed and retried")
 
@@ -78,27 +119,34 @@ class StudySpec(BaseModel):
             raise ValueError("sampler 'grid' needs every search_space entry to be categorical")
         return self
 
-    def overrides(self, values: dict[str, Any]) -> list[str]:
-        """Dotted KEY=VALUE overrides for one trial (JSON values parse as YAML)."""
-        return [f"{k}={json.dumps(v)}" for k, v in {**self.set, **values}.items()]
+    def axes(self):
+        return "search_space", {k: p.probe_values() for k, p in self.search_space.items()}
 
 
 def load_study_spec(path: str | Path, overrides: list[str] = ()) -> tuple[StudySpec, Path]:
-    """Validate a study spec and check its fields against the base experiment spec.
+    return load_plan(path, StudySpec, overrides)
 
-    Returns the spec and the resolved path of its base experiment spec. Raises SpecError.
+
+def load_campaign_spec(path: str | Path, overrides: list[str] = ()) -> tuple[CampaignSpec, Path]:
+    return load_plan(path, CampaignSpec, overrides)
+
+
+def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):
+    """Validate a plan and check its fields and values against the base experiment spec.
+
+    Returns the plan and the resolved path of its base experiment spec. Raises SpecError.
     """
     path = Path(path).resolve()
     data, node = read_yaml(path)
-    for item in overrides:  # study-level overrides: n_trials=4, sampler=random, ...
+    for item in overrides:  # plan-level overrides: n_trials=4, name=x, ...
         key, _, raw = item.partition("=")
         data[key.strip()] = yaml.safe_load(raw)
     try:
-        spec = StudySpec.model_validate(data)
+        spec = cls.model_validate(data)
     except ValidationError as err:
         lines = [f"{path}:{line_of(node, tuple(str(k) for k in e['loc'][:1]))}: field "
                  f"'{'.'.join(str(k) for k in e['loc']) or '(study)'}': {e['msg']}" for e in err.errors()]
-        raise SpecError("invalid study spec\n  " + "\n  ".join(lines)) from None
+        raise SpecError(f"invalid {cls.__name__.removesuffix('Spec').lower()} spec\n  " + "\n  ".join(lines)) from None
     base = (path.parent / spec.base).resolve()
     if not base.is_file():
         raise SpecError(f"{path}:{line_of(node, ('base',))}: field 'base': experiment spec not found: {base}")
@@ -109,11 +157,12 @@ def load_study_spec(path: str | Path, overrides: list[str] = ()) -> tuple[StudyS
         load_spec(base, spec.overrides({}))
     except SpecError as err:
         raise SpecError(f"{path}:{line_of(node, ('set',))}: field 'set': {err}") from None
-    for key, param in spec.search_space.items():
-        for value in param.probe_values():
+    section, axes = spec.axes()
+    for key, values in axes.items():
+        for value in values:
             try:
                 load_spec(base, spec.overrides({key: value}))
             except SpecError as err:
-                raise SpecError(f"{path}:{line_of(node, ('search_space', key))}: search_space '{key}' "
+                raise SpecError(f"{path}:{line_of(node, (section, key))}: {section} '{key}' "
                                 f"(value {value!r}): {err}") from None
     return spec, base

@@ -1,0 +1,57 @@
+"""Figures for reports and notebooks: tidy DataFrames in, seaborn/matplotlib figures out."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def learning_curves(history: pd.DataFrame, arm: str = "arm", metric: str = "val/dice"):
+    """history: run_id, metric, epoch, value, <arm>. Mean over runs with a 95% CI band."""
+    data = history[history.metric == metric]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=data, x="epoch", y="value", hue=arm, errorbar=("ci", 95), marker="o", ax=ax)
+    ax.set(ylabel=metric, title=f"{metric} per epoch (mean over seeds, 95% CI band)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def time_to_score(history: pd.DataFrame, arm: str = "arm", metric: str = "val/dice"):
+    """metric against cumulative training wall time (sum of time/epoch_s), one line per run."""
+    wide = history.pivot_table(index=["run_id", arm, "epoch"], columns="metric", values="value").reset_index()
+    wide = wide.sort_values(["run_id", "epoch"])
+    wide["wall_s"] = wide.groupby("run_id")["time/epoch_s"].cumsum()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=wide, x="wall_s", y=metric, hue=arm, units="run_id", estimator=None, marker="o", ax=ax)
+    ax.set(xlabel="training wall time (s)", ylabel=metric, title=f"Time to {metric}")
+    fig.tight_layout()
+    return fig
+
+
+def paired_scatter(paired: pd.DataFrame, a: str, b: str):
+    """paired: one row per image with columns a and b (per-image Dice). Scatter + difference histogram."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    sns.scatterplot(data=paired, x=a, y=b, s=14, alpha=0.6, ax=left)
+    left.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    left.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel=f"Dice, {a}", ylabel=f"Dice, {b}", title="Per-image test Dice")
+    sns.histplot(paired[b] - paired[a], bins=30, ax=right)
+    right.axvline(0, color="grey", ls="--")
+    right.set(xlabel=f"Dice({b}) - Dice({a})", title="Paired differences")
+    fig.tight_layout()
+    return fig
+
+
+def summary_bars(runs: pd.DataFrame, arm: str = "arm", metric: str = "test/dice"):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.pointplot(data=runs, x=arm, y=metric, errorbar=("ci", 95), ax=ax)
+    sns.stripplot(data=runs, x=arm, y=metric, color="black", alpha=0.5, ax=ax)
+    ax.set(title=f"{metric} per run (points) and mean with 95% CI")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,157 @@
+"""Campaign comparison report: one self-contained HTML file (figures embedded), logged to MLflow.
+
+    python -m analysis.report --campaign unet_vs_resnet34 [--out reports/unet_vs_resnet34.html]
+    python -m analysis.report --experiment oxford_pet
+
+Reads MLflow only. Numbers come with their definition: test Dice per image (mean over images)
+and dataset-level (micro), foreground rule as recorded in each run's params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots
+from analysis.runs import load_campaign, load_history, load_per_image, log_report
+from analysis.stats import bootstrap_ci, paired_comparison
+
+DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
+              "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
+              "An image with empty truth and empty prediction scores 1. Foreground rule: {rule}.")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plots.plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: n runs, mean and 95% bootstrap CI over seeds of the test metrics, cost figures."""
+    rows = []
+    for arm, group in runs.groupby("arm", sort=True):
+        row = {"arm": arm, "n runs": len(group)}
+        for metric in ("test/dice", "test/dice_micro", "test/iou"):
+            mean, low, high = bootstrap_ci(group[metric])
+            row[metric] = f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+        row["params"] = f"{group['model/num_params'].mean():,.0f}"
+        row["run time (s)"] = f"{group['time/total_s'].mean():.0f}"
+        row["train img/s"] = f"{group['throughput/train_img_s'].mean():.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_axis(axes: list[str]) -> str:
+    """The axis the paired comparison is about: model.arch when varied, else the first non-seed axis."""
+    varied = [a for a in axes if a != "seed"]
+    return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
+
+
+def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Per-image Dice averaged over each level's runs (seeds), one column per level of `axis`."""
+    per_image = pd.concat([load_per_image(r, uri) for r in runs.run_id], ignore_index=True)
+    per_image = per_image.merge(runs[["run_id", axis]], on="run_id")
+    levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
+    wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean")
+    return wide.dropna(), levels
+
+
+def conclusion(a: str, b: str, result: dict, seeds: int, axis: str) -> str:
+    direction = "higher" if result["mean_diff"] > 0 else "lower"
+    half = (result["ci_high"] - result["ci_low"]) / 2
+    real = result["p_wilcoxon"] < 0.05 and (result["ci_low"] > 0 or result["ci_high"] < 0)
+    verdict = ("The difference is significant at the 5% level and its CI excludes 0." if real else
+               "The difference is not distinguishable from 0 at the 5% level with this many images and seeds.")
+    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}) by "
+            f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
+            f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
+            f"{result['n']} test images and {seeds} seed(s) per arm; rank-biserial r = {result['rank_biserial']:+.2f} "
+            f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict}")
+
+
+def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None) -> str:
+    """The report as an HTML string. Raises LookupError when there are no finished runs."""
+    runs, axes = load_campaign(campaign, experiment, uri)
+    title = f"Campaign {campaign}" if campaign else f"Experiment {experiment}"
+    rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
+    history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
+    history = history.merge(runs[["run_id", "arm"]], on="run_id")
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; generated "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+             f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>']
+
+    axis = compare_axis(axes)
+    seeds = int(runs.groupby("arm").size().min())
+    wide, levels = paired_frames(runs, axis, uri)
+    comparisons = []
+    if len(levels) >= 2:
+        for b in levels[1:]:
+            result = paired_comparison(wide[levels[0]], wide[b])
+            comparisons.append((levels[0], b, result))
+        parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{conclusion(a, b, r, seeds, axis)}</p>"
+                                                      for a, b, r in comparisons))
+    parts += ["<h2>Summary per arm</h2><p>Mean over runs with a 95% bootstrap CI over seeds.</p>",
+              summary_table(runs).to_html(index=False, escape=True), _png(plots.summary_bars(runs))]
+    parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
+    if comparisons:
+        parts.append(f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
+                     f"<p>Each point is one test image; its Dice is averaged over the {seeds} seed(s) of each arm.</p>")
+        table = pd.DataFrame([{"A": a, "B": b, **{k: (float(f"{v:.4g}") if isinstance(v, float) else v)
+                                                   for k, v in r.items()}} for a, b, r in comparisons])
+        parts.append(table.to_html(index=False))
+        for a, b, _ in comparisons:
+            parts.append(_png(plots.paired_scatter(wide.rename(columns=str), str(a), str(b))))
+    parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
+              _png(plots.time_to_score(history))]
+    parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "img{max-width:100%}.def{background:#f4f4f4;padding:.6em;font-size:13px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write a campaign comparison report (HTML) and log it to MLflow.")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--campaign", help="campaign name (the runs' `campaign` tag)")
+    who.add_argument("--experiment", help="MLflow experiment: every finished run, arms by model.arch")
+    p.add_argument("--out", type=Path, help="HTML path (default reports/<name>.html)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = p.parse_args(argv)
+    name = args.campaign or args.experiment
+    try:
+        page = build_report(args.campaign, args.experiment)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or Path("reports") / f"{name}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    print(f"wrote {out}")
+    if not args.no_log:
+        runs, _ = load_campaign(args.campaign, args.experiment)
+        experiment = args.experiment or _experiment_of(runs)
+        run_id = log_report(out, f"report-{name}", experiment, {"report.of": name})
+        print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
+    return 0
+
+
+def _experiment_of(runs: pd.DataFrame) -> str:
+    from analysis.runs import experiment_name
+
+    return experiment_name(runs.run_id.iloc[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Campaigns: a matrix of experiment runs, re-runnable until complete, never repeating work.
+
+Every cell is an ordinary experiment run tagged `campaign`, `campaign.axes` and `cell.<field>`.
+A cell whose spec hash already has a FINISHED run in the campaign is skipped, so re-running a
+campaign completes it. A failed cell does not stop the others; it is reported at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import tracking
+from harness.experiment import run_experiment
+from harness.plans import CampaignSpec
+from harness.spec import load_spec
+
+
+@dataclass
+class CellResult:
+    cell: dict
+    status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED
+    run_id: str = ""
+    test_dice: float | None = None
+    error: str = ""
+
+
+def _label(cell: dict) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
+
+
+def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
+    """Run every missing cell of the matrix. Returns one result per cell, in matrix order."""
+    experiment = spec.tracking or load_spec(base).tracking
+    axes = ",".join(spec.matrix)
+    results = []
+    cells = spec.cells()
+    for i, cell in enumerate(cells, 1):
+        exp = load_spec(base, spec.overrides(cell))
+        exp.name = f"{spec.name}[{_label(cell)}]"
+        tags = {"campaign": spec.name, "campaign.axes": axes, "campaign.cell": json.dumps(cell, sort_keys=True),
+                **{f"cell.{k}": v for k, v in cell.items()}}
+        done = tracking.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED")
+        if done:
+            print(f"[{i}/{len(cells)}] {exp.name}: already finished as run {done[0]}, skipped", flush=True)
+            results.append(CellResult(cell, "SKIPPED", done[0]))
+            continue
+        print(f"[{i}/{len(cells)}] {exp.name}", flush=True)
+        made: list[tracking.MlflowTracker] = []
+
+        def make_tracker(params, run_tags):
+            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}))
+            return made[-1]
+
+        try:
+            result = run_experiment(exp, make_tracker)
+            results.append(CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"]))
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # recorded FAILED in MLflow by the tracker; keep going
+            run_id = made[0].run_id if made else ""
+            results.append(CellResult(cell, "FAILED", run_id, error=f"{type(err).__name__}: {err}"))
+            print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    return results
+
+
+def print_summary(spec: CampaignSpec, results: list[CellResult]) -> None:
+    print(f"\ncampaign '{spec.name}': {len(results)} cells")
+    for r in results:
+        dice = f"test/dice {r.test_dice:.4f}" if r.test_dice is not None else ""
+        print(f"  {r.status:<9} {_label(r.cell):<45} {r.run_id:<34} {dice}{r.error}")
+    failed = [r for r in results if r.status == "FAILED"]
+    if failed:
+        print(f"{len(failed)} cell(s) FAILED; re-run the same command to retry them (finished cells are skipped)")

@@ -1,0 +1,107 @@
+"""Campaigns (matrix, skip finished cells, report failures) and the comparison report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS
+from harness.campaign import run_campaign
+from harness.plans import load_campaign_spec
+
+DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
+
+
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "campaigns").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_campaigns_load(path):
+    spec, base = load_campaign_spec(path)
+    assert len(spec.cells()) >= 2 and base.is_file()
+
+
+def test_unknown_matrix_field_is_a_spec_error(tmp_path):
+    from harness.spec import SpecError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: c\nbase: {EXPERIMENTS / 'debug.yaml'}\nmatrix:\n  model.archh: [unet]\n")
+    with pytest.raises(SpecError, match=r"c\.yaml:4: matrix 'model.archh'"):
+        load_campaign_spec(path)
+
+
+@pytest.fixture(scope="module")
+def campaign_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("campaign")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    mp.chdir(tmp)
+    spec, base = load_campaign_spec(DEBUG_CAMPAIGN)
+    first = run_campaign(spec, base)
+    yield tmp, spec, base, first
+    mp.undo()
+
+
+def test_every_cell_is_a_tagged_finished_run(campaign_store):
+    tmp, spec, _, results = campaign_store
+    assert [r.status for r in results] == ["FINISHED"] * 4
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.campaign = 'debug_campaign'")
+    assert len(runs) == 4
+    cells = {(r.data.tags["cell.model.arch"], r.data.tags["cell.seed"]) for r in runs}
+    assert cells == {("unet", "0"), ("unet", "1"), ("resnet34_unet", "0"), ("resnet34_unet", "1")}
+    assert all(r.data.params["model.arch"] == r.data.tags["cell.model.arch"] for r in runs)
+
+
+def test_rerun_skips_finished_cells(campaign_store):
+    _, spec, base, first = campaign_store
+    again = run_campaign(spec, base)
+    assert [r.status for r in again] == ["SKIPPED"] * 4
+    assert [r.run_id for r in again] == [r.run_id for r in first]
+
+
+def test_failed_cell_is_reported_and_others_finish(store, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: partly_broken\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                    f"set: {{train.epochs: 1, log_model: false, data.root: {tmp_path / 'nowhere'}}}\n"
+                    "matrix:\n  data.dataset: [synthetic, folder]\n")
+    spec, base = load_campaign_spec(path)
+    results = run_campaign(spec, base)
+    assert [r.status for r in results] == ["FINISHED", "FAILED"]
+    assert "nowhere" in results[1].error
+
+
+def test_report_compares_arms_and_is_logged(campaign_store):
+    from analysis.report import build_report, main
+    from analysis.runs import load_campaign, load_per_image
+    from analysis.stats import paired_comparison
+
+    tmp, _, _, _ = campaign_store
+    page = build_report(campaign="debug_campaign")
+    for text in ("Conclusion", "Wilcoxon signed-rank p", "Summary per arm", "Learning curves",
+                 "Paired per-image comparison", "Time to Dice", "not_background", "data:image/png;base64"):
+        assert text in page, text
+    # The conclusion's numbers are the paired statistics of the per-image CSVs.
+    runs, _ = load_campaign("debug_campaign")
+    per = {arch: np.mean([load_per_image(r).dice.to_numpy() for r in runs[runs["model.arch"] == arch].run_id], axis=0)
+           for arch in ("unet", "resnet34_unet")}
+    result = paired_comparison(per["unet"], per["resnet34_unet"])
+    assert f"by {abs(result['mean_diff']):.4f}" in page
+    assert "<b>resnet34_unet</b> is" in page  # matrix order: unet is the baseline A
+
+    assert main(["--campaign", "debug_campaign", "--out", str(tmp / "r.html")]) == 0
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    reports = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.`run.kind` = 'report'")
+    assert len(reports) == 1 and "r.html" in {a.path for a in client.list_artifacts(reports[0].info.run_id)}
+    assert len(load_campaign("debug_campaign")[0]) == 4  # the report run is not a campaign cell
+
+
+def test_stats_on_known_data():
+    from analysis.stats import bootstrap_ci, paired_comparison
+
+    mean, low, high = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and 1.0 <= low < 2.5 < high <= 4.0
+    a = np.linspace(0.5, 0.9, 40)
+    result = paired_comparison(a, a + 0.05)
+    assert result["mean_diff"] == pytest.approx(0.05) and result["p_wilcoxon"] < 1e-6
+    assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
+    same = paired_comparison(a, a)
+    assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
