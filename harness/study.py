@@ -141,7 +141,7 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
         study.set_user_attr("mlflow_experiment", experiment)
     parent = study.user_attrs["mlflow_parent_run_id"]
     tracking.reopen_run(parent)
-    try:
+    try:  # every path ends the parent run: FINISHED, or KILLED/FAILED with the error raised
         if workers > 1:
             procs = [subprocess.Popen([*worker_cmd, f"--worker-index={i}"]) for i in range(workers)]
             codes = [p.wait() for p in procs]
@@ -149,12 +149,13 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
                 print(f"warning: worker exit codes {codes}", file=sys.stderr)
         else:
             run_worker(spec, base, storage_url, 0)
-    except BaseException:
-        tracking.end_run(parent, "KILLED")
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        close_failed_runs(study)
+        summarise(study, spec, base, parent)
+    except BaseException as err:
+        tracking.set_run_tags(parent, {"error": f"{type(err).__name__}: {err}"[:5000]})
+        tracking.end_run(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    study = optuna.load_study(study_name=spec.name, storage=storage)
-    close_failed_runs(study)
-    summarise(study, spec, base, parent)
     tracking.end_run(parent, "FINISHED")
     return study
 

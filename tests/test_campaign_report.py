@@ -105,3 +105,38 @@ def test_stats_on_known_data():
     assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
     same = paired_comparison(a, a)
     assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
+
+
+def _execute_notebook(path, tmp, env, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(path)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp)}})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    return nb, images
+
+
+def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
+    from harness.plans import load_study_spec
+    from harness.study import run_study
+
+    tmp, _, _, _ = campaign_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.chdir(tmp)
+    study_spec = EXPERIMENTS / "studies" / "debug_study.yaml"
+    spec, base = load_study_spec(study_spec)
+    run_study(spec, base, study_spec)
+    notebooks = EXPERIMENTS.parent / "analysis" / "notebooks"
+    _, images = _execute_notebook(notebooks / "compare_architectures.py", tmp, {"CAMPAIGN": "debug_campaign"}, monkeypatch)
+    assert len(images) >= 3  # learning curves, paired scatter, time to Dice
+    nb, images = _execute_notebook(notebooks / "study_analysis.py", tmp, {"STUDY": "debug_study"}, monkeypatch)
+    assert len(images) >= 2  # history, pruned vs complete curves
+    first_output = nb.cells[2]["outputs"][0]["data"]["text/plain"]
+    assert "COMPLETE" in first_output or "PRUNED" in first_output

@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Compare architectures
+#
+# Reads one campaign from MLflow through the `analysis` package (never the training code) and
+# asks: which arm has the higher test Dice, and is the difference real? Set `CAMPAIGN` (and
+# `MLFLOW_TRACKING_URI`) in the environment, or edit the cell below.
+#
+# Dice definitions: per-image = Dice of each test image, averaged; micro = TP/FP/FN summed
+# over all test pixels first. Empty truth and empty prediction score 1.
+
+# %%
+import os
+
+from analysis import plots
+from analysis.report import compare_axis, paired_frames, summary_table
+from analysis.runs import load_campaign, load_history
+from analysis.stats import paired_comparison
+
+CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
+runs, axes = load_campaign(CAMPAIGN)
+print(f"{len(runs)} finished runs, axes {axes}")
+summary_table(runs)
+
+# %% [markdown]
+# ## Learning curves (mean over seeds, 95% CI band)
+
+# %%
+history = load_history(list(runs.run_id), metrics=["val/dice", "time/epoch_s"]).merge(runs[["run_id", "arm"]])
+plots.learning_curves(history)
+
+# %% [markdown]
+# ## Paired per-image comparison
+# Each test image's Dice, averaged over the seeds of each arm; Wilcoxon signed-rank test on
+# the paired differences, and the rank-biserial correlation as the effect size.
+
+# %%
+axis = compare_axis(axes)
+wide, levels = paired_frames(runs, axis, None)
+a, b = levels[0], levels[1]
+result = paired_comparison(wide[a], wide[b])
+result
+
+# %%
+plots.paired_scatter(wide.rename(columns=str), str(a), str(b))
+
+# %% [markdown]
+# ## Time to Dice
+
+# %%
+plots.time_to_score(history)
