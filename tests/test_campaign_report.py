@@ -123,6 +123,7 @@ def _execute_notebook(path, tmp, env, monkeypatch):
     return nb, images
 
 
+@pytest.mark.slow
 def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
     from harness.plans import load_study_spec
     from harness.study import run_study
