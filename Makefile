@@ -28,8 +28,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extra
 
-experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) with overrides SET
-	$(PY) -m harness experiment $(SPEC) $(SET)
+experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) with overrides SET; resumes a crashed run (RESTART=1: start over)
+	$(PY) -m harness experiment $(SPEC) $(SET) $(if $(RESTART),--restart)
 
 validate: $(VENV)/.installed  ## check SPEC with SET and print the resolved YAML
 	$(PY) -m harness validate $(SPEC) $(SET)

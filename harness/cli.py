@@ -24,12 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Segmentation experiments tracked in MLflow.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("experiment", "train and test one spec, logging a run to MLflow"),
+    for name, text in (("experiment", "train and test one spec, logging a run to MLflow; re-running the same "
+                                      "command after a crash resumes the unfinished run from its last checkpoint"),
                        ("validate", "check a spec (with overrides) and print the resolved YAML")):
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("spec", type=Path, help="experiment YAML (may name a base: spec)")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides applied after the file, e.g. train.lr=3e-4 data.image_size=96")
+        if name == "experiment":
+            s.add_argument("--restart", action="store_true",
+                           help="start a new run even if an unfinished run of the same spec could be resumed")
     s = sub.add_parser("study", help="run or resume an Optuna study over an experiment spec",
                        description="Run or resume an Optuna study: every trial is an MLflow run nested under "
                                    "the study's parent run. Re-running the same command resumes up to n_trials.")
@@ -94,10 +98,14 @@ def _experiment(args) -> int:
     from harness.data import DataError
     from harness.experiment import run_experiment
     from harness.models import WeightsUnavailable
-    from harness.tracking import MlflowTracker, default_tracking_uri
+    from harness.tracking import MlflowTracker, default_tracking_uri, find_resumable
+
+    resume = None if args.restart else find_resumable(spec.tracking, spec.spec_hash(), Path("mlruns/checkpoints"))
+    if resume:
+        print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
 
     def make_tracker(params, tags):
-        return MlflowTracker(spec.tracking, spec.name, params, tags)
+        return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
 
     try:
         result = run_experiment(spec, make_tracker)

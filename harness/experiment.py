@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 import random
 import tempfile
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from harness import plots
+from harness import checkpoint, plots
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.losses import get_loss
@@ -63,22 +62,25 @@ def cached_data(dataset: str, **kwargs):
     return build_data(dataset, **kwargs)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """Write then rename, so a crash never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+@dataclass
+class _Parts:
+    """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
+
+    data: object
+    model: torch.nn.Module
+    cfg: StepConfig
+    pipeline: object
+    loaders: dict
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
 
 
-def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path = Path("mlruns/checkpoints"),
-                   on_epoch: EpochCallback | None = None) -> RunResult:
-    """Train and test `spec`. `make_tracker(params, tags)` returns a context-managed Tracker."""
-    run_start = time.perf_counter()
-    device = select_device(spec.train.device)
-    seed_everything(spec.seed, device)
+def _setup(spec: ExperimentSpec, device: torch.device) -> _Parts:
     d, t = spec.data, spec.train
     data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
-                      val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size)
+                       val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size)
     model = create_model(spec.model.arch, upsample=spec.model.upsample, base_width=spec.model.base_width,
                          encoder_weights=spec.model.encoder_weights).to(device)
     cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last)
@@ -89,64 +91,112 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     if pipeline is not None:
         pipeline.set_random_seed(spec.seed)
     loaders = {
-        "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, pipeline=pipeline,
-                             num_workers=d.num_workers, seed=spec.seed, pin_memory=pin, drop_last=len(data.train) > t.batch_size),
+        "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, pipeline=pipeline, seed=spec.seed,
+                             num_workers=d.num_workers, pin_memory=pin, drop_last=len(data.train) > t.batch_size),
         "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
         "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
     }
-    loss_fn = get_loss(t.loss)
-    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
-    scheduler = build_scheduler(t.scheduler, optimizer, epochs=t.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16)
+    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                momentum=t.momentum)
+    return _Parts(data, model, cfg, pipeline, loaders, get_loss(t.loss), optimizer,
+                  build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
+                  torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
-    tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": data.fingerprint,
-            "amp.dtype": str(cfg.amp_dtype).replace("torch.", "") if cfg.amp_dtype else "float32",
-            **{f"data.{k}": v for k, v in data.info.items()}, **git_state(), **environment(device)}
+
+def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path = Path("mlruns/checkpoints"),
+                   on_epoch: EpochCallback | None = None) -> RunResult:
+    """Train and test `spec`. `make_tracker(params, tags)` returns a context-managed Tracker.
+
+    If the tracker's run already has a checkpoint (a resumed run), training continues from it.
+    """
+    run_start = time.perf_counter()
+    device = select_device(spec.train.device)
+    seed_everything(spec.seed, device)
+    parts = _setup(spec, device)
+    tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": parts.data.fingerprint,
+            "amp.dtype": str(parts.cfg.amp_dtype).replace("torch.", "") if parts.cfg.amp_dtype else "float32",
+            **{f"data.{k}": v for k, v in parts.data.info.items()}, **git_state(), **environment(device)}
     tags["mlflow.source.git.commit"] = tags["git.commit"]
     with make_tracker(flatten(spec.to_dict()), tags) as tracker:
-        ckpt_dir = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tracker.log_metrics({"model/num_params": count_parameters(model)}, step=0)
-        history, best, best_epoch, stale = [], -1.0, 0, 0
-        for epoch in range(1, t.epochs + 1):
-            start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, scaler, cfg,
-                                    grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}")
-            val = evaluate(model, loaders["val"], loss_fn, cfg, threshold=spec.eval.threshold, prefix="val")
-            metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
-            if scheduler is not None:
-                scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else scheduler.step()
-            tracker.log_metrics(metrics, step=epoch)
-            history.append({"epoch": epoch, **metrics})
-            print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss {metrics['val/loss']:.4f}"
-                  f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "best_val_dice": max(best, metrics["val/dice"])}
-            _save_atomic(state, ckpt_dir / "last.pt")
-            if metrics["val/dice"] > best:
-                best, best_epoch, stale = metrics["val/dice"], epoch, 0
-                _save_atomic(state, ckpt_dir / "best.pt")
-            else:
-                stale += 1
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-            if t.early_stopping_patience and stale >= t.early_stopping_patience:
-                print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
-                tracker.set_tags({"early_stopped_epoch": epoch})
-                break
-
-        best_state = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=True)
-        model.load_state_dict(best_state["model"])
-        test = evaluate(model, loaders["test"], loss_fn, cfg, threshold=spec.eval.threshold, prefix="test")
-        test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
-        tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
-        _log_artifacts(tracker, spec, data, model, cfg, history, test.counts)
+        folder = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
+        lock = checkpoint.hold_lock(folder)  # noqa: F841 (held until this process ends)
+        history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch)
+        result = _finish(spec, parts, tracker, folder, history, best, best_epoch)
         total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
         tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history)},
                             step=len(history))
-        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
-        return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
+        return result
+
+
+def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> tuple[list, float, int]:
+    """The epoch loop. The checkpoint is written before the epoch's metrics are logged, so a kill
+    at any point loses at most the epoch in progress; on resume, steps the store missed are re-logged."""
+    t = spec.train
+    generator = p.loaders["train"].generator
+    history, best, best_epoch, stale, stop = [], -1.0, 0, 0, False
+    logged_until = tracker.last_step("val/dice")  # > checkpoint epoch after a fallback to prev.pt
+    state, messages = checkpoint.load_latest(folder)
+    for message in messages:
+        print(message, flush=True)
+    if state is None:
+        tracker.log_metrics({"model/num_params": count_parameters(p.model)}, step=0)
+    else:
+        p.model.load_state_dict(state["model"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        if p.scheduler is not None:
+            p.scheduler.load_state_dict(state["scheduler"])
+        p.scaler.load_state_dict(state["scaler"])
+        checkpoint.restore_rng(state["rng"], generator, p.pipeline)
+        history, best, best_epoch, stale, stop = (state["history"], state["best"], state["best_epoch"],
+                                                  state["stale"], state["stop"])
+        for h in history[max(logged_until, 0):]:  # killed between checkpoint and logging
+            tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+        tracker.set_tags({"resumed_from_epoch": state["epoch"]})
+    for epoch in range(len(history) + 1, t.epochs + 1):
+        if stop:
+            break
+        start = time.perf_counter()
+        lr = p.optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(p.model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
+                                grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}")
+        val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
+        metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
+        if p.scheduler is not None:
+            p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
+        history.append({"epoch": epoch, **metrics})
+        if metrics["val/dice"] > best:
+            best, best_epoch, stale = metrics["val/dice"], epoch, 0
+            checkpoint.save_atomic({"model": p.model.state_dict(), "epoch": epoch}, folder / checkpoint.BEST)
+        else:
+            stale += 1
+        stop = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
+        checkpoint.save_last({
+            "epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
+            "scaler": p.scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
+            "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)}, folder)
+        if epoch > logged_until:  # never a duplicate step; a re-trained epoch keeps its first record
+            tracker.log_metrics(metrics, step=epoch)
+        print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss {metrics['val/loss']:.4f}"
+              f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if stop:
+            print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
+            tracker.set_tags({"early_stopped_epoch": epoch})
+    return history, best, best_epoch
+
+
+def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int) -> RunResult:
+    """Test the best weights and log the artifacts."""
+    p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
+    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test")
+    test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
+    if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
+        tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
+    _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
+    return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
 
 
 def _log_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts) -> None:

@@ -36,6 +36,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def last_step(self, key: str) -> int: ...
 
 
 class NullTracker:
@@ -64,6 +65,9 @@ class NullTracker:
     def set_tags(self, tags):
         pass
 
+    def last_step(self, key):
+        return -1
+
 
 class MlflowTracker:
     """One MLflow run. As a context manager it ends the run FINISHED, KILLED or FAILED, never RUNNING.
@@ -75,11 +79,12 @@ class MlflowTracker:
     """
 
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
-                 tracking_uri: str | None = None, parent_run_id: str | None = None):
+                 tracking_uri: str | None = None, parent_run_id: str | None = None, run_id: str | None = None):
         self.experiment, self.run_name = experiment, run_name
         self.params, self.tags = params, tags
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.parent_run_id = parent_run_id
+        self.resume_id = run_id  # reopen this run (resume) instead of starting a new one
         self.run_id = ""
 
     def __enter__(self) -> "MlflowTracker":
@@ -87,10 +92,14 @@ class MlflowTracker:
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment_id = _experiment_id(self.experiment, self.tracking_uri)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
-                               parent_run_id=self.parent_run_id, tags={k: str(v) for k, v in self.tags.items()})
+        if self.resume_id:
+            run = mlflow.start_run(run_id=self.resume_id)
+            mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name, parent_run_id=self.parent_run_id,
+                                   tags={k: str(v) for k, v in self.tags.items()})
+            mlflow.log_params(self.params)
         self.run_id = run.info.run_id
-        mlflow.log_params(self.params)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -115,6 +124,11 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=True)
+
+    def last_step(self, key: str) -> int:
+        """Highest step logged for `key` in this run, or -1."""
+        history = MlflowClient(self.tracking_uri).get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
@@ -204,6 +218,19 @@ def find_runs(experiment: str, tags: dict[str, str], status: str | None = None) 
         clauses.append(f"attributes.status = '{status}'")
     runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
     return [r.info.run_id for r in runs]
+
+
+def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path) -> str | None:
+    """Newest unfinished run (RUNNING, KILLED, FAILED) of this spec hash that has a checkpoint
+    and is not held by a live process; None if there is none."""
+    from harness.checkpoint import LAST, PREV, is_active
+
+    for status in ("RUNNING", "KILLED", "FAILED"):
+        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status):
+            folder = checkpoint_root / run_id
+            if ((folder / LAST).exists() or (folder / PREV).exists()) and not is_active(folder):
+                return run_id
+    return None
 
 
 def run_status(run_id: str) -> str:

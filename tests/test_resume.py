@@ -1,0 +1,139 @@
+"""Resume after a crash: same MLflow run, no duplicated or missing steps, identical results on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS
+from harness.experiment import run_experiment
+from harness.spec import load_spec
+from harness.tracking import MlflowTracker, find_resumable
+
+OVERRIDES = ["train.epochs=4", "augment=flip", "log_model=false"]
+
+
+class Crash(KeyboardInterrupt):
+    pass
+
+
+def _run(store, root: Path, run_id=None, crash_at=None):
+    spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
+
+    def on_epoch(epoch, metrics):
+        if epoch == crash_at:
+            raise Crash(f"simulated crash after epoch {epoch}")
+
+    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store, run_id=run_id)  # noqa: E731
+    return run_experiment(spec, make, checkpoint_root=root, on_epoch=on_epoch), spec
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    result, _ = _run(store, tmp / "ck")
+    return result, _weights(tmp / "ck" / result.run_id / "best.pt")
+
+
+def _resume_and_compare(store, root, uninterrupted):
+    spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
+    run_id = find_resumable(spec.tracking, spec.spec_hash(), root)
+    assert run_id is not None
+    result, _ = _run(store, root, run_id=run_id)
+    expected, weights = uninterrupted
+    assert result.run_id == run_id
+    assert [h["val/dice"] for h in result.history] == [h["val/dice"] for h in expected.history]
+    assert [h["train/loss"] for h in result.history] == [h["train/loss"] for h in expected.history]
+    assert result.test == expected.test
+    resumed = _weights(root / run_id / "best.pt")
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("val/dice", "train/loss", "lr"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4], key
+    return run_id
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, uninterrupted):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    with pytest.raises(Crash):
+        _run(store, tmp_path / "ck", crash_at=2)
+    _resume_and_compare(store, tmp_path / "ck", uninterrupted)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, capsys, uninterrupted):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    with pytest.raises(Crash):
+        _run(store, tmp_path / "ck", crash_at=3)
+    (run_dir,) = (tmp_path / "ck").iterdir()
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # torn write
+    _resume_and_compare(store, tmp_path / "ck", uninterrupted)
+    out = capsys.readouterr().out
+    assert f"checkpoint {last} is unreadable" in out and "prev.pt (epoch 2)" in out
+
+
+def test_finished_run_is_not_resumed(tmp_path, monkeypatch, uninterrupted):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _run(os.environ["MLFLOW_TRACKING_URI"], tmp_path / "ck")
+    spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
+    assert find_resumable(spec.tracking, spec.spec_hash(), tmp_path / "ck") is None
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_resumes_the_same_run(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "harness", "experiment", str(EXPERIMENTS / "debug.yaml"), "train.epochs=6",
+           "data.image_size=64", "data.synthetic_size=[160, 24]", "log_model=false"]
+
+    def run(extra=(), tmp=tmp_path):
+        return subprocess.run([*cmd, *extra], cwd=tmp, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"},
+                              capture_output=True, text=True, timeout=600)
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if line.startswith("epoch   2/6") or time.monotonic() > deadline:
+            break
+    time.sleep(0.5)  # now inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    client = MlflowClient(store)
+    (killed,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert killed.info.status == "RUNNING"  # SIGKILL cannot be caught: the next command finds it
+
+    second = run()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming unfinished run {killed.info.run_id}" in second.stdout
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    resumed = [m.value for m in sorted(client.get_metric_history(killed.info.run_id, "val/dice"), key=lambda m: m.step)]
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "val/dice")] == [1, 2, 3, 4, 5, 6]
+
+    (tmp_path / "straight").mkdir()
+    straight = run(tmp=tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    other = MlflowClient(f"sqlite:///{tmp_path / 'straight' / 'mlruns' / 'mlflow.db'}")
+    (ref,) = other.search_runs([other.get_experiment_by_name("debug").experiment_id])
+    expected = [m.value for m in sorted(other.get_metric_history(ref.info.run_id, "val/dice"), key=lambda m: m.step)]
+    assert resumed == expected
+
+    third = run(["--restart"])  # on purpose: a new run, even though a finished one exists
+    assert third.returncode == 0 and "resuming" not in third.stdout
+    assert len(client.search_runs([client.get_experiment_by_name("debug").experiment_id])) == 2
