@@ -1,8 +1,8 @@
 """Campaigns: a matrix of experiment runs, re-runnable until complete, never repeating work.
 
 Every cell is an ordinary experiment run tagged `campaign`, `campaign.axes` and `cell.<field>`.
-A cell whose spec hash already has a FINISHED run in the campaign is skipped, so re-running a
-campaign completes it. A failed cell does not stop the others; it is reported at the end.
+A cell whose spec hash already has a FINISHED run in the campaign is skipped, and an interrupted
+cell resumes its run from its last checkpoint, so re-running a campaign completes it. A failed cell does not stop the others; it is reported at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from harness import tracking
 from harness.experiment import run_experiment
 from harness.plans import CampaignSpec
 from harness.spec import load_spec
+
+CHECKPOINTS = Path("mlruns/checkpoints")
 
 
 @dataclass
@@ -47,11 +49,12 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
             print(f"[{i}/{len(cells)}] {exp.name}: already finished as run {done[0]}, skipped", flush=True)
             results.append(CellResult(cell, "SKIPPED", done[0]))
             continue
-        print(f"[{i}/{len(cells)}] {exp.name}", flush=True)
+        resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS)  # an interrupted cell
+        print(f"[{i}/{len(cells)}] {exp.name}" + (f" (resuming run {resume})" if resume else ""), flush=True)
         made: list[tracking.MlflowTracker] = []
 
         def make_tracker(params, run_tags):
-            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}))
+            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
             return made[-1]
 
         try:

@@ -141,3 +141,30 @@ def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
     assert len(images) >= 2  # history, pruned vs complete curves
     first_output = nb.cells[2]["outputs"][0]["data"]["text/plain"]
     assert "COMPLETE" in first_output or "PRUNED" in first_output
+
+
+def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
+    from harness import campaign as campaign_module
+    from harness.experiment import run_experiment as real_run
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: resumable\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                    "set: {train.epochs: 3, log_model: false}\nmatrix:\n  seed: [0]\n")
+    spec, base = load_campaign_spec(path)
+
+    def crash_after_epoch_1(exp, make_tracker, **kwargs):
+        def on_epoch(epoch, metrics):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated Ctrl-C")
+        return real_run(exp, make_tracker, on_epoch=on_epoch)
+
+    monkeypatch.setattr(campaign_module, "run_experiment", crash_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(spec, base)
+    monkeypatch.setattr(campaign_module, "run_experiment", real_run)
+    (result,) = run_campaign(spec, base)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == result.run_id and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_from_epoch"] == "1"
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/dice")] == [1, 2, 3]
