@@ -1,8 +1,9 @@
 # Every target installs what it needs on first use (a virtual environment in .venv).
 # `make help` lists them.
 
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 PYTHON ?= python3
-VENV ?= .venv
+VENV ?= $(ROOT)/.venv
 PY := $(VENV)/bin/python
 SPEC ?= experiments/quickstart.yaml
 SET ?=
@@ -21,9 +22,9 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: SPEC=<yaml> SET=\"key=value ...\" RUN=<run id> INPUT=<path> OUTPUT=<dir> HOST PORT"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(ROOT)/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '$(ROOT)[dev]'
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extra

@@ -177,3 +177,22 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     client = MlflowClient(mlflow_uri)
     assert client.get_run(failed[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_make_study_debug_end_to_end(tmp_path):
+    from conftest import REPO
+
+    if not (REPO / ".venv" / ".installed").exists():
+        pytest.skip("`make install` has not been run: no .venv to run make targets with")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(["make", "-f", str(REPO / "Makefile"), "study", f"SPEC={DEBUG_STUDY}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "best trial" in proc.stdout and (tmp_path / "experiments" / "generated" / "debug_study-best.yaml").exists()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "mlruns" / "optuna" / "debug_study.journal")))
+    study = optuna.load_study(study_name="debug_study", storage=storage)
+    assert len(study.trials) == 3
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
