@@ -72,6 +72,7 @@ def _decode(item: tuple[str, Path, Path], size: int) -> tuple[np.ndarray, np.nda
         raw = image_path.read_bytes()
         digest.update(raw)
         with Image.open(image_path) as im:
+            original = im.size
             image = im.convert("RGB").resize((size, size), Image.BILINEAR)
     except FileNotFoundError:
         raise DataError(f"{image_path}: image listed for '{name}' not found") from None
@@ -82,6 +83,9 @@ def _decode(item: tuple[str, Path, Path], size: int) -> tuple[np.ndarray, np.nda
         with Image.open(mask_path) as m:
             if m.mode not in ("L", "P", "I", "1", "I;16"):
                 raise DataError(f"{mask_path}: mask must be single-channel, got mode {m.mode}")
+            if m.size != original:  # resizing both would hide a mask drawn for another image
+                raise DataError(f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} "
+                                f"is {original[0]}x{original[1]}")
             mask = m.resize((size, size), Image.NEAREST)  # labels: never interpolate
     except FileNotFoundError:
         raise DataError(f"{mask_path}: mask for '{name}' not found") from None

@@ -1,0 +1,158 @@
+"""Bad input corpus: malformed specs and broken datasets each fail with the file (and field) named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import EXPERIMENTS
+from harness.data import DataError, build_data
+from harness.spec import SpecError, load_spec
+
+# (yaml text, overrides, words the message must contain). Together with tests/test_specs.py
+# (17 cases + cycle + base-line) and the study/campaign spec tests, over 40 malformed specs.
+SPECS = {
+    "model_unknown_key": ("model: {depth: 5}\n", [], ["model.depth", "arch"]),
+    "data_unknown_key": ("data: {size: 64}\n", [], ["data.size", "image_size"]),
+    "eval_unknown_key": ("eval: {thresh: 0.5}\n", [], ["eval.thresh", "threshold"]),
+    "batch_size_string": ("train: {batch_size: big}\n", [], ["train.batch_size", "integer"]),
+    "lr_string": ("train: {lr: fast}\n", [], ["train.lr", "number"]),
+    "channels_last_string": ("train: {channels_last: maybe}\n", [], ["train.channels_last", "boolean"]),
+    "augment_int": ("augment: 3\n", [], ["augment"]),
+    "model_list": ("model: [unet]\n", [], ["model"]),
+    "epochs_zero": ("train: {epochs: 0}\n", [], ["train.epochs", "greater than or equal to 1"]),
+    "image_size_tiny": ("data: {image_size: 8}\n", [], ["data.image_size", "16"]),
+    "val_fraction_over_one": ("data: {val_fraction: 1.5}\n", [], ["data.val_fraction", "less than 1"]),
+    "threshold_one": ("eval: {threshold: 1.0}\n", [], ["eval.threshold", "less than 1"]),
+    "batch_size_negative": ("train: {batch_size: -4}\n", [], ["train.batch_size"]),
+    "num_workers_negative": ("data: {num_workers: -1}\n", [], ["data.num_workers"]),
+    "grad_clip_zero": ("train: {grad_clip: 0}\n", [], ["train.grad_clip", "greater than 0"]),
+    "weight_decay_negative": ("train: {weight_decay: -0.1}\n", [], ["train.weight_decay"]),
+    "unknown_optimizer": ("train: {optimizer: lion}\n", [], ["train.optimizer", "adamw", "rmsprop"]),
+    "unknown_scheduler": ("train: {scheduler: step}\n", [], ["train.scheduler", "cosine", "plateau"]),
+    "unknown_dataset": ("data: {dataset: coco}\n", [], ["data.dataset", "oxford_pet", "folder"]),
+    "unknown_foreground": ("data: {foreground: pet}\n", [], ["data.foreground", "pet_only"]),
+    "unknown_upsample": ("model: {upsample: nearest}\n", [], ["model.upsample", "transpose"]),
+    "unknown_weights": ("model: {encoder_weights: coco}\n", [], ["model.encoder_weights", "imagenet"]),
+    "unknown_device": ("train: {device: tpu}\n", [], ["train.device", "cuda"]),
+    "augment_item_without_name": ("augment:\n  - {p: 0.5}\n", [], ["augment", "name"]),
+    "base_not_string": ("base: [a.yaml]\n", [], ["base", "path string"]),
+    "override_without_equals": ("name: x\n", ["train.lr"], ["train.lr", "KEY=VALUE"]),
+    "override_into_scalar": ("name: x\n", ["seed.value=1"], ["seed.value"]),
+    "override_unknown_section": ("name: x\n", ["optim.lr=1"], ["optim", "does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_malformed_spec_is_named(case, tmp_path):
+    text, overrides, words = SPECS[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    message = str(info.value)
+    if not overrides:
+        assert str(path) in message
+    for word in words:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+def _pet(root, n=5, size=(24, 20)):
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / "images" / f"pet_{i}.jpg")
+        tri = np.full((size[1], size[0]), 2, np.uint8)
+        tri[4:12, 4:12] = 1
+        Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"pet_{i}.png")
+    (root / "annotations" / "trainval.txt").write_text("".join(f"pet_{i} 1 1 1\n" for i in range(n - 1)))
+    (root / "annotations" / "test.txt").write_text(f"pet_{n - 1} 1 1 1\n")
+    return root
+
+
+def _corrupt_jpeg(root):
+    path = root / "images" / "pet_1.jpg"
+    path.write_bytes(path.read_bytes()[:40])
+    return "pet_1.jpg"
+
+
+def _zero_byte(root):
+    (root / "images" / "pet_2.jpg").write_bytes(b"")
+    return "pet_2.jpg"
+
+
+def _missing_trimap(root):
+    (root / "annotations" / "trimaps" / "pet_0.png").unlink()
+    return "pet_0.png"
+
+
+def _rgb_trimap(root):
+    Image.fromarray(np.full((20, 24, 3), 2, np.uint8)).save(root / "annotations" / "trimaps" / "pet_1.png")
+    return "pet_1.png"
+
+
+def _unknown_values(root):
+    tri = np.full((20, 24), 2, np.uint8)
+    tri[0, 0] = 9
+    Image.fromarray(tri).save(root / "annotations" / "trimaps" / "pet_3.png")
+    return "pet_3"
+
+
+def _size_mismatch(root):
+    Image.fromarray(np.full((40, 40), 2, np.uint8)).save(root / "annotations" / "trimaps" / "pet_2.png")
+    return "pet_2.png"
+
+
+def _empty_split(root):
+    (root / "annotations" / "trainval.txt").write_text("\n")
+    return "trainval.txt"
+
+
+def _split_names_no_file(root):
+    with open(root / "annotations" / "trainval.txt", "a") as f:
+        f.write("ghost_7 1 1 1\n")
+    return "ghost_7.jpg"
+
+
+def _missing_split_file(root):
+    (root / "annotations" / "test.txt").unlink()
+    return "test.txt"
+
+
+def _root_is_a_file(root):
+    (root / "annotations" / "trainval.txt").rename(root / "not_a_dir")
+    return "not_a_dir"
+
+
+BROKEN = {f.__name__.lstrip("_"): f for f in (_corrupt_jpeg, _zero_byte, _missing_trimap, _rgb_trimap, _unknown_values,
+                                              _size_mismatch, _empty_split, _split_names_no_file, _missing_split_file,
+                                              _root_is_a_file)}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_oxford_dataset_names_the_file(case, tmp_path):
+    root = _pet(tmp_path / "pet")
+    needle = BROKEN[case](root)
+    target = root / "not_a_dir" if case == "root_is_a_file" else root
+    with pytest.raises(DataError) as info:
+        build_data("oxford_pet", root=str(target), image_size=16)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_folder_dataset_with_unmatched_stems(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("a", "b", "c"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{stem}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(DataError, match="b, c"):
+        build_data("folder", root=str(tmp_path), image_size=8)
+
+
+def test_spec_files_are_read_with_safe_load(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(path)
