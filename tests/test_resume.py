@@ -137,3 +137,50 @@ def test_sigkill_then_same_command_resumes_the_same_run(tmp_path):
     third = run(["--restart"])  # on purpose: a new run, even though a finished one exists
     assert third.returncode == 0 and "resuming" not in third.stdout
     assert len(client.search_runs([client.get_experiment_by_name("debug").experiment_id])) == 2
+
+
+def test_disk_full_during_checkpoint_write_keeps_previous_usable(tmp_path, monkeypatch, uninterrupted):
+    import errno
+
+    from harness import checkpoint
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    real_save = torch.save
+
+    def save_or_fill_disk(obj, path, *args, **kwargs):
+        if str(path).endswith("last.pt.tmp") and obj.get("epoch") == 3:
+            with open(path, "wb") as f:  # a partial write, then the disk is full
+                f.write(b"\x80\x02partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_or_fill_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _run(store, tmp_path / "ck")
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    (run_dir,) = (tmp_path / "ck").iterdir()
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2  # untouched by the failed write
+    assert MlflowClient(store).get_run(run_dir.name).info.status == "FAILED"
+    _resume_and_compare(store, tmp_path / "ck", uninterrupted)
+
+
+def test_crash_during_validation_resumes_identically(tmp_path, monkeypatch, uninterrupted):
+    from harness import experiment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    real_evaluate, calls = experiment.evaluate, []
+
+    def evaluate_then_die(*args, prefix="val", **kwargs):
+        calls.append(prefix)
+        if calls.count("val") == 3:
+            raise KeyboardInterrupt("killed during validation of epoch 3")
+        return real_evaluate(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(store, tmp_path / "ck")
+    monkeypatch.setattr(experiment, "evaluate", real_evaluate)
+    run_id = _resume_and_compare(store, tmp_path / "ck", uninterrupted)
+    assert MlflowClient(store).get_run(run_id).data.tags["resumed_from_epoch"] == "2"
