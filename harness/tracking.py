@@ -6,6 +6,7 @@ to the working directory; `MLFLOW_TRACKING_URI` overrides it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import traceback
 from pathlib import Path
@@ -25,6 +26,25 @@ MODEL_NAME = "model"
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_store(uri: str) -> None:
+    """Create or migrate a SQLite store once, under a file lock.
+
+    Two processes opening a new store at once race in MLflow's schema migration (seen here:
+    alembic "expected to match one row" and a dead run); the lock serialises that first touch.
+    """
+    if uri in _PREPARED or not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / (db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(uri).search_experiments(max_results=1)
+    _PREPARED.add(uri)
 
 
 class Tracker(Protocol):
@@ -88,8 +108,7 @@ class MlflowTracker:
         self.run_id = ""
 
     def __enter__(self) -> "MlflowTracker":
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        prepare_store(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment_id = _experiment_id(self.experiment, self.tracking_uri)
         if self.resume_id:
@@ -192,14 +211,14 @@ def run_params(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
 
 
 def _client() -> MlflowClient:
+    prepare_store(default_tracking_uri())
     return MlflowClient(default_tracking_uri())
 
 
 def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str:
     """A run that other runs nest under (an Optuna study). Returns its id; it stays RUNNING."""
     uri = default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    prepare_store(uri)
     client = MlflowClient(uri)
     run = client.create_run(_experiment_id(experiment, uri), run_name=name, tags={"run.kind": "study"})
     for key, value in params.items():

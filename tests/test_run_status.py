@@ -78,3 +78,20 @@ def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
     assert proc.returncode == 130
     _, run = _only_run(store)
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_two_experiments_share_one_store_at_the_same_time(store, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", "experiment", str(EXPERIMENTS / "debug.yaml"),
+                               f"seed={seed}", "train.epochs=5", "log_model=false"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        for key in ("train/loss", "val/dice", "lr"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4, 5]
+        assert "test/dice" in run.data.metrics
