@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS  # noqa: F401
+from test_specs import BAD
 from harness.data import DataError, build_data
 from harness.spec import SpecError, load_spec
 
-# (yaml text, overrides, words the message must contain). Together with tests/test_specs.py
-# (17 cases + cycle + base-line) and the study/campaign spec tests, over 40 malformed specs.
-SPECS = {
+# (yaml text, overrides, words the message must contain); merged below with test_specs.BAD.
+MORE_SPECS = {
     "model_unknown_key": ("model: {depth: 5}\n", [], ["model.depth", "arch"]),
     "data_unknown_key": ("data: {size: 64}\n", [], ["data.size", "image_size"]),
     "eval_unknown_key": ("eval: {thresh: 0.5}\n", [], ["eval.thresh", "threshold"]),
@@ -42,6 +42,13 @@ SPECS = {
     "override_into_scalar": ("name: x\n", ["seed.value=1"], ["seed.value"]),
     "override_unknown_section": ("name: x\n", ["optim.lr=1"], ["optim", "does not exist"]),
 }
+
+
+SPECS = {**BAD, **MORE_SPECS}
+
+
+def test_corpus_size():
+    assert len(SPECS) >= 40 and len(BROKEN) >= 10
 
 
 @pytest.mark.parametrize("case", sorted(SPECS))
