@@ -15,11 +15,17 @@ import seaborn as sns  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook")
 
 
+def _order(frame: pd.DataFrame, arm: str) -> list:
+    """Arms in order of first appearance, so every figure gives an arm the same colour."""
+    return list(dict.fromkeys(frame[arm]))
+
+
 def learning_curves(history: pd.DataFrame, arm: str = "arm", metric: str = "val/dice"):
     """history: run_id, metric, epoch, value, <arm>. Mean over runs with a 95% CI band."""
     data = history[history.metric == metric]
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=data, x="epoch", y="value", hue=arm, errorbar=("ci", 95), marker="o", ax=ax)
+    sns.lineplot(data=data, x="epoch", y="value", hue=arm, hue_order=_order(history, arm), errorbar=("ci", 95),
+                 marker="o", ax=ax)
     ax.set(ylabel=metric, title=f"{metric} per epoch (mean over seeds, 95% CI band)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
@@ -32,7 +38,8 @@ def time_to_score(history: pd.DataFrame, arm: str = "arm", metric: str = "val/di
     wide = wide.sort_values(["run_id", "epoch"])
     wide["wall_s"] = wide.groupby("run_id")["time/epoch_s"].cumsum()
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=wide, x="wall_s", y=metric, hue=arm, units="run_id", estimator=None, marker="o", ax=ax)
+    sns.lineplot(data=wide, x="wall_s", y=metric, hue=arm, hue_order=_order(history, arm), units="run_id",
+                 estimator=None, marker="o", ax=ax)
     ax.set(xlabel="training wall time (s)", ylabel=metric, title=f"Time to {metric}")
     fig.tight_layout()
     return fig
@@ -53,8 +60,8 @@ def paired_scatter(paired: pd.DataFrame, a: str, b: str):
 
 def summary_bars(runs: pd.DataFrame, arm: str = "arm", metric: str = "test/dice"):
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.pointplot(data=runs, x=arm, y=metric, errorbar=("ci", 95), ax=ax)
-    sns.stripplot(data=runs, x=arm, y=metric, color="black", alpha=0.5, ax=ax)
+    sns.pointplot(data=runs, x=arm, y=metric, order=_order(runs, arm), errorbar=("ci", 95), ax=ax)
+    sns.stripplot(data=runs, x=arm, y=metric, order=_order(runs, arm), color="black", alpha=0.5, ax=ax)
     ax.set(title=f"{metric} per run (points) and mean with 95% CI")
     fig.tight_layout()
     return fig

@@ -84,7 +84,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     title = f"Campaign {campaign}" if campaign else f"Experiment {experiment}"
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
-    history = history.merge(runs[["run_id", "arm"]], on="run_id")
+    history = runs[["run_id", "arm"]].merge(history, on="run_id")  # keeps the runs' (matrix) order
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; generated "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
