@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
-from analysis.runs import load_campaign, load_history, load_per_image, log_report
+from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
 from analysis.stats import bootstrap_ci, paired_comparison
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
@@ -78,9 +78,13 @@ def conclusion(a: str, b: str, result: dict, seeds: int, axis: str) -> str:
             f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict}")
 
 
-def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None) -> str:
-    """The report as an HTML string. Raises LookupError when there are no finished runs."""
-    runs, axes = load_campaign(campaign, experiment, uri)
+def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
+                 loaded: tuple[pd.DataFrame, list[str]] | None = None) -> str:
+    """The report as an HTML string. Raises LookupError when there are no finished runs.
+
+    `loaded` is `load_campaign`'s result, when the caller already has it.
+    """
+    runs, axes = loaded or load_campaign(campaign, experiment, uri)
     title = f"Campaign {campaign}" if campaign else f"Experiment {experiment}"
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
@@ -131,7 +135,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     name = args.campaign or args.experiment
     try:
-        page = build_report(args.campaign, args.experiment)
+        runs, axes = load_campaign(args.campaign, args.experiment)
+        page = build_report(args.campaign, args.experiment, loaded=(runs, axes))
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -140,17 +145,10 @@ def main(argv=None) -> int:
     out.write_text(page)
     print(f"wrote {out}")
     if not args.no_log:
-        runs, _ = load_campaign(args.campaign, args.experiment)
-        experiment = args.experiment or _experiment_of(runs)
+        experiment = args.experiment or experiment_name(runs.run_id.iloc[0])
         run_id = log_report(out, f"report-{name}", experiment, {"report.of": name})
         print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
     return 0
-
-
-def _experiment_of(runs: pd.DataFrame) -> str:
-    from analysis.runs import experiment_name
-
-    return experiment_name(runs.run_id.iloc[0])
 
 
 if __name__ == "__main__":

@@ -25,26 +25,36 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
 
 
-def load_runs(experiment: str, uri: str | None = None, status: str | None = "FINISHED") -> pd.DataFrame:
-    """One row per run: run_id, status, start_time, the key params, tags and final test metrics.
+NUMERIC_PARAMS = ("model.base_width", "train.lr", "train.epochs", "data.image_size", "seed")
+FINAL_METRICS = [*TEST_METRICS, "model/num_params", "best/val_dice", "time/total_s", "throughput/train_img_s"]
 
-    Params stay strings in MLflow; numeric ones are converted here. Missing columns are NaN.
+
+def _tidy(raw: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """mlflow.search_runs output -> one row per run with named params, tags and final metrics.
+
+    Params stay strings in MLflow; the numeric ones are converted here. Missing columns are NaN.
     """
+    out = pd.DataFrame({"run_id": raw["run_id"], "status": raw["status"], "start_time": raw["start_time"]})
+    for name in dict.fromkeys(params):
+        out[name] = raw.get(f"params.{name}")
+    for name in KEY_TAGS:
+        out[name] = raw.get(f"tags.{name}")
+    for name in FINAL_METRICS:
+        out[name] = pd.to_numeric(raw.get(f"metrics.{name}"), errors="coerce")
+    for name in NUMERIC_PARAMS:
+        if name in out:
+            out[name] = pd.to_numeric(out[name], errors="coerce")
+    return out
+
+
+def load_runs(experiment: str, uri: str | None = None, status: str | None = "FINISHED") -> pd.DataFrame:
+    """One row per run of `experiment`: run_id, status, start_time, key params, tags, final metrics."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     filter_string = f"attributes.status = '{status}'" if status else ""
     raw = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
     if raw.empty:
-        return pd.DataFrame(columns=["run_id", "status", "start_time", *KEY_PARAMS, *KEY_TAGS, *TEST_METRICS])
-    out = pd.DataFrame({"run_id": raw["run_id"], "status": raw["status"], "start_time": raw["start_time"]})
-    for name in KEY_PARAMS:
-        out[name] = raw.get(f"params.{name}")
-    for name in KEY_TAGS:
-        out[name] = raw.get(f"tags.{name}")
-    for name in [*TEST_METRICS, "model/num_params", "best/val_dice"]:
-        out[name] = raw.get(f"metrics.{name}")
-    for name in ("model.base_width", "train.lr", "train.epochs", "data.image_size", "seed"):
-        out[name] = pd.to_numeric(out[name], errors="coerce")
-    return out
+        return pd.DataFrame(columns=["run_id", "status", "start_time", *KEY_PARAMS, *KEY_TAGS, *FINAL_METRICS])
+    return _tidy(raw, KEY_PARAMS)
 
 
 def load_campaign(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
@@ -65,14 +75,7 @@ def load_campaign(campaign: str | None = None, experiment: str | None = None, ur
         raise LookupError(f"no {status} runs for {'campaign ' + repr(campaign) if campaign else 'experiment ' + repr(experiment)}")
     axes = (raw["tags.campaign.axes"].dropna().iloc[0].split(",") if campaign and "tags.campaign.axes" in raw
             else ["model.arch", "seed"])
-    raw = raw.sort_values("start_time")  # cells run in matrix order: keeps the matrix's level order
-    runs = pd.DataFrame({"run_id": raw["run_id"], "start_time": raw["start_time"]})
-    for name in dict.fromkeys([*KEY_PARAMS, *axes]):
-        runs[name] = raw.get(f"params.{name}")
-    for name in KEY_TAGS:
-        runs[name] = raw.get(f"tags.{name}")
-    for name in [*TEST_METRICS, "model/num_params", "best/val_dice", "time/total_s", "throughput/train_img_s"]:
-        runs[name] = pd.to_numeric(raw.get(f"metrics.{name}"), errors="coerce")
+    runs = _tidy(raw.sort_values("start_time"), [*KEY_PARAMS, *axes])  # cells ran in matrix order
     arm_axes = [a for a in axes if a != "seed"] or ["model.arch"]
     runs["arm"] = runs[arm_axes].astype(str).agg(" / ".join, axis=1)
     return runs, axes

@@ -123,10 +123,10 @@ def _study(args) -> int:
     from harness.plans import load_study_spec
 
     spec, base = load_study_spec(args.spec, args.overrides)
-    from harness.study import run_study, run_worker
+    from harness.study import run_study, run_worker, storage_for
 
     if args.worker_index is not None:
-        run_worker(spec, base, args.storage, args.worker_index)
+        run_worker(spec, base, storage_for(spec, args.storage), args.worker_index)
         return 0
     cmd = [sys.executable, "-m", "harness", "study", str(args.spec), *args.overrides]
     if args.storage:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import platform
 import subprocess
-
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-HARNESS_VERSION = metadata.version("seg-harness") if "seg-harness" in {
-    d.metadata["Name"] for d in metadata.distributions()} else "0+unknown"
+try:
+    HARNESS_VERSION = metadata.version("seg-harness")
+except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    HARNESS_VERSION = "0+unknown"
 
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:

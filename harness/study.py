@@ -116,9 +116,8 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
     return objective
 
 
-def run_worker(spec: StudySpec, base: Path, storage_url: str | None, worker: int) -> None:
+def run_worker(spec: StudySpec, base: Path, storage, worker: int) -> None:
     """Optimise until the study holds n_trials finished (complete or pruned) trials."""
-    storage = storage_for(spec, storage_url)
     study = open_study(spec, storage, worker)
     parent = study.user_attrs["mlflow_parent_run_id"]
     experiment = study.user_attrs["mlflow_experiment"]
@@ -148,7 +147,7 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
             if any(codes):
                 print(f"warning: worker exit codes {codes}", file=sys.stderr)
         else:
-            run_worker(spec, base, storage_url, 0)
+            run_worker(spec, base, storage, 0)
         study = optuna.load_study(study_name=spec.name, storage=storage)
         close_failed_runs(study)
         summarise(study, spec, base, parent)

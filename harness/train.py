@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,7 +50,6 @@ class StepConfig:
 class EpochStats:
     metrics: dict[str, float]
     counts: torch.Tensor | None = None  # (N, 4) per-image confusion counts (evaluate only)
-    extra: dict = field(default_factory=dict)
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -27,3 +29,22 @@ def require_pet_mini() -> Path:
     if not (PET_MINI / "annotations" / "trainval.txt").is_file():
         pytest.skip(f"Oxford-IIIT Pet mini set not found at {PET_MINI} (see shared/README.md)")
     return PET_MINI
+
+
+def write_pet_layout(root: Path, names: list[str], n_test: int = 1, size=(24, 20), trimap_value=None) -> Path:
+    """A tiny dataset in the official Oxford-IIIT Pet layout; the last `n_test` names are the test split."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    width, height = size
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(root / "images" / f"{name}.jpg")
+        tri = np.full((height, width), 2, np.uint8)
+        tri[5:15, 6:18] = 1
+        tri[5, 6:18] = 3
+        if trimap_value is not None:
+            tri[0, 0] = trimap_value
+        Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"{name}.png")
+    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[:-n_test]))
+    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[-n_test:]))
+    return root

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXPERIMENTS  # noqa: F401
+from conftest import write_pet_layout
 from test_specs import BAD
 from harness.data import DataError, build_data
 from harness.spec import SpecError, load_spec
@@ -63,20 +63,6 @@ def test_malformed_spec_is_named(case, tmp_path):
         assert str(path) in message
     for word in words:
         assert word in message, f"{word!r} not in: {message}"
-
-
-def _pet(root, n=5, size=(24, 20)):
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / "images" / f"pet_{i}.jpg")
-        tri = np.full((size[1], size[0]), 2, np.uint8)
-        tri[4:12, 4:12] = 1
-        Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"pet_{i}.png")
-    (root / "annotations" / "trainval.txt").write_text("".join(f"pet_{i} 1 1 1\n" for i in range(n - 1)))
-    (root / "annotations" / "test.txt").write_text(f"pet_{n - 1} 1 1 1\n")
-    return root
 
 
 def _corrupt_jpeg(root):
@@ -140,7 +126,7 @@ BROKEN = {f.__name__.lstrip("_"): f for f in (_corrupt_jpeg, _zero_byte, _missin
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_oxford_dataset_names_the_file(case, tmp_path):
-    root = _pet(tmp_path / "pet")
+    root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(5)])
     needle = BROKEN[case](root)
     target = root / "not_a_dir" if case == "root_is_a_file" else root
     with pytest.raises(DataError) as info:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_pet_mini
+from conftest import require_pet_mini, write_pet_layout
 from harness.augment import build_pipeline
 from harness.data import DataError, SegDataset, build_data, make_loader
 
@@ -42,24 +42,8 @@ def test_oxford_pet_mini_reads_official_layout():
     assert len(again.train) == 5
 
 
-def _write_pet_layout(root, names, trimap_value=None):
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for n in names:
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "images" / f"{n}.jpg")
-        tri = np.full((20, 24), 2, np.uint8)
-        tri[5:15, 6:18] = 1
-        tri[5, 6:18] = 3
-        if trimap_value is not None:
-            tri[0, 0] = trimap_value
-        Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"{n}.png")
-    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[:-2]))
-    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[-2:]))
-
-
 def test_oxford_layout_fixture_and_rules(tmp_path):
-    _write_pet_layout(tmp_path, [f"cat_{i}" for i in range(10)])
+    write_pet_layout(tmp_path, [f"cat_{i}" for i in range(10)], n_test=2)
     nb = build_data("oxford_pet", root=str(tmp_path), image_size=16)
     pet = build_data("oxford_pet", root=str(tmp_path), image_size=16, foreground="pet_only")
     assert len(nb.test) == 2 and len(nb.train) + len(nb.val) == 8
@@ -67,13 +51,13 @@ def test_oxford_layout_fixture_and_rules(tmp_path):
 
 
 def test_bad_trimap_value_names_the_image(tmp_path):
-    _write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)], trimap_value=7)
+    write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)], n_test=2, trimap_value=7)
     with pytest.raises(DataError, match=r"dog_\d.*\[7\]"):
         build_data("oxford_pet", root=str(tmp_path), image_size=16)
 
 
 def test_missing_image_names_the_file(tmp_path):
-    _write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)])
+    write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)], n_test=2)
     (tmp_path / "images" / "dog_1.jpg").unlink()
     with pytest.raises(DataError, match="dog_1.jpg"):
         build_data("oxford_pet", root=str(tmp_path), image_size=16)

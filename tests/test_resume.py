@@ -67,17 +67,13 @@ def _resume_and_compare(store, root, uninterrupted):
     return run_id
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, uninterrupted):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    store = os.environ["MLFLOW_TRACKING_URI"]
+def test_resume_after_interrupt_matches_uninterrupted_run(store, tmp_path, uninterrupted):
     with pytest.raises(Crash):
         _run(store, tmp_path / "ck", crash_at=2)
     _resume_and_compare(store, tmp_path / "ck", uninterrupted)
 
 
-def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, capsys, uninterrupted):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    store = os.environ["MLFLOW_TRACKING_URI"]
+def test_corrupt_checkpoint_falls_back_to_previous(store, tmp_path, capsys, uninterrupted):
     with pytest.raises(Crash):
         _run(store, tmp_path / "ck", crash_at=3)
     (run_dir,) = (tmp_path / "ck").iterdir()
@@ -88,9 +84,8 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, capsys
     assert f"checkpoint {last} is unreadable" in out and "prev.pt (epoch 2)" in out
 
 
-def test_finished_run_is_not_resumed(tmp_path, monkeypatch, uninterrupted):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _run(os.environ["MLFLOW_TRACKING_URI"], tmp_path / "ck")
+def test_finished_run_is_not_resumed(store, tmp_path):
+    _run(store, tmp_path / "ck")
     spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
     assert find_resumable(spec.tracking, spec.spec_hash(), tmp_path / "ck") is None
 
@@ -139,13 +134,11 @@ def test_sigkill_then_same_command_resumes_the_same_run(tmp_path):
     assert len(client.search_runs([client.get_experiment_by_name("debug").experiment_id])) == 2
 
 
-def test_disk_full_during_checkpoint_write_keeps_previous_usable(tmp_path, monkeypatch, uninterrupted):
+def test_disk_full_during_checkpoint_write_keeps_previous_usable(store, tmp_path, monkeypatch, uninterrupted):
     import errno
 
     from harness import checkpoint
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    store = os.environ["MLFLOW_TRACKING_URI"]
     real_save = torch.save
 
     def save_or_fill_disk(obj, path, *args, **kwargs):
@@ -165,11 +158,9 @@ def test_disk_full_during_checkpoint_write_keeps_previous_usable(tmp_path, monke
     _resume_and_compare(store, tmp_path / "ck", uninterrupted)
 
 
-def test_crash_during_validation_resumes_identically(tmp_path, monkeypatch, uninterrupted):
+def test_crash_during_validation_resumes_identically(store, tmp_path, monkeypatch, uninterrupted):
     from harness import experiment
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    store = os.environ["MLFLOW_TRACKING_URI"]
     real_evaluate, calls = experiment.evaluate, []
 
     def evaluate_then_die(*args, prefix="val", **kwargs):
