@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install experiment validate study dashboard campaign report bench test test-all ui predict clean-venv
+.PHONY: help install experiment validate audit study dashboard campaign report bench test test-all ui predict clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) wit
 
 validate: $(VENV)/.installed  ## check SPEC with SET and print the resolved YAML
 	$(PY) -m harness validate $(SPEC) $(SET)
+
+audit: $(VENV)/.installed  ## audit a dataset: DATA=<root> (unusable files, empty masks, near-duplicates); JSON=<file>
+	@test -n "$(DATA)" || { echo "usage: make audit DATA=<dataset root> [JSON=audit.json]"; exit 2; }
+	$(PY) -m harness audit $(DATA) $(if $(JSON),--json $(JSON))
 
 study: $(VENV)/.installed  ## run/resume an Optuna study: SPEC=<study yaml> [WORKERS=N] [STORAGE=url]
 	$(PY) -m harness study $(if $(filter command line,$(origin SPEC)),$(SPEC),$(STUDY_SPEC)) $(SET) \

@@ -1,4 +1,4 @@
-"""Command line: `python -m harness experiment|predict|validate|models`.
+"""Command line: `python -m harness experiment|validate|study|campaign|audit|predict|models`.
 
 Exit status: 0 ok, 1 run failed, 2 bad input (spec, data, arguments), 130 interrupted.
 """
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   python -m harness experiment experiments/quickstart.yaml
   python -m harness experiment experiments/unet.yaml data.root=../shared/data/oxford-pet-mini train.epochs=3
   python -m harness validate experiments/resnet34_unet.yaml train.lr=3e-4
+  python -m harness audit ../shared/data/oxford-pet-128 --json audit.json
   python -m harness predict --run <run id> --input photo.jpg --output predictions/
 """
 
@@ -52,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     s.add_argument("--output", required=True, type=Path, help="folder for <stem>_mask.png and <stem>_overlay.png")
     s.add_argument("--threshold", type=float, default=None, help="default: the run's eval.threshold")
+    s = sub.add_parser("audit", help="check a dataset: unusable files, empty masks, near-duplicates across splits",
+                       description="Audit a dataset folder (decoding it into the cache if needed) and print what "
+                                   "is wrong with it. Exit 0 when every file is usable, 1 when some are not, "
+                                   "2 when the folder cannot be read at all.")
+    s.add_argument("root", type=Path, help="dataset folder (official Oxford-IIIT Pet layout, or images/ + masks/)")
+    s.add_argument("--dataset", choices=("oxford_pet", "folder"), default=None,
+                   help="layout (default: oxford_pet if annotations/trimaps exists, else folder)")
+    s.add_argument("--image-size", type=int, default=128, help="decode size, as in data.image_size (default 128)")
+    s.add_argument("--foreground", choices=("not_background", "pet_only"), default="not_background",
+                   help="foreground rule used to find empty masks")
+    s.add_argument("--cache-dir", default="mlruns/cache", help="dataset cache (default mlruns/cache); '' for none")
+    s.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
+    s.add_argument("--limit", type=int, default=20, help="examples printed per finding (default 20)")
     sub.add_parser("models", help="list registered model names")
     return p
 
@@ -90,7 +104,30 @@ def _dispatch(args) -> int:
         return _study(args)
     if args.command == "campaign":
         return _campaign(args)
+    if args.command == "audit":
+        return _audit(args)
     return _predict(args)
+
+
+def _audit(args) -> int:
+    import json
+
+    from harness.data import DataError, build_data
+    from harness.data.audit import format_audit
+
+    kind = args.dataset or ("oxford_pet" if (args.root / "annotations" / "trimaps").is_dir() else "folder")
+    try:
+        data = build_data(kind, root=str(args.root), image_size=args.image_size, foreground=args.foreground,
+                          on_bad="skip", cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.root} ({kind}, {args.image_size}px, foreground={args.foreground}, fingerprint {data.fingerprint})")
+    print(format_audit(data.audit, args.limit))
+    if args.json:
+        args.json.write_text(json.dumps(data.audit, indent=1))
+        print(f"wrote {args.json}")
+    return 1 if data.audit["counts"]["problems"] else 0
 
 
 def _experiment(args) -> int:

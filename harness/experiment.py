@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import random
 import tempfile
 import time
@@ -31,6 +32,7 @@ from harness.spec import ExperimentSpec, flatten
 from harness.train import (StepConfig, build_optimizer, build_scheduler, evaluate, resolve_amp, select_device,
                            train_one_epoch)
 
+DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop (Optuna)
 
 
@@ -62,6 +64,15 @@ def cached_data(dataset: str, **kwargs):
     return build_data(dataset, **kwargs)
 
 
+def _print_audit(report: dict) -> None:
+    """One line when the audit found something; the full list is the run's audit.json."""
+    c = report.get("counts", {})
+    found = {k: c.get(k, 0) for k in ("problems", "empty_masks", "near_duplicates", "cross_split_duplicates")}
+    if any(found.values()):
+        print("data audit: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.items())
+              + "  (details: audit.json in the run, or `make audit DATA=<root>`)", flush=True)
+
+
 @dataclass
 class _Parts:
     """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
@@ -79,8 +90,11 @@ class _Parts:
 
 def _setup(spec: ExperimentSpec, device: torch.device) -> _Parts:
     d, t = spec.data, spec.train
+    cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
     data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
-                       val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size)
+                       val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size,
+                       on_bad=d.on_bad, cache_dir=cache_dir, download=d.download)
+    _print_audit(data.audit)
     model = create_model(spec.model.arch, upsample=spec.model.upsample, base_width=spec.model.base_width,
                          encoder_weights=spec.model.encoder_weights).to(device)
     cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last)
@@ -115,11 +129,14 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     parts = _setup(spec, device)
     tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": parts.data.fingerprint,
             "amp.dtype": str(parts.cfg.amp_dtype).replace("torch.", "") if parts.cfg.amp_dtype else "float32",
-            **{f"data.{k}": v for k, v in parts.data.info.items()}, **git_state(), **environment(device)}
+            **{f"data.{k}": v for k, v in parts.data.info.items()},
+            **{f"data.audit.{k}": v for k, v in parts.data.audit.get("counts", {}).items()},
+            **git_state(), **environment(device)}
     tags["mlflow.source.git.commit"] = tags["git.commit"]
     with make_tracker(flatten(spec.to_dict()), tags) as tracker:
         folder = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
         lock = checkpoint.hold_lock(folder)  # noqa: F841 (held until this process ends)
+        _log_json(tracker, "audit.json", parts.data.audit)
         history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch)
         result = _finish(spec, parts, tracker, folder, history, best, best_epoch)
         total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
@@ -197,6 +214,13 @@ def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_e
     _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
+
+
+def _log_json(tracker, name: str, payload: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=1))
+        tracker.log_artifact(path)
 
 
 def _log_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts) -> None:

@@ -43,6 +43,10 @@ class DataSpec(_Section):
     limit: int | None = Field(None, ge=1, description="cap on images per split, for quick runs")
     num_workers: int = Field(0, ge=0, le=64)
     synthetic_size: tuple[int, int] = Field((400, 100), description="synthetic trainval and test counts")
+    on_bad: Literal["error", "skip"] = Field("error", description="unusable files: stop naming the file, or skip and count")
+    cache: bool = Field(True, description="decode once into arrays on disk, keyed by the files' fingerprint")
+    cache_dir: str | None = Field(None, description="cache folder (default: mlruns/cache); relative to the spec file")
+    download: bool = Field(False, description="oxford_pet only: fetch the official archives via torchvision")
 
     @model_validator(mode="after")
     def _root_needed(self):
@@ -103,8 +107,11 @@ class ExperimentSpec(_Section):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
-        """Hash of the resolved spec: equal hashes mean the same experiment."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Hash of the resolved spec: equal hashes mean the same experiment. Fields that cannot
+        change a result (where the cache lives, whether it is used, downloading) are left out."""
+        d = self.to_dict()
+        d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -223,17 +230,46 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
     for item in overrides:
         keys, value = parse_override(item)
         _apply_override(data, keys, value, item)
-    root = (data.get("data") or {}).get("root") if isinstance(data.get("data"), dict) else None
-    if isinstance(root, str) and not Path(root).is_absolute():
-        # Paths in specs are relative to the file that names them, not to the working directory;
-        # an override's path is relative to the working directory, as on any command line.
-        from_override = any(o.split("=", 1)[0].strip() == "data.root" for o in overrides)
-        anchor = Path.cwd() if from_override else _defining_file(chain, ("data", "root")).parent
-        data["data"]["root"] = str((anchor / root).resolve())
+    _resolve_paths(data, chain, overrides)
     try:
-        return ExperimentSpec.model_validate(data)
+        spec = ExperimentSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_format_errors(err, chain)) from None
+    _check_write_paths(spec, chain)
+    return spec
+
+
+PATH_FIELDS = ("root", "cache_dir")
+SOURCE_TREE = Path(__file__).resolve().parent.parent
+PROTECTED = tuple(SOURCE_TREE / d for d in ("harness", "analysis", "experiments", "tests", ".git"))
+
+
+def _resolve_paths(data: dict, chain, overrides) -> None:
+    """Paths in specs are relative to the file that names them, not to the working directory;
+    an override's path is relative to the working directory, as on any command line."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in PATH_FIELDS:
+        value = section.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            from_override = any(o.split("=", 1)[0].strip() == f"data.{key}" for o in overrides)
+            anchor = Path.cwd() if from_override else _defining_file(chain, ("data", key)).parent
+            section[key] = str((anchor / value).resolve())
+
+
+def _check_write_paths(spec: "ExperimentSpec", chain) -> None:
+    """Folders a run writes into (the cache; the root when downloading) must not be source code."""
+    writes = {"cache_dir": spec.data.cache_dir if spec.data.cache else None,
+              "root": spec.data.root if spec.data.download else None}
+    for key, value in writes.items():
+        if value is None:
+            continue
+        path = Path(value).resolve()
+        for protected in PROTECTED:
+            if path == protected or protected in path.parents:
+                raise SpecError(f"{_locate(chain, ('data', key))}: field 'data.{key}': {path} is inside the "
+                                f"source tree ({protected}); a run writes there. Use a folder such as mlruns/cache")
 
 
 def _defining_file(chain, keys) -> Path:

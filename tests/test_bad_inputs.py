@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -119,29 +126,96 @@ def _root_is_a_file(root):
     return "not_a_dir"
 
 
+def _unreadable_dir(root):
+    (root / "annotations" / "trimaps").chmod(0)
+    return "trimaps"
+
+
+def _folder_unmatched_stems(root):
+    (root / "masks" / "c.png").unlink()
+    return "c.png"
+
+
+# Files that are unusable on their own: skippable. The rest break the layout: always an error.
+SKIPPABLE = {"corrupt_jpeg", "zero_byte", "missing_trimap", "rgb_trimap", "unknown_values", "size_mismatch",
+             "split_names_no_file", "folder_unmatched_stems"}
 BROKEN = {f.__name__.lstrip("_"): f for f in (_corrupt_jpeg, _zero_byte, _missing_trimap, _rgb_trimap, _unknown_values,
                                               _size_mismatch, _empty_split, _split_names_no_file, _missing_split_file,
-                                              _root_is_a_file)}
+                                              _root_is_a_file, _unreadable_dir, _folder_unmatched_stems)}
 
 
-@pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_oxford_dataset_names_the_file(case, tmp_path):
-    root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(5)])
+def _broken_dataset(case: str, parent: Path) -> tuple[str, Path, str]:
+    """(dataset kind, root to read, the file name the message must carry)."""
+    if case.startswith("folder"):
+        root = parent / "folder"
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for i, stem in enumerate("abcd"):
+            Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(root / "images" / f"{stem}.png")
+            Image.fromarray(np.eye(8, dtype=np.uint8)).save(root / "masks" / f"{stem}.png")
+        return "folder", root, BROKEN[case](root)
+    root = write_pet_layout(parent / "pet", [f"pet_{i}" for i in range(5)])
     needle = BROKEN[case](root)
-    target = root / "not_a_dir" if case == "root_is_a_file" else root
+    return "oxford_pet", root / "not_a_dir" if case == "root_is_a_file" else root, needle
+
+
+def _build_as_unprivileged(kind: str, root: Path, on_bad: str) -> str:
+    """Root reads any directory, so the unreadable-directory case runs as user nobody."""
+    code = ("import sys\nfrom harness.data import build_data, DataError\n"
+            f"try:\n    build_data({kind!r}, root={str(root)!r}, image_size=16, on_bad={on_bad!r})\n"
+            "except DataError as e:\n    print(e); sys.exit(2)\n")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                         capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def world_readable_tmp():
+    """tmp_path lives under a root-only folder; the unprivileged reader needs a traversable one."""
+    folder = Path(tempfile.mkdtemp(prefix="broken-data-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("on_bad", ["error", "skip"])
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_dataset_names_the_file_or_is_skipped(case, on_bad, world_readable_tmp):
+    kind, root, needle = _broken_dataset(case, world_readable_tmp)
+    if case == "unreadable_dir" and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a directory unreadable")
+        message = _build_as_unprivileged(kind, root, on_bad)
+        assert needle in message and "cannot list directory" in message, message
+        return
+    if on_bad == "skip" and case in SKIPPABLE:
+        data = build_data(kind, root=str(root), image_size=16, on_bad="skip", val_fraction=0.3)
+        assert data.info["skipped"] == 1 and data.audit["counts"]["problems"] == 1
+        assert needle in data.audit["problems"][0]["path"]
+        stem = needle.split(".")[0]
+        assert stem not in data.train.names + data.val.names + data.test.names
+        return
     with pytest.raises(DataError) as info:
-        build_data("oxford_pet", root=str(target), image_size=16)
+        build_data(kind, root=str(root), image_size=16, on_bad=on_bad)
     assert needle in str(info.value), str(info.value)
 
 
-def test_folder_dataset_with_unmatched_stems(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    for stem in ("a", "b", "c"):
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{stem}.png")
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "a.png")
-    with pytest.raises(DataError, match="b, c"):
-        build_data("folder", root=str(tmp_path), image_size=8)
+def test_broken_dataset_leaves_the_cache_of_the_good_one_intact(tmp_path):
+    root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(5)])
+    cache_dir = tmp_path / "cache"
+    good = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir))
+    (entry,) = list(cache_dir.iterdir())
+    before = {p.name: p.read_bytes() for p in entry.iterdir()}
+    _corrupt_jpeg(root)
+    with pytest.raises(DataError, match="pet_1.jpg"):
+        build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir))
+    skipped = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir), on_bad="skip")
+    assert skipped.info["skipped"] == 1 and skipped.fingerprint != good.fingerprint
+    assert {p.name: p.read_bytes() for p in entry.iterdir() if p.name in before} == before
 
 
 def test_spec_files_are_read_with_safe_load(tmp_path):

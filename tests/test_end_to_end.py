@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -20,9 +21,10 @@ EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou",
               "lr", "time/epoch_s", "throughput/train_img_s"}
 FINAL_KEYS = {"test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc", "model/num_params",
               "time/total_s", "time/overhead_s"}
-TAG_KEYS = {"spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "env.torch", "env.harness"}
+TAG_KEYS = {"spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "env.torch", "env.harness",
+            "data.skipped", "data.audit.empty_masks", "data.audit.near_duplicates", "data.audit.cross_split_duplicates"}
 SECRET = "planted-secret-7f3a9c"
-ARTIFACTS = {"spec.yaml", "learning_curves.png", "val_predictions.png", "test_per_image.csv"}
+ARTIFACTS = {"spec.yaml", "learning_curves.png", "val_predictions.png", "test_per_image.csv", "audit.json"}
 
 
 def _cli(args, cwd, uri):
@@ -79,6 +81,9 @@ def test_artifacts(finished_run):
     assert logged_spec.spec_hash() == run.data.tags["spec_hash"]
     png = Image.open(client.download_artifacts(run.info.run_id, "val_predictions.png"))
     assert png.width > 100 and png.height > 100
+    audit = json.loads(Path(client.download_artifacts(run.info.run_id, "audit.json")).read_text())
+    assert audit["counts"]["images"] == sum(int(run.data.tags[f"data.n_{s}"]) for s in ("train", "val", "test"))
+    assert str(audit["counts"]["near_duplicates"]) == run.data.tags["data.audit.near_duplicates"]
 
 
 def test_no_secret_environment_variable_is_recorded(finished_run):

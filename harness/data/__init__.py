@@ -1,8 +1,9 @@
 """Datasets by short name (`synthetic`, `oxford_pet`, `folder`) -> train/val/test arrays + loaders.
 
-Images are decoded and resized once into uint8 arrays; workers only augment. Batches are
-uint8 images (N, 3, H, W) and float masks (N, 1, H, W) in {0, 1}; conversion to float and
-normalisation happen on the device (see harness.models.Segmenter).
+Images are decoded and resized once into uint8 arrays, cached on disk (harness.data.cache), and
+audited (harness.data.audit); workers only augment. Batches are uint8 images (N, 3, H, W) and
+float masks (N, 1, H, W) in {0, 1}; conversion to float and normalisation happen on the device
+(see harness.models.Segmenter).
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from harness.data import readers, synthetic
-from harness.data.readers import DataError
+from harness.data import cache, readers, synthetic
+from harness.data.audit import audit as run_audit
+from harness.data.loaders import SegDataset, make_loader
+from harness.data.readers import DataError, Decoded
 
 DATASETS = ("synthetic", "oxford_pet", "folder")
+TRIMAP_VALUES = (1, 2, 3)  # 1 pet, 2 background, 3 border
 FOREGROUND_RULES = {
     "not_background": lambda t: t != 2,  # pet + border band
     "pet_only": lambda t: t == 1,
 }
+ON_BAD = ("error", "skip")
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Split:
 
     def take(self, idx) -> "Split":
         idx = list(idx)
-        return Split(self.images[idx], self.masks[idx], [self.names[i] for i in idx])
+        return Split(np.ascontiguousarray(self.images[idx]), np.ascontiguousarray(self.masks[idx]),
+                     [self.names[i] for i in idx])
 
 
 @dataclass
@@ -46,6 +50,7 @@ class DataBundle:
     test: Split
     fingerprint: str
     info: dict = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)
 
 
 def _carve(names: list[str], fraction: float) -> tuple[list[int], list[int]]:
@@ -58,93 +63,119 @@ def _carve(names: list[str], fraction: float) -> tuple[list[int], list[int]]:
     return sorted(order[k:]), sorted(order[:k])
 
 
-def _binarise(trimaps: np.ndarray, names: list[str], rule: str, source: str) -> np.ndarray:
-    if source == "folder":
-        return (trimaps > 0).astype(np.uint8)  # folder masks: any nonzero pixel is foreground
-    bad = ~np.isin(trimaps, (1, 2, 3)).all(axis=(1, 2))
-    if bad.any():
-        i = int(np.argmax(bad))
-        values = sorted(set(np.unique(trimaps[i]).tolist()) - {1, 2, 3})
-        raise DataError(f"trimap of '{names[i]}' has values {values}; expected only 1 (pet), 2 (background), 3 (border)")
-    return FOREGROUND_RULES[rule](trimaps).astype(np.uint8)
+def _foreground(raw: np.ndarray, dataset: str, rule: str) -> np.ndarray:
+    if dataset == "folder":
+        return (raw > 0).astype(np.uint8)  # folder masks: any nonzero pixel is foreground
+    return FOREGROUND_RULES[rule](raw).astype(np.uint8)
+
+
+def download_oxford_pet(root: Path) -> Path:
+    """The official layout under root, fetched through torchvision's OxfordIIITPet if absent."""
+    for candidate in (root, root / "oxford-iiit-pet"):  # torchvision extracts into <root>/oxford-iiit-pet
+        if (candidate / "annotations" / "trainval.txt").is_file():
+            return candidate
+    try:
+        from torchvision.datasets import OxfordIIITPet
+
+        for split in ("trainval", "test"):
+            OxfordIIITPet(str(root), split=split, target_types="segmentation", download=True)
+    except Exception as err:  # offline, disk full, moved archive: say what to do instead
+        raise DataError(f"{root}: data.download could not fetch Oxford-IIIT Pet through torchvision ({err}). "
+                        f"Download images.tar.gz and annotations.tar.gz from "
+                        f"https://www.robots.ox.ac.uk/~vgg/data/pets/ and extract them into {root}") from None
+    return root / "oxford-iiit-pet"
+
+
+def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None) -> tuple[dict, list, str]:
+    """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off)."""
+    if not path.is_dir():
+        raise DataError(f"{path}: data.root is not a directory")
+    files, problems = readers.oxford_pet_files(path) if dataset == "oxford_pet" else readers.folder_files(path)
+    valid = TRIMAP_VALUES if dataset == "oxford_pet" else None
+    entry = cache.entry_dir(Path(cache_dir), dataset, readers.stat_key(files), image_size) if cache_dir else None
+    loaded = cache.load(entry) if entry else None
+    if loaded is not None:
+        return loaded[0], problems, str(entry)
+    decoded = {split: readers.decode_split(items, image_size, split, valid) for split, items in files.items()}
+    if entry:
+        cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": dataset, "image_size": image_size})
+    return decoded, problems, str(entry or "")
+
+
+def _synthetic(seed: int, sizes: tuple[int, int], image_size: int) -> dict[str, Decoded]:
+    out = {}
+    step = max(1, image_size // readers.THUMB)
+    for split_id, (split, count) in enumerate(zip(("trainval", "test"), sizes)):
+        images, trimaps, names = synthetic.make_split(seed, split_id, count, image_size)
+        out[split] = Decoded(images, trimaps, images[:, ::step, ::step], names, b"", [])
+    return out
 
 
 def build_data(dataset: str, *, root: str | None, image_size: int, foreground: str = "not_background",
                val_fraction: float = 0.1, limit: int | None = None, synthetic_size=(400, 100),
-               synthetic_seed: int = 0) -> DataBundle:
-    """Load a dataset by name into train/val/test splits. Raises DataError naming the file."""
+               synthetic_seed: int = 0, on_bad: str = "error", cache_dir: str | None = None,
+               download: bool = False) -> DataBundle:
+    """Load a dataset by name into train/val/test splits, audited.
+
+    on_bad='error' raises DataError naming the first unusable file; 'skip' drops unusable files
+    and counts them in info['skipped']. cache_dir=None decodes every time.
+    """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
+    if on_bad not in ON_BAD:
+        raise ValueError(f"unknown on_bad '{on_bad}'; valid: {', '.join(ON_BAD)}")
+    entry = ""
     if dataset == "synthetic":
-        n_trainval, n_test = synthetic_size
-        raw = {
-            "trainval": synthetic.make_split(synthetic_seed, 0, n_trainval, image_size),
-            "test": synthetic.make_split(synthetic_seed, 1, n_test, image_size),
-        }
+        decoded, problems = _synthetic(synthetic_seed, synthetic_size, image_size), []
         fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size)
     else:
         path = Path(root)
-        if not path.is_dir():
-            raise DataError(f"{path}: data.root is not a directory")
-        files = readers.oxford_pet_files(path) if dataset == "oxford_pet" else readers.folder_files(path)
-        if "all" in files:  # folder layout without a declared test split
-            keep, test = _carve([n for n, _, _ in files["all"]], val_fraction)
-            files = {"trainval": [files["all"][i] for i in keep], "test": [files["all"][i] for i in test]}
-        raw, digests = {}, []
-        for split, items in files.items():
-            images, masks, digest = readers.decode_split(items, image_size, split)
-            raw[split] = (images, masks, [n for n, _, _ in items])
-            digests.append(digest)
-        fp = hashlib.sha256(b"".join(digests) + f"{image_size}".encode()).hexdigest()[:16]
-    splits = {}
-    for name, (images, trimaps, names) in raw.items():
-        splits[name] = Split(images, _binarise(trimaps, names, foreground, dataset), names)
+        if download and dataset == "oxford_pet":
+            path = download_oxford_pet(path)
+        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir)
+        fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{image_size}".encode()).hexdigest()[:16]
+    listing = problems
+    problems = listing + [p for d in decoded.values() for p in d.problems]
+    if problems and on_bad == "error":
+        more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}. `make audit DATA=<root>` lists them all; "
+                        f"data.on_bad=skip trains without them")
+    fg = {split: _foreground(d.masks, dataset, foreground) for split, d in decoded.items()}
+    report = _audit(decoded, fg, listing, entry, foreground)
+    if "all" in decoded:  # folder layout without a declared test split
+        keep, test = _carve(decoded["all"].names, val_fraction)
+        whole = Split(decoded["all"].images, fg["all"], decoded["all"].names)
+        splits = {"trainval": whole.take(keep), "test": whole.take(test)}
+    else:
+        splits = {s: Split(d.images, fg[s], d.names) for s, d in decoded.items()}
     train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
-    train, val, test = splits["trainval"].take(train_idx), splits["trainval"].take(val_idx), splits["test"]
+    train, val = splits["trainval"].take(train_idx), splits["trainval"].take(val_idx)
+    test = splits["test"].take(range(len(splits["test"])))
+    if not len(train) or not len(test):
+        raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
+                        f"after skipping {len(problems)} unusable files")
     if limit:
         train, val, test = (s.take(range(min(limit, len(s)))) for s in (train, val, test))
-    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test),
+    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": len(problems),
             "fg_fraction_train": round(float(train.masks.mean()), 4)}
-    return DataBundle(train, val, test, fp, info)
+    return DataBundle(train, val, test, fp, info, report)
 
 
-class SegDataset(Dataset):
-    """Index -> (image uint8 (3, H, W), mask uint8 (1, H, W), index). Augments if a pipeline is given."""
-
-    def __init__(self, split: Split, pipeline=None):
-        self.split, self.pipeline = split, pipeline
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        image, mask = self.split.images[i], self.split.masks[i]
-        if self.pipeline is not None:
-            out = self.pipeline(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        mask = torch.from_numpy(np.ascontiguousarray(mask))[None]
-        return image, mask, i
+def _audit(decoded: dict, fg: dict, listing: list, entry: str, foreground: str) -> dict:
+    """The audit of these splits (read from the cache entry when computed before) plus the
+    listing problems, which are not part of the entry (an unmatched stem has no cached pixels)."""
+    name = f"audit-{foreground}.json"
+    report = cache.read_json(Path(entry), name) if entry else None
+    if report is None:
+        report = run_audit(decoded, fg)
+        if entry:
+            cache.write_json(Path(entry), name, report)
+    report["problems"] = [p.to_dict() for p in listing] + report["problems"]
+    report["counts"]["problems"] = len(report["problems"])
+    for p in listing:
+        key = f"problems.{p.kind}"
+        report["counts"][key] = report["counts"].get(key, 0) + 1
+    return report
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    seed = info.seed % 2**31  # torch gives each worker base_seed + id, derived from the loader generator
-    np.random.seed(seed)
-    pipeline = getattr(info.dataset, "pipeline", None)
-    if pipeline is not None:  # albumentations does not reseed per worker on its own
-        pipeline.set_random_seed(seed)
-
-
-def make_loader(split: Split, *, batch_size: int, shuffle: bool, pipeline=None, num_workers: int = 0,
-                seed: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        SegDataset(split, pipeline), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-        num_workers=num_workers, pin_memory=pin_memory, generator=generator,
-        worker_init_fn=_seed_worker if num_workers else None,
-        persistent_workers=num_workers > 0,
-    )
-
-
-__all__ = ["DATASETS", "DataBundle", "DataError", "Split", "build_data", "make_loader"]
+__all__ = ["DATASETS", "DataBundle", "DataError", "SegDataset", "Split", "build_data", "make_loader"]

@@ -1,13 +1,16 @@
 """Readers for image/mask folders on disk: the official Oxford-IIIT Pet layout and `folder`.
 
-Each reader returns, per split, the names and file paths; `decode_split` turns them into
-uint8 arrays at the experiment's size and hashes the bytes it read (the data fingerprint).
+Listing (`oxford_pet_files`, `folder_files`) returns, per split, (name, image path, mask path)
+items plus the problems found while pairing them. `decode_split` turns items into uint8 arrays
+at the experiment's size; a file that cannot be used becomes a `Problem` naming it, never a
+silent drop. Whether a problem stops the run or is skipped is the caller's decision (`on_bad`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,89 +18,170 @@ from PIL import Image
 from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+THUMB = 32  # near-duplicate thumbnails: 32x32 bilinear, compared by MSE on 0-255 RGB
+Item = tuple[str, Path, Path]
 
 
 class DataError(Exception):
     """A dataset that cannot be read; the message names the file."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One unusable entry. kind: missing_image, missing_mask, bad_image, bad_mask, mask_mode,
+    mask_values, size_mismatch or unmatched_stem."""
+
+    split: str
+    name: str
+    path: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Decoded:
+    """A decoded split: only the usable items, in listing order."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    masks: np.ndarray   # (N, S, S) uint8, raw label values as stored in the files
+    thumbs: np.ndarray  # (N, 32, 32, 3) uint8, from the original-resolution image
+    names: list[str]
+    digest: bytes       # sha256 over the bytes of every file read: the content fingerprint
+    problems: list[Problem]
+
+
 def _read_split_file(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: split file not found (expected the official Oxford-IIIT Pet layout)")
-    names = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read split file ({err.strerror or err})") from None
+    names = [ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not names:
         raise DataError(f"{path}: split file lists no images")
     return names
 
 
-def oxford_pet_files(root: Path) -> dict[str, list[tuple[str, Path, Path]]]:
+def _list_dir(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:  # PermissionError on an unreadable directory
+        raise DataError(f"{folder}: cannot list directory ({err.strerror or err})") from None
+
+
+def oxford_pet_files(root: Path) -> tuple[dict[str, list[Item]], list[Problem]]:
     """{'trainval': [(name, image, trimap)], 'test': [...]} from the official layout."""
+    for folder in (root / "images", root / "annotations" / "trimaps"):
+        _list_dir(folder)  # a missing or unreadable folder is one clear error, not N missing files
     out = {}
     for split in ("trainval", "test"):
         names = _read_split_file(root / "annotations" / f"{split}.txt")
         out[split] = [(n, root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
-    return out
+    return out, []
 
 
-def folder_files(root: Path) -> dict[str, list[tuple[str, Path, Path]]]:
-    """images/<stem>.* paired with masks/<stem>.png by stem.
+def folder_files(root: Path) -> tuple[dict[str, list[Item]], list[Problem]]:
+    """images/<stem>.* paired with masks/<stem>.* by stem.
 
     If root/test.txt lists stems, those are the test split; otherwise no test split is
-    declared and the caller carves one deterministically.
+    declared ('all') and the caller carves one deterministically. Images without a mask are
+    problems of kind unmatched_stem.
     """
     images_dir, masks_dir = root / "images", root / "masks"
-    for d in (images_dir, masks_dir):
-        if not d.is_dir():
-            raise DataError(f"{d}: folder not found (the folder layout is images/ + masks/)")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    missing = sorted(set(images) - set(masks))
-    if missing:
-        raise DataError(f"{masks_dir}: no mask for image stem(s) {', '.join(missing[:5])}"
-                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    pairs = [(s, images[s], masks[s]) for s in sorted(images)]
-    if not pairs:
+    images = {p.stem: p for p in _list_dir(images_dir) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in _list_dir(masks_dir) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
         raise DataError(f"{images_dir}: no images found")
+    problems = [Problem("all", s, str(images[s]), "unmatched_stem", f"no mask for image stem '{s}' in {masks_dir}")
+                for s in sorted(set(images) - set(masks))]
+    pairs = [(s, images[s], masks[s]) for s in sorted(images) if s in masks]
     test_list = root / "test.txt"
     if test_list.is_file():
         test = set(_read_split_file(test_list))
-        return {"trainval": [p for p in pairs if p[0] not in test], "test": [p for p in pairs if p[0] in test]}
-    return {"all": pairs}
+        return {"trainval": [p for p in pairs if p[0] not in test], "test": [p for p in pairs if p[0] in test]}, problems
+    return {"all": pairs}, problems
 
 
-def _decode(item: tuple[str, Path, Path], size: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+def stat_key(files: dict[str, list[Item]]) -> str:
+    """Cheap identity of the files (names, sizes, mtimes): the cache key. Any edit changes it."""
+    h = hashlib.sha256()
+    for split in sorted(files):
+        for name, image, mask in files[split]:
+            h.update(f"{split}/{name}".encode())
+            for path in (image, mask):
+                try:
+                    st = path.stat()
+                    h.update(f"|{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"|{path.name}|missing".encode())
+    return h.hexdigest()[:16]
+
+
+class _Bad(Exception):
+    def __init__(self, kind: str, path: Path, detail: str):
+        self.kind, self.path, self.detail = kind, path, detail
+
+
+def _open_image(path: Path, kind: str, what: str):
+    try:
+        raw = path.read_bytes()
+        im = Image.open(path)
+        im.load()
+        return raw, im
+    except FileNotFoundError:
+        raise _Bad(f"missing_{kind}", path, f"{what} not found") from None
+    except OSError as err:  # truncated, zero-byte, not an image, unreadable
+        raise _Bad(f"bad_{kind}", path, f"cannot decode {what} ({err})") from None
+
+
+def _decode(item: Item, size: int, valid: tuple[int, ...] | None):
     name, image_path, mask_path = item
-    digest = hashlib.sha256(name.encode())
-    try:
-        raw = image_path.read_bytes()
-        digest.update(raw)
-        with Image.open(image_path) as im:
-            original = im.size
-            image = im.convert("RGB").resize((size, size), Image.BILINEAR)
-    except FileNotFoundError:
-        raise DataError(f"{image_path}: image listed for '{name}' not found") from None
-    except OSError as err:
-        raise DataError(f"{image_path}: cannot decode image ({err})") from None
-    try:
-        digest.update(mask_path.read_bytes())
-        with Image.open(mask_path) as m:
-            if m.mode not in ("L", "P", "I", "1", "I;16"):
-                raise DataError(f"{mask_path}: mask must be single-channel, got mode {m.mode}")
-            if m.size != original:  # resizing both would hide a mask drawn for another image
-                raise DataError(f"{mask_path}: mask is {m.size[0]}x{m.size[1]} but its image {image_path.name} "
-                                f"is {original[0]}x{original[1]}")
-            mask = m.resize((size, size), Image.NEAREST)  # labels: never interpolate
-    except FileNotFoundError:
-        raise DataError(f"{mask_path}: mask for '{name}' not found") from None
-    except OSError as err:
-        raise DataError(f"{mask_path}: cannot decode mask ({err})") from None
-    return np.asarray(image, np.uint8), np.asarray(mask).astype(np.uint8), digest.digest()
+    raw, im = _open_image(image_path, "image", f"image listed for '{name}'")
+    with im:
+        original = im.size
+        rgb = im.convert("RGB")
+        image = rgb.resize((size, size), Image.BILINEAR)
+        thumb = rgb.resize((THUMB, THUMB), Image.BILINEAR)
+    raw_mask, m = _open_image(mask_path, "mask", f"mask for '{name}'")
+    with m:
+        if m.mode not in ("L", "P", "I", "1", "I;16"):
+            raise _Bad("mask_mode", mask_path, f"mask must be single-channel, got mode {m.mode}")
+        if m.size != original:  # resizing both would hide a mask drawn for another image
+            raise _Bad("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
+                       f"{image_path.name} is {original[0]}x{original[1]}")
+        mask = np.asarray(m.resize((size, size), Image.NEAREST)).astype(np.uint8)  # labels: never interpolate
+    if valid is not None:
+        extra = sorted(set(np.unique(mask).tolist()) - set(valid))
+        if extra:
+            raise _Bad("mask_values", mask_path, f"mask of '{name}' has values {extra}; expected only {list(valid)}")
+    digest = hashlib.sha256(name.encode() + raw + raw_mask).digest()
+    return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest
 
 
-def decode_split(items, size: int, desc: str) -> tuple[np.ndarray, np.ndarray, bytes]:
-    """Decode and resize (threads: PIL releases the GIL). Returns images, raw masks, digest."""
+def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None) -> Decoded:
+    """Decode and resize in threads (PIL releases the GIL). Unusable items become Problems."""
+    def one(item):
+        try:
+            return _decode(item, size, valid)
+        except _Bad as bad:
+            return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(tqdm(pool.map(lambda it: _decode(it, size), items), total=len(items),
-                            desc=f"decode {desc}", unit="img", leave=False, disable=len(items) < 200))
-    digest = hashlib.sha256(b"".join(r[2] for r in results)).digest()
-    return np.stack([r[0] for r in results]), np.stack([r[1] for r in results]), digest
+        results = list(tqdm(pool.map(one, items), total=len(items), desc=f"decode {split}", unit="img",
+                            leave=False, disable=len(items) < 200))
+    good = [(item[0], r) for item, r in zip(items, results) if not isinstance(r, Problem)]
+    problems = [r for r in results if isinstance(r, Problem)]
+    empty = (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),
+             np.zeros((0, THUMB, THUMB, 3), np.uint8))
+    stack = [np.stack([r[i] for _, r in good]) if good else empty[i] for i in range(3)]
+    digest = hashlib.sha256(b"".join(r[3] for _, r in good)).digest()
+    return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems)
