@@ -175,7 +175,8 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> 
         start = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
         train = train_one_epoch(p.model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
-                                grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}")
+                                grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
+                                skip_nonfinite=t.on_nan == "skip_batch")
         val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
         metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
         if p.scheduler is not None:

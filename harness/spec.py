@@ -68,6 +68,7 @@ class TrainSpec(_Section):
     channels_last: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int | None = Field(None, ge=1)
+    on_nan: Literal["fail", "skip_batch"] = Field("fail", description="a NaN/Inf loss fails the run, or skips the batch")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @field_validator("amp", mode="before")

@@ -53,11 +53,18 @@ class EpochStats:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler,
-                    cfg: StepConfig, *, grad_clip: float | None = None, desc: str = "train") -> EpochStats:
-    """One pass over `loader`. Returns train/loss and throughput; raises NonFiniteLoss."""
+                    cfg: StepConfig, *, grad_clip: float | None = None, desc: str = "train",
+                    skip_nonfinite: bool = False) -> EpochStats:
+    """One pass over `loader`. Returns train/loss and throughput.
+
+    A NaN/Inf loss raises NonFiniteLoss naming the step, unless `skip_nonfinite`: then that
+    batch gets no update and is counted in train/skipped_batches (this costs one host sync per
+    step, so it is opt-in); an epoch in which every batch was skipped still raises.
+    """
     model.train()
     loss_sum = torch.zeros((), device=cfg.device)
-    seen = 0
+    first_bad = torch.full((), -1, device=cfg.device)  # first non-finite step, tracked without a host sync
+    seen = skipped = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for step, (images, masks, _) in enumerate(bar, 1):
@@ -65,6 +72,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         with cfg.autocast():
             logits = model(images)
         loss = loss_fn(logits, masks)  # losses run in float32 outside autocast
+        if skip_nonfinite and not torch.isfinite(loss):
+            skipped += 1
+            print(f"{desc}: non-finite loss ({loss.item()}) at step {step}: batch skipped", flush=True)
+            continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip:
@@ -73,22 +84,29 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach() * images.shape[0]
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         seen += images.shape[0]
         if step % SYNC_EVERY == 0:
             mean = (loss_sum / seen).item()
-            _check_finite(mean, desc, step)
+            _check_finite(mean, desc, first_bad)
             bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
     if cfg.device.type == "cuda":
         torch.cuda.synchronize(cfg.device)
     elapsed = time.perf_counter() - start
+    if skipped and not seen:
+        raise NonFiniteLoss(f"non-finite training loss in every one of the {skipped} batches of {desc}")
     mean = (loss_sum / max(seen, 1)).item()
-    _check_finite(mean, desc, len(loader))
-    return EpochStats({"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed})
+    _check_finite(mean, desc, first_bad)
+    metrics = {"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed}
+    if skip_nonfinite:
+        metrics["train/skipped_batches"] = float(skipped)
+    return EpochStats(metrics)
 
 
-def _check_finite(value: float, desc: str, step: int) -> None:
+def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
     if value != value or value in (float("inf"), float("-inf")):
-        raise NonFiniteLoss(f"non-finite training loss ({value}) in {desc}, by step {step}")
+        raise NonFiniteLoss(f"non-finite training loss ({value}) in {desc} at step {int(first_bad)}; "
+                            f"lower train.lr, set train.grad_clip, or train.on_nan=skip_batch to skip such batches")
 
 
 @torch.inference_mode()

@@ -175,3 +175,34 @@ def test_crash_during_validation_resumes_identically(store, tmp_path, monkeypatc
     monkeypatch.setattr(experiment, "evaluate", real_evaluate)
     run_id = _resume_and_compare(store, tmp_path / "ck", uninterrupted)
     assert MlflowClient(store).get_run(run_id).data.tags["resumed_from_epoch"] == "2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["checkpoint_write", "validation"])
+def test_sigkill_at_a_fault_point_then_resume_matches_uninterrupted(point, tmp_path, uninterrupted):
+    """A real kill -9 inside torch.save of last.pt (epoch 3), or inside validation (epoch 3)."""
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    cli = ["experiment", str(EXPERIMENTS / "debug.yaml"), *OVERRIDES]
+    runner = Path(__file__).parent / "fault_runner.py"
+    killed = subprocess.run([sys.executable, str(runner), point, "3", "--", *cli], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert "epoch   2/4" in killed.stdout and "epoch   3/4" not in killed.stdout
+    (run_dir,) = (tmp_path / "mlruns" / "checkpoints").iterdir()
+    if point == "checkpoint_write":
+        assert (run_dir / "last.pt.tmp").stat().st_size > 0  # the torn write is on disk
+    resumed = subprocess.run([sys.executable, "-m", "harness", *cli], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming unfinished run {run_dir.name}" in resumed.stdout
+    assert "last.pt (epoch 2)" in resumed.stdout
+    client = MlflowClient(store)
+    expected, weights = uninterrupted
+    for key in ("val/dice", "train/loss"):
+        history = sorted(client.get_metric_history(run_dir.name, key), key=lambda m: m.step)
+        assert [m.step for m in history] == [1, 2, 3, 4]
+        assert [m.value for m in history] == [h[key] for h in expected.history]
+    final = _weights(run_dir / "best.pt")
+    assert all(torch.equal(final[k], weights[k]) for k in weights)
+    assert client.get_run(run_dir.name).info.status == "FINISHED"

@@ -56,12 +56,48 @@ def test_keyboard_interrupt_marks_killed(store, tmp_path):
     assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val/dice")] == [1]
 
 
-def test_nan_loss_fails_naming_the_epoch(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(experiment_module, "get_loss", lambda name: lambda logits, target: logits.mean() * torch.nan)
-    with pytest.raises(NonFiniteLoss, match=r"epoch 1/2.*step"):
+def _nan_at(monkeypatch, bad_calls: set[int]):
+    """Replace the loss with the real one that returns NaN on the given (1-based) training calls."""
+    real, calls = experiment_module.get_loss, [0]
+
+    def get_loss(name):
+        fn = real(name)
+
+        def loss(logits, target):
+            value = fn(logits, target)
+            if torch.is_grad_enabled():  # training steps only; evaluation runs under inference_mode
+                calls[0] += 1
+                if calls[0] in bad_calls:
+                    return value * torch.nan
+            return value
+        return loss
+
+    monkeypatch.setattr(experiment_module, "get_loss", get_loss)
+
+
+def test_nan_loss_fails_naming_the_epoch_and_step(store, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, {10 + 3})  # debug.yaml: 10 batches per epoch -> epoch 2, step 3
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2/2 at step 3;"):
         _run(store, tmp_path)
-    _, run = _only_run(store)
+    client, run = _only_run(store)
     assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [1]
+
+
+def test_nan_loss_with_skip_batch_skips_and_counts(store, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, {2, 10 + 5})
+    result = _run(store, tmp_path, overrides=("train.epochs=2", "train.on_nan=skip_batch"))
+    client, run = _only_run(store)
+    assert run.info.status == "FINISHED"
+    skipped = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/skipped_batches"),
+                                       key=lambda m: m.step)]
+    assert skipped == [1.0, 1.0]
+    assert all(torch.isfinite(p).all() for p in _final_weights(tmp_path, run.info.run_id).values())
+    assert result.best_val_dice > 0
+
+
+def _final_weights(tmp_path, run_id):
+    return torch.load(tmp_path / "ckpt" / run_id / "last.pt", weights_only=True)["model"]
 
 
 def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
