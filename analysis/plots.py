@@ -65,3 +65,40 @@ def summary_bars(runs: pd.DataFrame, arm: str = "arm", metric: str = "test/dice"
     ax.set(title=f"{metric} per run (points) and mean with 95% CI")
     fig.tight_layout()
     return fig
+
+
+def worst_k_grid(images, truths, predictions: dict, names: list[str], scores: dict):
+    """One row per image: the image, its truth, then each arm's prediction with that arm's Dice.
+
+    images (k, H, W, 3) uint8; truths (k, H, W) bool; predictions {arm: (k, H, W) bool or None};
+    scores {arm: [Dice per row]}.
+    """
+    arms = list(predictions)
+    k, cols = len(names), 2 + len(arms)
+    fig, axes = plt.subplots(k, cols, figsize=(2.1 * cols, 2.1 * k), squeeze=False)
+    for row in range(k):
+        panels = [(images[row], names[row]), (truths[row], "truth")]
+        for arm in arms:
+            pred = predictions[arm]
+            title = f"{arm}\nDice {scores[arm][row]:.3f}" if pred is not None else f"{arm}\n(no run)"
+            panels.append((pred[row] if pred is not None else None, title))
+        for ax, (pixels, title) in zip(axes[row], panels):
+            if pixels is not None:
+                ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1 if pixels.ndim == 2 else None)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def effect_forest(table: pd.DataFrame, label: str):
+    """table: one row per level with mean_diff, ci_low, ci_high (vs the reference level)."""
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(table) + 1.5))
+    y = range(len(table))
+    ax.errorbar(table["mean_diff"], y, xerr=[table["mean_diff"] - table["ci_low"], table["ci_high"] - table["mean_diff"]],
+                fmt="o", capsize=4)
+    ax.axvline(0, color="grey", ls="--")
+    ax.set_yticks(list(y), table["level"].astype(str))
+    ax.set(xlabel=f"per-image test Dice difference vs {label} (95% bootstrap CI)", title="Effect of each level")
+    fig.tight_layout()
+    return fig

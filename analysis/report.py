@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, sections
 from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
 from analysis.stats import bootstrap_ci, paired_comparison
 
@@ -115,6 +115,13 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
         parts.append(table.to_html(index=False))
         for a, b, _ in comparisons:
             parts.append(_png(plots.paired_scatter(wide.rename(columns=str), str(a), str(b))))
+    if len(levels) >= 2:
+        parts += sections.worst_images(runs, axis, levels, uri, _png)
+    if "train.loss" in axes:
+        parts += sections.loss_stability(runs, campaign, uri, _png)
+    if "augment" in axes:
+        aug_wide, aug_levels = (wide, levels) if axis == "augment" else paired_frames(runs, "augment", uri)
+        parts += sections.ablation(runs, "augment", aug_wide, aug_levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -109,3 +110,21 @@ def load_per_image(run_id: str, uri: str | None = None) -> pd.DataFrame:
     frame = pd.read_csv(client.download_artifacts(run_id, "test_per_image.csv"))
     frame.insert(0, "run_id", run_id)
     return frame
+
+
+def load_predictions(run_id: str, uri: str | None = None) -> dict | None:
+    """The run's `test_predictions.npz`, unpacked: names, pred and truth (N, H, W) bool, worst
+    (indices of the run's worst test images by Dice) and worst_images (k, H, W, 3) uint8.
+    None for runs made before the harness logged it."""
+    client = MlflowClient(tracking_uri(uri))
+    try:
+        path = client.download_artifacts(run_id, "test_predictions.npz")
+    except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact)
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        shape = tuple(int(v) for v in z["shape"])
+        size = int(np.prod(shape))
+        return {"names": [str(n) for n in z["names"]],
+                "pred": np.unpackbits(z["pred_bits"])[:size].reshape(shape).astype(bool),
+                "truth": np.unpackbits(z["true_bits"])[:size].reshape(shape).astype(bool),
+                "worst": z["worst"].tolist(), "worst_images": z["worst_images"]}

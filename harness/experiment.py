@@ -208,13 +208,32 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> 
 def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int) -> RunResult:
     """Test the best weights and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
-    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test")
+    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test",
+                    keep_predictions=True)
     test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
         tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
     _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
+    _log_predictions(tracker, p.data.test, test.predictions.numpy(), scores(test.counts)["dice"])
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
+
+
+WORST_K = 8
+
+
+def _log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
+    """test_predictions.npz: every test mask predicted and true (bit-packed, image order of
+    test_per_image.csv), plus the pixels of this run's WORST_K images by Dice, so a report can
+    show them next to another run's predictions without reading the dataset."""
+    worst = np.argsort(np.asarray(dice), kind="stable")[:WORST_K]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test_predictions.npz"
+        np.savez_compressed(path, names=np.array(test.names), shape=np.array(predictions.shape),
+                            pred_bits=np.packbits(predictions.astype(bool)),
+                            true_bits=np.packbits(test.masks.astype(bool)), worst=worst,
+                            worst_images=test.images[worst])
+        tracker.log_artifact(path)
 
 
 def _log_json(tracker, name: str, payload: dict) -> None:

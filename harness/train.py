@@ -50,6 +50,7 @@ class StepConfig:
 class EpochStats:
     metrics: dict[str, float]
     counts: torch.Tensor | None = None  # (N, 4) per-image confusion counts (evaluate only)
+    predictions: torch.Tensor | None = None  # (N, H, W) bool on the CPU (evaluate with keep_predictions)
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler,
@@ -111,10 +112,12 @@ def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: float = 0.5,
-             prefix: str = "val") -> EpochStats:
-    """Loss and Dice/IoU/accuracy over `loader`, keys '<prefix>/...'; counts per image in order."""
+             prefix: str = "val", keep_predictions: bool = False) -> EpochStats:
+    """Loss and Dice/IoU/accuracy over `loader`, keys '<prefix>/...'; counts per image in order,
+    and with keep_predictions the thresholded masks (one device-to-host copy per batch)."""
     model.eval()
     acc = MetricAccumulator(threshold)
+    kept = []
     loss_sum = torch.zeros((), device=cfg.device)
     seen = 0
     start = time.perf_counter()
@@ -124,12 +127,14 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
             logits = model(images)
         loss_sum += loss_fn(logits, masks) * images.shape[0]
         acc.update(logits.float(), masks)
+        if keep_predictions:
+            kept.append((torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())
         seen += images.shape[0]
     counts = acc.counts()
     metrics = {f"{prefix}/{k}": v for k, v in acc.compute().items()}
     metrics[f"{prefix}/loss"] = (loss_sum / max(seen, 1)).item()
     metrics[f"throughput/{prefix}_img_s"] = seen / (time.perf_counter() - start)
-    return EpochStats(metrics, counts)
+    return EpochStats(metrics, counts, torch.cat(kept) if kept else None)
 
 
 # ----------------------------------------------------------------------------- set-up helpers

@@ -168,3 +168,33 @@ def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
     assert len(runs) == 1 and runs[0].info.run_id == result.run_id and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["resumed_from_epoch"] == "1"
     assert [m.step for m in client.get_metric_history(result.run_id, "val/dice")] == [1, 2, 3]
+
+
+def test_predictions_artifact_matches_per_image_scores(campaign_store):
+    from analysis.runs import load_campaign, load_per_image, load_predictions
+
+    runs, _ = load_campaign("debug_campaign")
+    run_id = runs.run_id.iloc[0]
+    pred, csv = load_predictions(run_id), load_per_image(run_id)
+    assert pred["names"] == list(csv.name)
+    tp = (pred["pred"] & pred["truth"]).sum((1, 2))
+    fp = (pred["pred"] & ~pred["truth"]).sum((1, 2))
+    fn = (~pred["pred"] & pred["truth"]).sum((1, 2))
+    assert list(tp) == list(csv.tp) and list(fp) == list(csv.fp) and list(fn) == list(csv.fn)
+    assert pred["worst"] == list(np.argsort(csv.dice.to_numpy(), kind="stable")[: len(pred["worst"])])
+    assert pred["worst_images"].shape[1:] == (*pred["pred"].shape[1:], 3)
+
+
+def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
+    from analysis.report import build_report
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: loss_aug\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                    "set: {train.epochs: 1, log_model: false, model.base_width: 4, data.synthetic_size: [32, 8]}\n"
+                    "matrix:\n  train.loss: [bce, bce_with_logits]\n  augment: [none, flip]\n  seed: [0]\n")
+    spec, base = load_campaign_spec(path)
+    assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
+    page = build_report(campaign="loss_aug")
+    for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
+                 "Every level against <b>none</b>", "Worst test images per arm (train.loss)"):
+        assert text in page, text

@@ -1,0 +1,107 @@
+"""Report sections that appear only when a campaign has the data for them: worst-k images,
+the BCE vs BCEWithLogits comparison (train.loss axis) and the augmentation ablation (augment axis).
+
+Each function takes the tidy runs table and returns HTML fragments; figures go through `png`.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Callable
+
+import pandas as pd
+
+from analysis import plots
+from analysis.runs import load_campaign, load_history, load_per_image, load_predictions
+from analysis.stats import bootstrap_ci, paired_comparison
+
+WORST_K = 6
+SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
+
+
+def _runs_for_seed(runs: pd.DataFrame, axis: str, levels: list) -> dict:
+    """One run per level, all with the same seed (the lowest seed every level has)."""
+    common = set.intersection(*(set(runs.loc[runs[axis] == lvl, "seed"]) for lvl in levels))
+    if not common:
+        return {}
+    seed = min(common)
+    return {lvl: runs[(runs[axis] == lvl) & (runs["seed"] == seed)].iloc[0] for lvl in levels}
+
+
+def worst_images(runs: pd.DataFrame, axis: str, levels: list, uri: str | None, png: Callable) -> list[str]:
+    """Per level: its WORST_K test images by Dice (one seed), with every level's prediction."""
+    chosen = _runs_for_seed(runs, axis, levels)
+    preds = {lvl: load_predictions(row.run_id, uri) for lvl, row in chosen.items()}
+    if not chosen or any(p is None for p in preds.values()):
+        return ["<h2>Worst test images</h2><p>Not available: these runs did not log test_predictions.npz.</p>"]
+    dice = {lvl: load_per_image(row.run_id, uri).set_index("name")["dice"] for lvl, row in chosen.items()}
+    seed = int(next(iter(chosen.values()))["seed"])
+    parts = [f"<h2>Worst test images per arm ({html.escape(axis)})</h2><p>Seed {seed}. For each arm, its "
+             f"{WORST_K} lowest per-image test Dice; every row shows the image, its truth and each arm's "
+             "prediction on that same image (threshold 0.5 on the sigmoid).</p>"]
+    for lvl in levels:
+        ref = preds[lvl]
+        rows = ref["worst"][:WORST_K]
+        names = [ref["names"][i] for i in rows]
+        by_arm, scores = {}, {}
+        for other, p in preds.items():
+            index = {n: i for i, n in enumerate(p["names"])}
+            by_arm[str(other)] = p["pred"][[index[n] for n in names]]
+            scores[str(other)] = [float(dice[other][n]) for n in names]
+        parts.append(f"<h3>Worst for {html.escape(str(lvl))}</h3>")
+        parts.append(png(plots.worst_k_grid(ref["worst_images"][:WORST_K], ref["truth"][rows], by_arm, names, scores)))
+    return parts
+
+
+def _fmt_ci(values) -> str:
+    mean, low, high = bootstrap_ci(values)
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def loss_stability(runs: pd.DataFrame, campaign: str | None, uri: str | None, png: Callable) -> list[str]:
+    """BCE on sigmoid vs BCEWithLogits: final Dice, and how each behaved under autocast."""
+    try:
+        failed, _ = load_campaign(campaign, None, uri, status="FAILED") if campaign else (None, None)
+    except LookupError:
+        failed = None
+    history = load_history(list(runs.run_id), uri, metrics=["train/loss", "train/skipped_batches"])
+    history = runs[["run_id", "train.loss"]].merge(history, on="run_id")
+    loss = history[history.metric == "train/loss"].sort_values(["run_id", "epoch"])
+    spikes = loss.groupby("run_id")["value"].apply(lambda v: int((v.values[1:] > SPIKE * v.values[:-1]).sum()))
+    rows = []
+    for level, group in runs.groupby("train.loss", sort=False):
+        ids = set(group.run_id)
+        skipped = history[(history.metric == "train/skipped_batches") & history.run_id.isin(ids)]["value"].sum()
+        n_failed = int((failed["train.loss"] == level).sum()) if failed is not None else 0
+        rows.append({"train.loss": level, "autocast dtype": ", ".join(sorted(group["amp.dtype"].dropna().unique())),
+                     "finished runs": len(group), "failed runs": n_failed, "skipped non-finite batches": int(skipped),
+                     "train/loss spikes (>10% up), mean per run": round(float(spikes[spikes.index.isin(ids)].mean()), 2),
+                     "final train/loss": _fmt_ci(loss[loss.run_id.isin(ids)].groupby("run_id")["value"].last()),
+                     "test/dice": _fmt_ci(group["test/dice"]), "test/dice_micro": _fmt_ci(group["test/dice_micro"])})
+    loss = loss.rename(columns={"train.loss": "loss"})
+    return ["<h2>BCE on sigmoid vs BCEWithLogits</h2><p>Both losses are computed in float32 outside autocast; "
+            "the model runs under the autocast dtype shown. Stability: runs that failed (a NaN/Inf loss fails a "
+            "run unless train.on_nan=skip_batch), batches skipped as non-finite, and epochs where the training "
+            "loss rose by more than 10%. Dice: mean [95% bootstrap CI over seeds], per image and micro.</p>",
+            pd.DataFrame(rows).to_html(index=False),
+            png(plots.learning_curves(loss.assign(metric="train/loss"), arm="loss", metric="train/loss"))]
+
+
+def ablation(runs: pd.DataFrame, axis: str, wide: pd.DataFrame, levels: list, png: Callable) -> list[str]:
+    """Each level against the reference ('none' when present): paired per-image differences."""
+    reference = "none" if "none" in levels else levels[0]
+    rows = []
+    for level in levels:
+        if level == reference:
+            continue
+        r = paired_comparison(wide[reference], wide[level])
+        rows.append({"level": level, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
+                     "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])})
+    if not rows:
+        return []
+    table = pd.DataFrame(rows).sort_values("mean_diff", ascending=False)
+    return [f"<h2>Ablation over {html.escape(axis)}</h2><p>Every level against <b>{html.escape(str(reference))}</b> "
+            f"(reference test/dice {_fmt_ci(runs.loc[runs[axis] == reference, 'test/dice'])}): mean paired difference "
+            "of per-image test Dice (averaged over seeds) with a 95% bootstrap CI over images, and a Wilcoxon "
+            "signed-rank p-value. Sorted by effect.</p>", table.to_html(index=False),
+            png(plots.effect_forest(table, str(reference)))]
