@@ -54,8 +54,8 @@ report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIG
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
 	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT))
 
-bench: $(VENV)/.installed  ## throughput of the loop per model and precision (prints a table, saves JSON)
-	$(PY) -m harness.bench $(BENCH_ARGS)
+bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
+	$(PY) -m harness.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)
 
 test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,85 +1,217 @@
-"""Throughput benchmark of the harness's own loop: `python -m harness.bench` (or `make bench`).
+"""Benchmark of the harness's loop against a minimal hand-written loop: `make bench [SPEC=...]`.
 
-For each model and precision setting it times `train_one_epoch` and `evaluate` (the functions
-the experiments use) on in-memory synthetic data, after one warm-up epoch, and prints images/s
-and peak device memory. A benchmark, not a test: it asserts nothing.
+For each registered model at the spec's data, size, batch and workers, and for each precision
+setting, it measures (after one warm-up epoch; the median of --repeats timed epochs):
+
+- harness epoch: `train_one_epoch` (the experiments' function, real DataLoader) + logging the
+  epoch's metrics to MLflow (a temporary SQLite store) -> train images/s, data-wait share;
+- minimal epoch: the same model, optimizer, device and precision over the same batches already
+  collated into tensors, with no tracking, no progress bar, no loader -> the ratio between them;
+- evaluation images/s, peak memory, MLflow ms per epoch, checkpoint write seconds;
+- the dataset's cold-cache (decode) and warm-cache (load) times;
+- FLOPs per image (torch.utils.flop_counter) and achieved TFLOP/s, with the share of the
+  device's peak on known GPUs.
+
+A benchmark, not a test: it asserts nothing. Prints a table and saves JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from harness.data import Split, make_loader
-from harness.data.synthetic import make_split
+from harness import checkpoint
+from harness.augment import build_pipeline
+from harness.data import build_data, make_loader
 from harness.losses import get_loss
 from harness.models import count_parameters, create_model, list_models
-from harness.train import StepConfig, evaluate, select_device, train_one_epoch
+from harness.spec import load_spec
+from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
 
-SETTINGS = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "bf16+channels_last": (torch.bfloat16, True)}
+SETTINGS = ("off", "auto", "bf16", "bf16+channels_last")
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
 
 
-def bench_one(arch: str, setting: str, split: Split, *, batch_size: int, device: torch.device,
-              base_width: int, epochs: int) -> dict:
-    dtype, channels_last = SETTINGS[setting]
-    torch.manual_seed(0)
-    model = create_model(arch, base_width=base_width).to(device)
+def _setting(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    if name == "bf16+channels_last":
+        return torch.bfloat16, True
+    dtype = resolve_amp(name, device)
+    return dtype, name == "auto" and dtype is not None  # auto = what an experiment with amp: auto gets
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def minimal_epoch(model, batches, optimizer, cfg: StepConfig) -> float:
+    """The reference: nothing but transfer, forward, loss, backward and step. Returns seconds."""
+    model.train()
+    _sync(cfg.device)
+    start = time.perf_counter()
+    for images, masks in batches:
+        x = images.to(cfg.device, non_blocking=True).float().div_(255.0)
+        y = masks.to(cfg.device, non_blocking=True).float()
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(cfg.device.type, dtype=cfg.amp_dtype or torch.float32, enabled=cfg.amp_dtype is not None):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(cfg.device)
+    return time.perf_counter() - start
+
+
+def flops_per_image(model, images: torch.Tensor, cfg: StepConfig) -> float:
+    """Forward + backward FLOPs of one training step, per image (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, _ = cfg.to_device(images, torch.zeros(1))
+    with FlopCounterMode(display=False) as counter:
+        with cfg.autocast():
+            out = model(x)
+        out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / images.shape[0]
+
+
+def data_times(spec) -> dict:
+    """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
+    d = spec.data
+    kwargs = dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
+                  limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad)
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        data = build_data(d.dataset, cache_dir=cache, **kwargs)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        build_data(d.dataset, cache_dir=cache, **kwargs)
+        warm = time.perf_counter() - start
+    return {"data": data, "cold_cache_s": round(cold, 2),
+            "warm_cache_s": round(warm, 2) if d.dataset != "synthetic" else None}
+
+
+def _tracker(tmp: str):
+    from harness.tracking import MlflowTracker
+
+    return MlflowTracker("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+
+
+def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
+    """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
+    dtype, channels_last = _setting(setting, device)
+    m, t, d = spec.model, spec.train, spec.data
+    torch.manual_seed(spec.seed)
+    model = create_model(arch, upsample=m.upsample, base_width=m.base_width).to(device)
+    cfg = StepConfig(device, dtype, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cfg = StepConfig(device, dtype, channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    loss_fn = get_loss("bce_with_logits")
-    loader = make_loader(split, batch_size=batch_size, shuffle=True, pin_memory=device.type == "cuda",
-                         num_workers=2 if device.type == "cuda" else 0, drop_last=True)
-    train_one_epoch(model, loader, loss_fn, opt, scaler, cfg, desc="warm-up")  # cudnn autotune, allocator
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loss_fn = get_loss(t.loss)
+    pin = device.type == "cuda"
+    loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
+                         pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=pin, drop_last=True)
+    plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
+    batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
+    train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
+    minimal_epoch(model, batches, optimizer, cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    train = [train_one_epoch(model, loader, loss_fn, opt, scaler, cfg, desc=f"{arch} {setting}") for _ in range(epochs)]
-    train_s = time.perf_counter() - start
-    val = evaluate(model, loader, loss_fn, cfg)
+    harness_s, minimal_s, waits, log_s = [], [], [], []
+    for epoch in range(1, repeats + 1):  # interleaved, so drifting clocks hit both alike
+        start = time.perf_counter()
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc=f"{arch} {setting}")
+        logged = time.perf_counter()
+        tracker.log_metrics({**stats.metrics, "lr": t.lr}, step=epoch)
+        log_s.append(time.perf_counter() - logged)
+        harness_s.append(time.perf_counter() - start)
+        waits.append(stats.metrics["time/data_wait_frac"])
+        minimal_s.append(minimal_epoch(model, batches, optimizer, cfg))
+    n_train = len(loader) * t.batch_size
+    val = evaluate(model, make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers,
+                                      pin_memory=pin), loss_fn, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        checkpoint.save_last({"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(tmp))
+        ckpt_s = time.perf_counter() - start
+    flops = flops_per_image(model, batches[0][0][:2], cfg)
+    harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
+    achieved = flops * n_train / minimal / 1e12
+    peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return {
-        "arch": arch, "setting": setting, "params": count_parameters(model), "batch_size": batch_size,
-        "image_size": split.images.shape[1], "device": str(device),
-        "train_img_s": round(epochs * (len(loader) * batch_size) / train_s, 1),
+        "arch": arch, "setting": setting, "amp_dtype": str(dtype).replace("torch.", "") if dtype else "float32",
+        "channels_last": channels_last, "params": count_parameters(model), "image_size": d.image_size,
+        "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),
+        "images_per_epoch": n_train, "train_img_s": round(n_train / harness, 1), "minimal_img_s": round(n_train / minimal, 1),
+        "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(waits), 4),
         "eval_img_s": round(val.metrics["throughput/val_img_s"], 1),
+        "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
+        "mlflow_share": round(statistics.median(log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-        "last_train_loss": round(train[-1].metrics["train/loss"], 4),
+        "gflop_per_image": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 3),
+        "peak_share": round(achieved / peak, 3) if peak else None,
+        "harness_epoch_s": [round(v, 3) for v in harness_s], "minimal_epoch_s": [round(v, 3) for v in minimal_s],
     }
 
 
+COLUMNS = [("arch", 15, "arch"), ("setting", 19, "setting"), ("train_img_s", 8, "img/s"),
+           ("minimal_img_s", 11, "min img/s"), ("harness_over_minimal", 7, "ratio"), ("data_wait_frac", 7, "wait"),
+           ("eval_img_s", 8, "eval/s"), ("mlflow_ms_per_epoch", 11, "mlflow ms"), ("checkpoint_s", 8, "ckpt s"),
+           ("peak_mem_gib", 6, "GiB"), ("gflop_per_image", 10, "GFLOP/im"), ("achieved_tflops", 9, "TFLOP/s"),
+           ("peak_share", 6, "peak")]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["".join(f"{title:>{w}}" if i > 1 else f"{title:<{w}}" for i, (_, w, title) in enumerate(COLUMNS))]
+    for r in rows:
+        lines.append("".join(f"{'-' if r[k] is None else r[k]:>{w}}" if i > 1 else f"{r[k]:<{w}}"
+                             for i, (k, w, _) in enumerate(COLUMNS)))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="columns: img/s = harness train epoch "
+                                "incl. MLflow logging; ratio = harness / minimal epoch time; wait = share of the "
+                                "harness epoch blocked on the data loader", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", type=Path, default=Path("experiments/base.yaml"), help="experiment spec (data, size, batch)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="spec overrides, e.g. data.num_workers=2")
     p.add_argument("--archs", nargs="+", default=list_models(), choices=list_models())
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--images", type=int, default=256, help="synthetic images per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
-    p.add_argument("--base-width", type=int, default=64, help="UNet base width")
+    p.add_argument("--settings", nargs="+", default=["off", "auto"], choices=SETTINGS,
+                   help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=Path("bench/throughput.json"))
+    p.add_argument("--out", type=Path, default=Path("bench/bench.json"))
     args = p.parse_args(argv)
+    spec = load_spec(args.spec, args.overrides)
     device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    images, trimaps, names = make_split(0, 0, args.images, args.image_size)
-    split = Split(images, (trimaps != 2).astype("uint8"), names)
-    rows = [bench_one(a, s, split, batch_size=args.batch_size, device=device, base_width=args.base_width,
-                      epochs=args.epochs) for a in args.archs for s in args.settings]
-    header = f"{'arch':<15}{'setting':<20}{'params':>11}{'train img/s':>13}{'eval img/s':>12}{'peak GiB':>10}"
-    print(f"\ndevice {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"torch {torch.__version__}, {args.image_size}px, batch {args.batch_size}\n{header}")
-    for r in rows:
-        print(f"{r['arch']:<15}{r['setting']:<20}{r['params']:>11,}{r['train_img_s']:>13}{r['eval_img_s']:>12}"
-              f"{r['peak_mem_gib'] if r['peak_mem_gib'] is not None else '-':>10}")
+    times = data_times(spec)
+    data = times.pop("data")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, _tracker(tmp) as tracker:
+        for arch in args.archs:
+            for setting in args.settings:
+                rows.append({**bench_one(arch, setting, spec, data, device=device, repeats=args.repeats,
+                                         tracker=tracker), **times})
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "
+          f"batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, {rows[0]['images_per_epoch']} images/epoch")
+    print(f"dataset: cold cache {times['cold_cache_s']} s, warm cache {times['warm_cache_s'] or '-'} s")
+    print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+    args.out.write_text(json.dumps({"spec": str(args.spec), "overrides": args.overrides, "torch": torch.__version__,
+                                    "device": name, "rows": rows}, indent=2))
     print(f"saved {args.out}")
     return 0
 

@@ -66,9 +66,11 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     loss_sum = torch.zeros((), device=cfg.device)
     first_bad = torch.full((), -1, device=cfg.device)  # first non-finite step, tracked without a host sync
     seen = skipped = 0
-    start = time.perf_counter()
+    wait = 0.0  # host time blocked on the loader: the data pipeline's share of the epoch
+    start = ready = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for step, (images, masks, _) in enumerate(bar, 1):
+        wait += time.perf_counter() - ready
         images, masks = cfg.to_device(images, masks)
         with cfg.autocast():
             logits = model(images)
@@ -76,6 +78,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         if skip_nonfinite and not torch.isfinite(loss):
             skipped += 1
             print(f"{desc}: non-finite loss ({loss.item()}) at step {step}: batch skipped", flush=True)
+            ready = time.perf_counter()
             continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -91,6 +94,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
             mean = (loss_sum / seen).item()
             _check_finite(mean, desc, first_bad)
             bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        ready = time.perf_counter()
     if cfg.device.type == "cuda":
         torch.cuda.synchronize(cfg.device)
     elapsed = time.perf_counter() - start
@@ -98,7 +102,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         raise NonFiniteLoss(f"non-finite training loss in every one of the {skipped} batches of {desc}")
     mean = (loss_sum / max(seen, 1)).item()
     _check_finite(mean, desc, first_bad)
-    metrics = {"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed}
+    metrics = {"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed,
+               "time/data_wait_frac": wait / elapsed}
     if skip_nonfinite:
         metrics["train/skipped_batches"] = float(skipped)
     return EpochStats(metrics)

@@ -1,0 +1,22 @@
+"""The benchmark runs and records every figure it promises (no timing assertions: it is not a test of speed)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import EXPERIMENTS
+from harness.bench import main
+
+KEYS = {"train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
+        "checkpoint_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
+
+
+def test_bench_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
+                 "--settings", "off", "--repeats", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert KEYS <= set(row) and row["arch"] == "unet" and row["amp_dtype"] == "float32"
+    assert row["train_img_s"] > 0 and row["minimal_img_s"] > 0 and 0 <= row["data_wait_frac"] < 1
+    assert row["gflop_per_image"] > 0 and len(row["harness_epoch_s"]) == 1
+    assert "min img/s" in capsys.readouterr().out
