@@ -144,6 +144,8 @@ def _experiment(args) -> int:
     def make_tracker(params, tags):
         return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
 
+    from harness import distributed
+
     try:
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable) as err:
@@ -152,7 +154,10 @@ def _experiment(args) -> int:
     except Exception as err:  # the tracker has already marked the run FAILED with its traceback
         print(f"run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    print(f"run {result.run_id} FINISHED in experiment '{spec.tracking}' ({default_tracking_uri()})")
+    finally:
+        distributed.shutdown()
+    if result.run_id != "none":  # under torchrun, ranks other than 0 have no run
+        print(f"run {result.run_id} FINISHED in experiment '{spec.tracking}' ({default_tracking_uri()})")
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from harness import checkpoint, plots
+from harness import checkpoint, distributed, plots
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.losses import get_loss
@@ -29,6 +29,7 @@ from harness.metrics import scores
 from harness.models import count_parameters, create_model
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
+from harness.tracking import NullTracker
 from harness.train import (StepConfig, build_optimizer, build_scheduler, evaluate, resolve_amp, select_device,
                            train_one_epoch)
 
@@ -79,6 +80,7 @@ class _Parts:
 
     data: object
     model: torch.nn.Module
+    train_model: torch.nn.Module  # `model`, or its DistributedDataParallel wrapper under torchrun
     cfg: StepConfig
     pipeline: object
     loaders: dict
@@ -88,7 +90,7 @@ class _Parts:
     scaler: torch.amp.GradScaler
 
 
-def _setup(spec: ExperimentSpec, device: torch.device) -> _Parts:
+def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World) -> _Parts:
     d, t = spec.data, spec.train
     cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
     data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
@@ -103,16 +105,21 @@ def _setup(spec: ExperimentSpec, device: torch.device) -> _Parts:
     pin = device.type == "cuda"
     pipeline = build_pipeline(spec.augment, d.image_size)
     if pipeline is not None:
-        pipeline.set_random_seed(spec.seed)
+        pipeline.set_random_seed(spec.seed + world.rank)  # each rank augments its shard differently
+    shard = {"rank": world.rank, "world": world.size, "num_workers": d.num_workers, "pin_memory": pin}
     loaders = {
         "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, pipeline=pipeline, seed=spec.seed,
-                             num_workers=d.num_workers, pin_memory=pin, drop_last=len(data.train) > t.batch_size),
-        "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
-        "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
+                             drop_last=len(data.train) > t.batch_size * world.size, **shard),
+        "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, **shard),
+        "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, **shard),
     }
+    train_model = model
+    if world.size > 1:  # gradients all-reduced; BatchNorm statistics stay per process (as in plain DDP)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum)
-    return _Parts(data, model, cfg, pipeline, loaders, get_loss(t.loss), optimizer,
+    return _Parts(data, model, train_model, cfg, pipeline, loaders, get_loss(t.loss), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
@@ -124,28 +131,34 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     If the tracker's run already has a checkpoint (a resumed run), training continues from it.
     """
     run_start = time.perf_counter()
+    world = distributed.init(spec.train.device)
     device = select_device(spec.train.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     seed_everything(spec.seed, device)
-    parts = _setup(spec, device)
+    parts = _setup(spec, device, world)
     tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": parts.data.fingerprint,
             "amp.dtype": str(parts.cfg.amp_dtype).replace("torch.", "") if parts.cfg.amp_dtype else "float32",
             **{f"data.{k}": v for k, v in parts.data.info.items()},
             **{f"data.audit.{k}": v for k, v in parts.data.audit.get("counts", {}).items()},
-            **git_state(), **environment(device)}
+            **git_state(), **environment(device), "dist.world_size": world.size}
     tags["mlflow.source.git.commit"] = tags["git.commit"]
-    with make_tracker(flatten(spec.to_dict()), tags) as tracker:
+    tracker_cm = make_tracker(flatten(spec.to_dict()), tags) if world.is_main else NullTracker()
+    with tracker_cm as tracker:  # under torchrun only rank 0 writes to MLflow and checkpoints
         folder = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
-        lock = checkpoint.hold_lock(folder)  # noqa: F841 (held until this process ends)
+        folder = Path(distributed.broadcast(str(folder)))
+        lock = checkpoint.hold_lock(folder) if world.is_main else None  # noqa: F841 (held until this process ends)
         _log_json(tracker, "audit.json", parts.data.audit)
-        history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch)
-        result = _finish(spec, parts, tracker, folder, history, best, best_epoch)
+        history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch, world)
+        result = _finish(spec, parts, tracker, folder, history, best, best_epoch, world)
         total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
         tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history)},
                             step=len(history))
         return result
 
 
-def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> tuple[list, float, int]:
+def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
+           world: distributed.World = distributed.World()) -> tuple[list, float, int]:
     """The epoch loop. The checkpoint is written before the epoch's metrics are logged, so a kill
     at any point loses at most the epoch in progress; on resume, steps the store missed are re-logged."""
     t = spec.train
@@ -174,7 +187,9 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> 
             break
         start = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(p.model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
+        if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+            p.loaders["train"].sampler.set_epoch(epoch)
+        train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
                                 grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
                                 skip_nonfinite=t.on_nan == "skip_batch")
         val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
@@ -182,21 +197,20 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> 
         if p.scheduler is not None:
             p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
         history.append({"epoch": epoch, **metrics})
-        if metrics["val/dice"] > best:
+        improved = metrics["val/dice"] > best
+        if improved:
             best, best_epoch, stale = metrics["val/dice"], epoch, 0
-            checkpoint.save_atomic({"model": p.model.state_dict(), "epoch": epoch}, folder / checkpoint.BEST)
         else:
             stale += 1
         stop = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
-        checkpoint.save_last({
-            "epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
-            "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
-            "scaler": p.scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
-            "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)}, folder)
+        if world.is_main:
+            _save(p, folder, epoch, improved, history, best, best_epoch, stale, stop, generator)
+        distributed.barrier()  # no rank reads best.pt before rank 0 has written it
         if epoch > logged_until:  # never a duplicate step; a re-trained epoch keeps its first record
             tracker.log_metrics(metrics, step=epoch)
-        print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss {metrics['val/loss']:.4f}"
-              f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
+        if world.is_main:
+            print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss {metrics['val/loss']:.4f}"
+                  f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if stop:
@@ -205,7 +219,19 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch) -> 
     return history, best, best_epoch
 
 
-def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int) -> RunResult:
+def _save(p: _Parts, folder: Path, epoch, improved, history, best, best_epoch, stale, stop, generator) -> None:
+    """best.pt when val Dice improved, then last.pt (atomic, the previous one kept as prev.pt)."""
+    if improved:
+        checkpoint.save_atomic({"model": p.model.state_dict(), "epoch": epoch}, folder / checkpoint.BEST)
+    checkpoint.save_last({
+        "epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+        "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
+        "scaler": p.scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
+        "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)}, folder)
+
+
+def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int,
+            world: distributed.World = distributed.World()) -> RunResult:
     """Test the best weights and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
     test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test",
@@ -213,9 +239,11 @@ def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_e
     test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
         tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
-    _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
-    _log_predictions(tracker, p.data.test, test.predictions.numpy(), scores(test.counts)["dice"])
-    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
+    if world.is_main:
+        _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
+        _log_predictions(tracker, p.data.test, test.predictions.numpy(), scores(test.counts)["dice"])
+    if world.is_main:
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
 
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harness.metrics import MetricAccumulator
+from harness import distributed
+from harness.metrics import MetricAccumulator, summarise
 
 SYNC_EVERY = 10  # steps between progress-bar updates (each one is a host sync)
 
@@ -98,6 +99,9 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     if cfg.device.type == "cuda":
         torch.cuda.synchronize(cfg.device)
     elapsed = time.perf_counter() - start
+    if distributed.active():  # every rank reports the loss over all ranks' images
+        totals = distributed.sum_(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=cfg.device)]))
+        loss_sum, seen = totals[0], int(totals[1].item())
     if skipped and not seen:
         raise NonFiniteLoss(f"non-finite training loss in every one of the {skipped} batches of {desc}")
     mean = (loss_sum / max(seen, 1)).item()
@@ -135,11 +139,13 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
         if keep_predictions:
             kept.append((torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())
         seen += images.shape[0]
-    counts = acc.counts()
-    metrics = {f"{prefix}/{k}": v for k, v in acc.compute().items()}
-    metrics[f"{prefix}/loss"] = (loss_sum / max(seen, 1)).item()
+    counts = distributed.interleave(acc.counts())  # every image, in split order, on every rank
+    totals = distributed.sum_(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=cfg.device)]))
+    metrics = {f"{prefix}/{k}": v for k, v in summarise(counts).items()}
+    metrics[f"{prefix}/loss"] = (totals[0] / totals[1].clamp(min=1)).item()
     metrics[f"throughput/{prefix}_img_s"] = seen / (time.perf_counter() - start)
-    return EpochStats(metrics, counts, torch.cat(kept) if kept else None)
+    kept = distributed.interleave(torch.cat(kept)) if kept else None
+    return EpochStats(metrics, counts, kept)
 
 
 # ----------------------------------------------------------------------------- set-up helpers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 class SegDataset(Dataset):
     """Index -> (image uint8 (3, H, W), mask uint8 (1, H, W), index). Augments if a pipeline is given."""
@@ -35,10 +35,19 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(split, *, batch_size: int, shuffle: bool, pipeline=None, num_workers: int = 0,
-                seed: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+                seed: int = 0, pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
+                world: int = 1) -> DataLoader:
+    """With world > 1 this rank sees its shard: DistributedSampler when shuffling (call
+    `loader.sampler.set_epoch(epoch)`), else indices rank::world (see distributed.interleave)."""
     generator = torch.Generator().manual_seed(seed)
+    dataset = SegDataset(split, pipeline)
+    sampler = None
+    if world > 1:
+        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=seed, drop_last=drop_last) if shuffle
+                   else list(range(rank, len(dataset), world)))
+        shuffle = False
     return DataLoader(
-        SegDataset(split, pipeline), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
         num_workers=num_workers, pin_memory=pin_memory, generator=generator,
         worker_init_fn=_seed_worker if num_workers else None,
         persistent_workers=num_workers > 0,
