@@ -113,6 +113,8 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
         "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, **shard),
         "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, **shard),
     }
+    if t.compile:  # in place: state_dict keys stay those of the plain model (checkpoints, MLflow)
+        model.compile()
     train_model = model
     if world.size > 1:  # gradients all-reduced; BatchNorm statistics stay per process (as in plain DDP)
         train_model = torch.nn.parallel.DistributedDataParallel(

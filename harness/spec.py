@@ -66,6 +66,7 @@ class TrainSpec(_Section):
     loss: Literal["bce", "bce_with_logits", "dice", "bce_dice"] = "bce_with_logits"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model; pays off on CUDA for long runs, not on CPU")
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int | None = Field(None, ge=1)
     on_nan: Literal["fail", "skip_batch"] = Field("fail", description="a NaN/Inf loss fails the run, or skips the batch")

@@ -65,3 +65,17 @@ def test_explicit_missing_device_is_an_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="no CUDA"):
         select_device("cuda")
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_keeps_plain_state_dict_keys(store, tmp_path):
+    """train.compile: true compiles in place; checkpoints keep the plain model's keys."""
+    class Named(NullTracker):
+        run_id = "compiled"
+
+    spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=1", "train.compile=true", "log_model=false",
+                                                  "model.base_width=4", "data.synthetic_size=[24, 8]"])
+    result = run_experiment(spec, lambda p, t: Named(), checkpoint_root=tmp_path)
+    assert 0 <= result.test["test/dice"] <= 1
+    keys = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"].keys()
+    assert keys and not any("_orig_mod" in k for k in keys)
