@@ -17,8 +17,10 @@ from mlflow.tracking import MlflowClient
 TEST_METRICS = ["test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc"]
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "lr", "time/epoch_s",
                  "throughput/train_img_s"]
-KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "train.loss", "train.lr", "train.optimizer",
-              "train.epochs", "data.dataset", "data.image_size", "data.foreground", "seed"]
+KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding_mode", "model.downsample",
+              "model.activation", "model.dropout", "model.deep_supervision", "train.loss", "train.lr",
+              "train.optimizer", "train.epochs", "data.dataset", "data.image_size", "data.foreground",
+              "data.num_classes", "data.target", "seed"]
 KEY_TAGS = ["spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
 
 
@@ -27,7 +29,8 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 NUMERIC_PARAMS = ("model.base_width", "train.lr", "train.epochs", "data.image_size", "seed")
-FINAL_METRICS = [*TEST_METRICS, "model/num_params", "best/val_dice", "time/total_s", "throughput/train_img_s"]
+FINAL_METRICS = [*TEST_METRICS, "test/miou", "model/num_params", "best/val_dice", "time/total_s",
+                 "throughput/train_img_s"]
 
 
 def _tidy(raw: pd.DataFrame, params: list[str]) -> pd.DataFrame:
@@ -76,7 +79,11 @@ def load_campaign(campaign: str | None = None, experiment: str | None = None, ur
         raise LookupError(f"no {status} runs for {'campaign ' + repr(campaign) if campaign else 'experiment ' + repr(experiment)}")
     axes = (raw["tags.campaign.axes"].dropna().iloc[0].split(",") if campaign and "tags.campaign.axes" in raw
             else ["model.arch", "seed"])
-    runs = _tidy(raw.sort_values("start_time"), [*KEY_PARAMS, *axes])  # cells ran in matrix order
+    raw = raw.sort_values("start_time")  # cells ran in matrix order
+    runs = _tidy(raw, [*KEY_PARAMS, *axes])
+    for axis in axes:  # an axis that is no spec field (a campaign's 'variant') lives in the cell tags
+        if runs[axis].isna().all() and f"tags.cell.{axis}" in raw:
+            runs[axis] = raw[f"tags.cell.{axis}"].to_numpy()
     arm_axes = [a for a in axes if a != "seed"] or ["model.arch"]
     runs["arm"] = runs[arm_axes].astype(str).agg(" / ".join, axis=1)
     return runs, axes

@@ -36,7 +36,7 @@ def _label(cell: dict) -> str:
 def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
     """Run every missing cell of the matrix. Returns one result per cell, in matrix order."""
     experiment = spec.tracking or load_spec(base).tracking
-    axes = ",".join(spec.matrix)
+    axes = ",".join(spec.axis_names())
     results = []
     cells = spec.cells()
     for i, cell in enumerate(cells, 1):

@@ -201,7 +201,8 @@ def _predict(args) -> int:
         return 2
     model = load_model(args.run)
     threshold = args.threshold if args.threshold is not None else float(params.get("eval.threshold", 0.5))
-    written = predict_paths(model, inputs, args.output, size=int(params["data.image_size"]), threshold=threshold)
+    written = predict_paths(model, inputs, args.output, size=int(params["data.image_size"]), threshold=threshold,
+                            num_classes=int(params.get("data.num_classes", 2)))  # runs before K classes: binary
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.output}")
     return 0
 

@@ -7,9 +7,7 @@ created, so a bad input leaves no half-made run behind.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import random
 import tempfile
 import time
@@ -19,13 +17,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
-from harness import checkpoint, distributed, plots
+from harness import artifacts, checkpoint, distributed
+from harness.archs import DEFAULTS
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.losses import get_loss
-from harness.metrics import scores
+from harness.metrics import per_image_scores
 from harness.models import count_parameters, create_model
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
@@ -33,6 +31,7 @@ from harness.tracking import NullTracker
 from harness.train import (StepConfig, build_optimizer, build_scheduler, evaluate, resolve_amp, select_device,
                            train_one_epoch)
 
+DEEP_SUPERVISION_HEADS = 4  # UNet++ heads on X[0][1..4]
 DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop (Optuna)
 
@@ -74,6 +73,26 @@ def _print_audit(report: dict) -> None:
               + "  (details: audit.json in the run, or `make audit DATA=<root>`)", flush=True)
 
 
+def out_channels(num_classes: int) -> int:
+    return num_classes if num_classes > 2 else 1  # binary keeps its single-logit head
+
+
+def build_model(spec: ExperimentSpec) -> torch.nn.Module:
+    """The spec's model: architecture, knobs and head size (see harness.archs)."""
+    m = spec.model.model_dump()
+    knobs = {k: m[k] for k in DEFAULTS if k != "encoder_freeze_epochs"}
+    if knobs["decoder_widths"] is not None:
+        knobs["decoder_widths"] = tuple(knobs["decoder_widths"])
+    return create_model(m["arch"], out_channels=out_channels(spec.data.num_classes), base_width=m["base_width"],
+                        grad_checkpointing=spec.train.grad_checkpointing, **knobs)
+
+
+def _freeze_encoder(model: torch.nn.Module, frozen: bool) -> None:
+    """encoder_freeze_epochs: the pretrained encoder gets no gradient (and no update) while frozen."""
+    for param in getattr(model.net, "encoder_parameters", lambda: [])():
+        param.requires_grad_(not frozen)
+
+
 @dataclass
 class _Parts:
     """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
@@ -95,11 +114,11 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
     cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
     data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
                        val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size,
-                       on_bad=d.on_bad, cache_dir=cache_dir, download=d.download)
+                       on_bad=d.on_bad, cache_dir=cache_dir, download=d.download, num_classes=d.num_classes,
+                       target=d.target, palette=tuple(map(tuple, d.palette)) if d.palette else None)
     _print_audit(data.audit)
-    model = create_model(spec.model.arch, upsample=spec.model.upsample, base_width=spec.model.base_width,
-                         encoder_weights=spec.model.encoder_weights).to(device)
-    cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last)
+    model = build_model(spec).to(device)
+    cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pin = device.type == "cuda"
@@ -121,7 +140,9 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum)
-    return _Parts(data, model, train_model, cfg, pipeline, loaders, get_loss(t.loss), optimizer,
+    heads = DEEP_SUPERVISION_HEADS if spec.model.deep_supervision else 1
+    loss_fn = get_loss(t.loss, heads=heads, channels=out_channels(d.num_classes))
+    return _Parts(data, model, train_model, cfg, pipeline, loaders, loss_fn, optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
@@ -150,7 +171,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         folder = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
         folder = Path(distributed.broadcast(str(folder)))
         lock = checkpoint.hold_lock(folder) if world.is_main else None  # noqa: F841 (held until this process ends)
-        _log_json(tracker, "audit.json", parts.data.audit)
+        artifacts.log_json(tracker, "audit.json", parts.data.audit)
         history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch, world)
         result = _finish(spec, parts, tracker, folder, history, best, best_epoch, world)
         total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
@@ -189,6 +210,8 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
             break
         start = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
+        if spec.model.encoder_freeze_epochs:
+            _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
         if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
             p.loaders["train"].sampler.set_epoch(epoch)
         train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
@@ -242,65 +265,8 @@ def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_e
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
         tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
     if world.is_main:
-        _log_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
-        _log_predictions(tracker, p.data.test, test.predictions.numpy(), scores(test.counts)["dice"])
+        artifacts.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
+        artifacts.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
     if world.is_main:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, history, test_metrics, best_epoch, best)
-
-
-WORST_K = 8
-
-
-def _log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
-    """test_predictions.npz: every test mask predicted and true (bit-packed, image order of
-    test_per_image.csv), plus the pixels of this run's WORST_K images by Dice, so a report can
-    show them next to another run's predictions without reading the dataset."""
-    worst = np.argsort(np.asarray(dice), kind="stable")[:WORST_K]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "test_predictions.npz"
-        np.savez_compressed(path, names=np.array(test.names), shape=np.array(predictions.shape),
-                            pred_bits=np.packbits(predictions.astype(bool)),
-                            true_bits=np.packbits(test.masks.astype(bool)), worst=worst,
-                            worst_images=test.images[worst])
-        tracker.log_artifact(path)
-
-
-def _log_json(tracker, name: str, payload: dict) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_text(json.dumps(payload, indent=1))
-        tracker.log_artifact(path)
-
-
-def _log_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts) -> None:
-    """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        tracker.log_artifact(out / "spec.yaml")
-        tracker.log_artifact(plots.learning_curves(history, out / "learning_curves.png"))
-
-        k = min(6, len(data.val))
-        images = torch.from_numpy(data.val.images[:k]).permute(0, 3, 1, 2)
-        x, _ = cfg.to_device(images, torch.zeros(k, 1, 1, 1))
-        with torch.inference_mode(), cfg.autocast():
-            probs = torch.sigmoid(model.eval()(x).float())
-        preds = (probs[:, 0] > spec.eval.threshold).cpu().numpy().astype(np.uint8)
-        tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
-                                                   data.val.names[:k], out / "val_predictions.png"))
-
-        per = scores(counts)
-        with open(out / "test_per_image.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels"])
-            for i, name in enumerate(data.test.names):
-                tp, fp, fn, tn = counts[i].tolist()
-                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn])
-        tracker.log_artifact(out / "test_per_image.csv")
-    if not spec.log_model:
-        return
-    example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0
-    if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
-        example = example.repeat(2, 1, 1, 1)
-    tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example)

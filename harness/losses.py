@@ -1,4 +1,7 @@
-"""Losses by short name. All take logits (N, 1, H, W) and float targets in {0, 1}, same shape.
+"""Losses by short name.
+
+Binary losses take logits (N, 1, H, W) and float targets in {0, 1}, same shape; the K-class
+losses (`ce`, `ce_dice`) take logits (N, K, H, W) and int64 class maps (N, H, W).
 
 `bce` is the "sigmoid then BCELoss" formulation some reports use. BCELoss refuses autocast
 (it is unsafe in half precision), so it runs in float32 with autocast disabled; the same holds
@@ -12,11 +15,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from harness.archs import BINARY_LOSSES, MULTICLASS_LOSSES  # noqa: F401 (re-exported)
+
 
 def _fp32(fn):
     def wrapped(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return fn(logits.float(), target.float())
+            return fn(logits.float(), target if target.dtype == torch.long else target.float())
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     return wrapped
@@ -54,15 +59,46 @@ def bce_dice(logits, target):
     return F.binary_cross_entropy_with_logits(logits, target) + _soft_dice(logits, target)
 
 
+@_fp32
+def ce(logits, target):
+    """Cross-entropy over K classes (softmax)."""
+    return F.cross_entropy(logits, target)
+
+
+@_fp32
+def ce_dice(logits, target, eps: float = 1.0):
+    """Cross-entropy + soft Dice of the softmax against one-hot truth, averaged over classes."""
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return F.cross_entropy(logits, target) + 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bce": bce,
     "bce_with_logits": bce_with_logits,
     "dice": dice,
     "bce_dice": bce_dice,
+    "ce": ce,
+    "ce_dice": ce_dice,
 }
 
 
-def get_loss(name: str):
+def get_loss(name: str, heads: int = 1, channels: int = 1):
+    """The loss by name. With heads > 1 (deep supervision) a training forward returns `heads`
+    blocks of `channels` logits concatenated on the channel axis and the loss is their mean; in
+    eval mode the model returns only its last head, which is scored as usual."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; valid: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    fn = LOSSES[name]
+    if heads == 1:
+        return fn
+
+    def deep(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == heads * channels:
+            return torch.stack([fn(c, target) for c in logits.split(channels, dim=1)]).mean()
+        return fn(logits, target)
+
+    deep.__name__ = f"{name}_deep_supervision"
+    return deep

@@ -81,21 +81,36 @@ class PlanSpec(BaseModel):
 
 
 class CampaignSpec(PlanSpec):
-    matrix: dict[str, list[Any]] = Field(..., description="dotted field -> values; the product is run")
+    matrix: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field -> values; the product is run")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named sets of dotted overrides: an axis 'variant' crossed with the matrix")
 
     @model_validator(mode="after")
     def _non_empty(self):
-        if not self.matrix or any(not v for v in self.matrix.values()):
-            raise ValueError("matrix needs at least one field, each with a non-empty list of values")
+        if not (self.matrix or self.variants) or any(not v for v in self.matrix.values()):
+            raise ValueError("give a matrix (fields with non-empty lists of values) and/or variants")
+        if "variant" in self.matrix:
+            raise ValueError("'variant' is the name of the variants axis; it cannot be a matrix field")
         return self
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        values = dict(values)
+        variant = self.variants.get(values.pop("variant", None), {})
+        return super().overrides({**variant, **values})
 
     def axes(self):
         return "matrix", self.matrix
 
+    def axis_names(self) -> list[str]:
+        return (["variant"] if self.variants else []) + list(self.matrix)
+
     def cells(self) -> list[dict[str, Any]]:
-        """Every combination of the matrix values, in a stable order (first axis slowest)."""
+        """Every combination of variant and matrix values, in a stable order (first axis slowest)."""
         keys = list(self.matrix)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.matrix[k] for k in keys))]
+        combos = [dict(zip(keys, combo)) for combo in itertools.product(*(self.matrix[k] for k in keys))]
+        if not self.variants:
+            return combos
+        return [{"variant": name, **combo} for name in self.variants for combo in combos]
 
 
 class StudySpec(PlanSpec):
@@ -157,6 +172,11 @@ def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):
         load_spec(base, spec.overrides({}))
     except SpecError as err:
         raise SpecError(f"{path}:{line_of(node, ('set',))}: field 'set': {err}") from None
+    for name, variant in getattr(spec, "variants", {}).items():
+        try:
+            load_spec(base, spec.overrides({"variant": name}))
+        except SpecError as err:
+            raise SpecError(f"{path}:{line_of(node, ('variants', name))}: variant '{name}': {err}") from None
     section, axes = spec.axes()
     for key, values in axes.items():
         for value in values:

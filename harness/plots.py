@@ -18,8 +18,9 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     for key in ("train/loss", "val/loss"):
         ax_loss.plot(epochs, [h[key] for h in history], marker="o", label=key)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    for key in ("val/dice", "val/dice_micro", "val/iou"):
-        ax_score.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    for key in ("val/dice", "val/dice_micro", "val/iou", "val/miou"):
+        if key in history[0]:
+            ax_score.plot(epochs, [h[key] for h in history], marker="o", label=key)
     ax_score.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0, 1))
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
@@ -31,14 +32,17 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
 
 
 def prediction_grid(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, titles: list[str],
-                    path: Path) -> Path:
-    """Rows of image | truth | prediction. images (N, H, W, 3) uint8; masks (N, H, W) in {0, 1}."""
+                    path: Path, num_classes: int = 2) -> Path:
+    """Rows of image | truth | prediction. images (N, H, W, 3) uint8; masks (N, H, W) in {0, 1},
+    or class indices 0..K-1 (shown with one colour per class)."""
+    vmax = 1 if num_classes <= 2 else num_classes - 1
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
     for i in range(n):
         for j, (panel, label) in enumerate(((images[i], "image"), (truths[i], "truth"), (preds[i], "prediction"))):
             ax = axes[i, j]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1 if panel.ndim == 2 else None)
+            cmap = ("gray" if num_classes <= 2 else "tab10") if panel.ndim == 2 else None
+            ax.imshow(panel, cmap=cmap, vmin=0, vmax=vmax if panel.ndim == 2 else None, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

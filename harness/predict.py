@@ -1,4 +1,7 @@
-"""Inference with a logged model: binary mask PNGs at each input's original size, plus overlays."""
+"""Inference with a logged model: mask PNGs at each input's original size, plus colour overlays.
+
+Binary models (one logit) write 0/255 masks; K-class models write class-index PNGs (0..K-1).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def list_inputs(path: Path) -> list[Path]:
 
 @torch.inference_mode()
 def predict_mask(model: torch.nn.Module, image: Image.Image, size: int, threshold: float) -> np.ndarray:
-    """RGB image -> (H, W) uint8 {0, 1} mask at the image's own size.
+    """RGB image -> (H, W) uint8 mask at the image's own size: {0, 1}, or class indices for a
+    K-class model (argmax).
 
     The model sees the image resized to the training size; logits are resized back
     bilinearly and thresholded there, which gives smoother edges than resizing a binary mask.
@@ -35,7 +39,20 @@ def predict_mask(model: torch.nn.Module, image: Image.Image, size: int, threshol
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     logits = model(x)
     logits = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+    if logits.shape[1] > 1:
+        return logits[0].argmax(0).numpy().astype(np.uint8)
     return (torch.sigmoid(logits)[0, 0] > threshold).numpy().astype(np.uint8)
+
+
+CLASS_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                          (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)], np.float32)
+
+
+def class_overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Tint every pixel with the colour of its class (colours cycle after 10 classes)."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    colours = CLASS_COLOURS[labels % len(CLASS_COLOURS)]
+    return Image.fromarray((rgb * (1 - alpha) + colours * alpha).astype(np.uint8))
 
 
 def overlay(image: Image.Image, mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.45) -> Image.Image:
@@ -44,15 +61,18 @@ def overlay(image: Image.Image, mask: np.ndarray, colour=(255, 40, 40), alpha: f
     return Image.fromarray(np.where(mask[..., None] > 0, tint, rgb).astype(np.uint8))
 
 
-def predict_paths(model, inputs: list[Path], output: Path, *, size: int, threshold: float) -> list[Path]:
-    """Writes <stem>_mask.png (0/255) and <stem>_overlay.png per input; returns the mask paths."""
+def predict_paths(model, inputs: list[Path], output: Path, *, size: int, threshold: float,
+                  num_classes: int = 2) -> list[Path]:
+    """Writes <stem>_mask.png (binary 0/255, or class indices) and <stem>_overlay.png per input;
+    returns the mask paths."""
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for path in tqdm(inputs, desc="predict", unit="img", disable=len(inputs) < 10):
         with Image.open(path) as image:
             image.load()
             mask = predict_mask(model, image, size, threshold)
-            Image.fromarray(mask * 255).save(output / f"{path.stem}_mask.png")
-            overlay(image, mask).save(output / f"{path.stem}_overlay.png")
+            multiclass = num_classes > 2
+            Image.fromarray(mask if multiclass else mask * 255).save(output / f"{path.stem}_mask.png")
+            (class_overlay(image, mask) if multiclass else overlay(image, mask)).save(output / f"{path.stem}_overlay.png")
         written.append(output / f"{path.stem}_mask.png")
     return written

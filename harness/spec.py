@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.archs import BINARY_LOSSES, MULTICLASS_LOSSES, check_knobs
 from harness.augment import PRESETS, validate_transforms
 
 
@@ -28,10 +29,26 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    arch: Literal["unet", "resnet34_unet"] = "unet"
-    upsample: Literal["bilinear", "transpose"] = "bilinear"
-    base_width: int = Field(64, ge=4, le=256, description="channels of the first UNet stage")
+    arch: Literal["unet", "resnet34_unet", "unet_plus_plus"] = "unet"
+    upsample: Literal["bilinear", "nearest", "transpose"] = "bilinear"
+    base_width: int = Field(64, ge=4, le=256, description="channels of the first UNet stage (unet, unet_plus_plus)")
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    downsample: Literal["maxpool", "strided_conv"] = "maxpool"
+    activation: Literal["relu", "leaky_relu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout2d after each double conv")
+    deep_supervision: bool = Field(False, description="unet_plus_plus: a head per nested level, loss averaged")
+    decoder_widths: list[int] | None = Field(None, min_length=5, max_length=5,
+                                             description="resnet34_unet decoder widths (default 256 128 64 32 16)")
     encoder_weights: Literal["none", "imagenet"] = "none"
+    encoder_freeze_epochs: int = Field(0, ge=0, description="resnet34_unet + imagenet: train only the decoder first")
+
+    @model_validator(mode="after")
+    def _knobs_apply(self):
+        check_knobs(self.arch, self.model_dump())
+        if self.encoder_freeze_epochs and self.encoder_weights == "none":
+            raise ValueError("model.encoder_freeze_epochs needs model.encoder_weights=imagenet (a random encoder "
+                             "would stay random)")
+        return self
 
 
 class DataSpec(_Section):
@@ -47,11 +64,21 @@ class DataSpec(_Section):
     cache: bool = Field(True, description="decode once into arrays on disk, keyed by the files' fingerprint")
     cache_dir: str | None = Field(None, description="cache folder (default: mlruns/cache); relative to the spec file")
     download: bool = Field(False, description="oxford_pet only: fetch the official archives via torchvision")
+    num_classes: int = Field(2, ge=2, le=255, description="2 = binary (one logit, sigmoid); K >= 3: K-way softmax")
+    target: Literal["binary", "trimap3"] = Field("binary", description="trimap3: pet/background/border as 3 classes")
+    palette: list[tuple[int, int, int]] | None = Field(None, description="folder: RGB colour of each class in the masks")
 
     @model_validator(mode="after")
     def _root_needed(self):
         if self.dataset != "synthetic" and not self.root:
             raise ValueError(f"data.root is required for dataset '{self.dataset}'")
+        if self.target == "trimap3" and (self.num_classes != 3 or self.dataset == "folder"):
+            raise ValueError("data.target=trimap3 needs data.num_classes=3 and dataset oxford_pet or synthetic")
+        if self.palette is not None and (self.dataset != "folder" or len(self.palette) != self.num_classes):
+            raise ValueError(f"data.palette is for the folder dataset and needs one colour per class "
+                             f"({self.num_classes}), got {len(self.palette)}")
+        if self.num_classes > 2 and self.dataset == "oxford_pet" and self.target != "trimap3":
+            raise ValueError("oxford_pet has 3 classes only as data.target=trimap3")
         return self
 
 
@@ -63,9 +90,10 @@ class TrainSpec(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop only")
     scheduler: Literal["none", "cosine", "plateau"] = "cosine"
-    loss: Literal["bce", "bce_with_logits", "dice", "bce_dice"] = "bce_with_logits"
+    loss: Literal["bce", "bce_with_logits", "dice", "bce_dice", "ce", "ce_dice"] = "bce_with_logits"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    grad_checkpointing: bool = Field(False, description="recompute block activations in the backward pass")
     compile: bool = Field(False, description="torch.compile the model; pays off on CUDA for long runs, not on CPU")
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -104,6 +132,15 @@ class ExperimentSpec(_Section):
             return value
         validate_transforms(value)
         return value
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self):
+        multi = self.data.num_classes > 2
+        valid = MULTICLASS_LOSSES if multi else BINARY_LOSSES
+        if self.train.loss not in valid:
+            kind = f"{self.data.num_classes} classes" if multi else "binary segmentation"
+            raise ValueError(f"train.loss={self.train.loss} does not fit {kind}; valid: {', '.join(valid)}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness import distributed
-from harness.metrics import MetricAccumulator, summarise
+from harness.metrics import MetricAccumulator, summarise_counts
 
 SYNC_EVERY = 10  # steps between progress-bar updates (each one is a host sync)
 
@@ -32,6 +32,7 @@ class StepConfig:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    num_classes: int = 2  # 2: binary, float masks (N, 1, H, W); K >= 3: class indices (N, H, W) int64
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -39,9 +40,11 @@ class StepConfig:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, images: torch.Tensor, masks: torch.Tensor):
-        """uint8 (N, 3, H, W) and (N, 1, H, W) -> float images in [0, 1] and float masks, on device."""
+        """uint8 (N, 3, H, W) and (N, 1, H, W) -> float images in [0, 1] and float masks (binary)
+        or int64 class maps (N, H, W) (K classes), on device."""
         images = images.to(self.device, non_blocking=True).float().div_(255.0)
-        masks = masks.to(self.device, non_blocking=True).float()
+        masks = masks.to(self.device, non_blocking=True)
+        masks = masks[:, 0].long() if self.num_classes > 2 else masks.float()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, masks
@@ -125,7 +128,7 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
     """Loss and Dice/IoU/accuracy over `loader`, keys '<prefix>/...'; counts per image in order,
     and with keep_predictions the thresholded masks (one device-to-host copy per batch)."""
     model.eval()
-    acc = MetricAccumulator(threshold)
+    acc = MetricAccumulator(threshold, cfg.num_classes)
     kept = []
     loss_sum = torch.zeros((), device=cfg.device)
     seen = 0
@@ -136,12 +139,13 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
             logits = model(images)
         loss_sum += loss_fn(logits, masks) * images.shape[0]
         acc.update(logits.float(), masks)
-        if keep_predictions:
-            kept.append((torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())
+        if keep_predictions:  # binary: bool masks; K classes: uint8 class maps
+            kept.append(logits.argmax(1).to(torch.uint8).cpu() if cfg.num_classes > 2
+                        else (torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())
         seen += images.shape[0]
     counts = distributed.interleave(acc.counts())  # every image, in split order, on every rank
     totals = distributed.sum_(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=cfg.device)]))
-    metrics = {f"{prefix}/{k}": v for k, v in summarise(counts).items()}
+    metrics = {f"{prefix}/{k}": v for k, v in summarise_counts(counts).items()}
     metrics[f"{prefix}/loss"] = (totals[0] / totals[1].clamp(min=1)).item()
     metrics[f"throughput/{prefix}_img_s"] = seen / (time.perf_counter() - start)
     kept = distributed.interleave(torch.cat(kept)) if kept else None

@@ -1,29 +1,123 @@
-"""Contract tests over every registered model (and every upsample mode)."""
+"""Contract tests over every registered model and every knob combination the registry allows."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
+from harness.archs import ARCH_KNOBS, DEFAULTS
 from harness.models import MODELS, count_parameters, create_model, list_models
+from harness.spec import SpecError, load_spec
 
 SIZES = [(64, 64), (96, 80), (128, 128), (50, 70)]  # 50x70: not divisible by 32, nor even by 4
+# The values each enumerable knob can take; combinations are taken over the knobs an arch allows.
+VALUES = {"upsample": ["bilinear", "nearest", "transpose"], "padding_mode": ["zeros", "reflect"],
+          "downsample": ["maxpool", "strided_conv"], "activation": ["relu", "leaky_relu"], "dropout": [0.0, 0.2],
+          "deep_supervision": [False, True], "decoder_widths": [None, (64, 32, 16, 8, 8)]}
 
 
-@pytest.mark.parametrize("upsample", ["bilinear", "transpose"])
-@pytest.mark.parametrize("arch", list_models())
-def test_output_shape_backward_and_finite(arch, upsample):
-    torch.manual_seed(0)
-    model = create_model(arch, upsample=upsample, base_width=8)
-    for h, w in SIZES:
-        x = torch.rand(2, 3, h, w)
-        out = model(x)
-        assert out.shape == (2, 1, h, w), (arch, upsample, h, w)
-        assert torch.isfinite(out).all()
-    out.mean().backward()
+def combinations():
+    """Every combination of every knob value an arch allows (the full product)."""
+    for arch in list_models():
+        names = [k for k in VALUES if k in ARCH_KNOBS[arch]]
+        for values in itertools.product(*(VALUES[k] for k in names)):
+            yield pytest.param(arch, dict(zip(names, values)), id=f"{arch}-" + "-".join(map(str, values)))
+
+
+def one_at_a_time():
+    """Each knob value an arch allows, the other knobs at their defaults (the default suite)."""
+    for arch in list_models():
+        for name in (k for k in VALUES if k in ARCH_KNOBS[arch]):
+            for value in VALUES[name][1:]:
+                yield pytest.param(arch, {name: value}, id=f"{arch}-{name}-{value}")
+
+
+def _check(model, channels: int, sizes) -> None:
+    for h, w in sizes:
+        model.eval()
+        out = model(torch.rand(2, 3, h, w))
+        assert out.shape == (2, channels, h, w) and torch.isfinite(out).all(), (h, w)
+    model.train()
+    out = model(torch.rand(2, 3, *sizes[-1]))
+    out.float().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_output_shape_backward_and_finite(arch):
+    torch.manual_seed(0)
+    _check(create_model(arch, base_width=8), 1, SIZES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,knobs", combinations())
+def test_every_knob_combination(arch, knobs):
+    """Logits at input resolution for odd sizes, finite gradients everywhere, K-class heads too."""
+    test_each_knob_value(arch, knobs)
+
+
+@pytest.mark.parametrize("arch,knobs", one_at_a_time())
+def test_each_knob_value(arch, knobs):
+    torch.manual_seed(0)
+    channels = 3 if knobs.get("dropout") else 1  # exercise the K-class head on half of the combinations
+    model = create_model(arch, base_width=4, out_channels=channels, **knobs)
+    _check(model, channels, [(32, 32), (50, 38)])
+    if knobs.get("deep_supervision"):
+        model.train()
+        assert model(torch.rand(1, 3, 32, 32)).shape[1] == 4 * channels  # one block of logits per head
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_grad_checkpointing_gives_the_same_gradients(arch):
+    x = torch.rand(2, 3, 48, 40)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = create_model(arch, base_width=4, grad_checkpointing=recompute).train()
+        model(x).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_grad_checkpointing_wraps_blocks_not_modules_as_inputs(monkeypatch):
+    """The checkpointed function must be the block, with tensors as its inputs."""
+    from harness.models import blocks
+
+    seen = []
+    real = blocks.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        seen.append((fn, args))
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(blocks, "checkpoint", spy)
+    model = create_model("unet", base_width=4, grad_checkpointing=True).train()
+    model(torch.rand(1, 3, 32, 32)).mean().backward()
+    assert len(seen) == 9  # inc, 4 down, 4 up
+    assert all(isinstance(fn, torch.nn.Module) and all(isinstance(a, torch.Tensor) for a in args) for fn, args in seen)
+
+
+@pytest.mark.parametrize("arch,knob,value", [("resnet34_unet", "downsample", "strided_conv"),
+                                             ("unet", "deep_supervision", True),
+                                             ("unet", "decoder_widths", [8, 8, 8, 8, 8])])
+def test_knob_the_arch_does_not_take_is_an_error(arch, knob, value, tmp_path):
+    with pytest.raises(ValueError, match=f"model.{knob}.*does not apply to model.arch={arch}"):
+        create_model(arch, **{knob: value})
+    path = tmp_path / "s.yaml"
+    path.write_text(f"model: {{arch: {arch}, {knob}: {value}}}\n")
+    with pytest.raises(SpecError, match=f"s.yaml:1: field 'model'.*does not apply"):
+        load_spec(path)
+
+
+def test_default_knobs_are_the_classic_unet():
+    assert count_parameters(create_model("unet", base_width=64, upsample="transpose")) == 31_037_633
+    assert DEFAULTS["downsample"] == "maxpool" and DEFAULTS["padding_mode"] == "zeros"
 
 
 def test_unknown_model_lists_valid_names():
@@ -31,8 +125,8 @@ def test_unknown_model_lists_valid_names():
         create_model("segformer")
 
 
-def test_registry_has_both_architectures():
-    assert set(MODELS) == {"unet", "resnet34_unet"}
+def test_registry_has_every_architecture():
+    assert set(MODELS) == {"unet", "resnet34_unet", "unet_plus_plus"} == set(ARCH_KNOBS)
 
 
 def test_unet_width_scales_parameters():
@@ -60,5 +154,5 @@ def test_imagenet_weights_unavailable_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_unet_refuses_pretrained_weights():
-    with pytest.raises(ValueError, match="resnet34_unet only"):
+    with pytest.raises(ValueError, match="does not apply to model.arch=unet; it applies to resnet34_unet"):
         create_model("unet", encoder_weights="imagenet")

@@ -63,10 +63,21 @@ def _carve(names: list[str], fraction: float) -> tuple[list[int], list[int]]:
     return sorted(order[k:]), sorted(order[:k])
 
 
-def _foreground(raw: np.ndarray, dataset: str, rule: str) -> np.ndarray:
-    if dataset == "folder":
-        return (raw > 0).astype(np.uint8)  # folder masks: any nonzero pixel is foreground
+TARGETS = ("binary", "trimap3")
+
+
+def _labels(raw: np.ndarray, dataset: str, rule: str, num_classes: int, target: str) -> np.ndarray:
+    """Raw mask values -> training labels: {0, 1} (binary) or class indices 0..K-1."""
+    if target == "trimap3":
+        return (raw - 1).astype(np.uint8)  # 0 pet, 1 background, 2 border
+    if dataset == "folder":  # binary: any nonzero pixel is foreground; K classes: the values are classes
+        return raw.astype(np.uint8) if num_classes > 2 else (raw > 0).astype(np.uint8)
     return FOREGROUND_RULES[rule](raw).astype(np.uint8)
+
+
+def _foreground(raw: np.ndarray, dataset: str, rule: str) -> np.ndarray:
+    """What the audit calls foreground (for 'masks with no foreground')."""
+    return (raw > 0) if dataset == "folder" else FOREGROUND_RULES[rule](raw)
 
 
 def download_oxford_pet(root: Path) -> Path:
@@ -86,27 +97,34 @@ def download_oxford_pet(root: Path) -> Path:
     return root / "oxford-iiit-pet"
 
 
-def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None) -> tuple[dict, list, str]:
+def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None, num_classes: int,
+               palette) -> tuple[dict, list, str]:
     """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off)."""
     if not path.is_dir():
         raise DataError(f"{path}: data.root is not a directory")
     files, problems = readers.oxford_pet_files(path) if dataset == "oxford_pet" else readers.folder_files(path)
-    valid = TRIMAP_VALUES if dataset == "oxford_pet" else None
-    entry = cache.entry_dir(Path(cache_dir), dataset, readers.stat_key(files), image_size) if cache_dir else None
+    valid = TRIMAP_VALUES if dataset == "oxford_pet" else (tuple(range(num_classes)) if num_classes > 2 else None)
+    key = readers.stat_key(files)
+    if palette:  # palette masks are cached as class indices, so the palette is part of the key
+        key += "-p" + hashlib.sha1(str(palette).encode()).hexdigest()[:8]
+    entry = cache.entry_dir(Path(cache_dir), dataset, key, image_size) if cache_dir else None
     loaded = cache.load(entry) if entry else None
     if loaded is not None:
         return loaded[0], problems, str(entry)
-    decoded = {split: readers.decode_split(items, image_size, split, valid) for split, items in files.items()}
+    decoded = {split: readers.decode_split(items, image_size, split, valid, palette) for split, items in files.items()}
     if entry:
         cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": dataset, "image_size": image_size})
     return decoded, problems, str(entry or "")
 
 
-def _synthetic(seed: int, sizes: tuple[int, int], image_size: int) -> dict[str, Decoded]:
+def _synthetic(seed: int, sizes: tuple[int, int], image_size: int, k_classes: int) -> dict[str, Decoded]:
+    """Raw trimaps (1/2/3), or with k_classes >= 3 the K-class mode's labels (0..K-1)."""
     out = {}
     step = max(1, image_size // readers.THUMB)
     for split_id, (split, count) in enumerate(zip(("trainval", "test"), sizes)):
         images, trimaps, names = synthetic.make_split(seed, split_id, count, image_size)
+        if k_classes > 2:
+            images, trimaps = synthetic.k_class_mode(images, trimaps, k_classes)
         out[split] = Decoded(images, trimaps, images[:, ::step, ::step], names, b"", [])
     return out
 
@@ -114,11 +132,14 @@ def _synthetic(seed: int, sizes: tuple[int, int], image_size: int) -> dict[str, 
 def build_data(dataset: str, *, root: str | None, image_size: int, foreground: str = "not_background",
                val_fraction: float = 0.1, limit: int | None = None, synthetic_size=(400, 100),
                synthetic_seed: int = 0, on_bad: str = "error", cache_dir: str | None = None,
-               download: bool = False) -> DataBundle:
+               download: bool = False, num_classes: int = 2, target: str = "binary",
+               palette: list | None = None) -> DataBundle:
     """Load a dataset by name into train/val/test splits, audited.
 
     on_bad='error' raises DataError naming the first unusable file; 'skip' drops unusable files
-    and counts them in info['skipped']. cache_dir=None decodes every time.
+    and counts them in info['skipped']. cache_dir=None decodes every time. Masks are {0, 1}
+    (num_classes 2) or class indices: target='trimap3' (pet, background, border), a `folder`
+    of index masks (or RGB masks with a `palette`, one colour per class), or synthetic K-class.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
@@ -126,13 +147,14 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         raise ValueError(f"unknown on_bad '{on_bad}'; valid: {', '.join(ON_BAD)}")
     entry = ""
     if dataset == "synthetic":
-        decoded, problems = _synthetic(synthetic_seed, synthetic_size, image_size), []
-        fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size)
+        k_mode = num_classes if target == "binary" else 2
+        decoded, problems = _synthetic(synthetic_seed, synthetic_size, image_size, k_mode), []
+        fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size) + (f"-k{k_mode}" if k_mode > 2 else "")
     else:
         path = Path(root)
         if download and dataset == "oxford_pet":
             path = download_oxford_pet(path)
-        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir)
+        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir, num_classes, palette)
         fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{image_size}".encode()).hexdigest()[:16]
     listing = problems
     problems = listing + [p for d in decoded.values() for p in d.problems]
@@ -140,8 +162,10 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}. `make audit DATA=<root>` lists them all; "
                         f"data.on_bad=skip trains without them")
-    fg = {split: _foreground(d.masks, dataset, foreground) for split, d in decoded.items()}
+    raw_kind = "folder" if dataset == "synthetic" and num_classes > 2 and target == "binary" else dataset
+    fg = {split: _foreground(d.masks, raw_kind, foreground) for split, d in decoded.items()}
     report = _audit(decoded, fg, listing, entry, foreground)
+    fg = {split: _labels(d.masks, raw_kind, foreground, num_classes, target) for split, d in decoded.items()}
     if "all" in decoded:  # folder layout without a declared test split
         keep, test = _carve(decoded["all"].names, val_fraction)
         whole = Split(decoded["all"].images, fg["all"], decoded["all"].names)
@@ -156,8 +180,12 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
                         f"after skipping {len(problems)} unusable files")
     if limit:
         train, val, test = (s.take(range(min(limit, len(s)))) for s in (train, val, test))
-    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": len(problems),
-            "fg_fraction_train": round(float(train.masks.mean()), 4)}
+    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": len(problems)}
+    if num_classes > 2:
+        counts = np.bincount(train.masks.reshape(-1), minlength=num_classes)[:num_classes]
+        info["class_fractions_train"] = " ".join(f"{c / max(counts.sum(), 1):.3f}" for c in counts)
+    else:
+        info["fg_fraction_train"] = round(float(train.masks.mean()), 4)
     return DataBundle(train, val, test, fp, info, report)
 
 

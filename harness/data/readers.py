@@ -143,7 +143,21 @@ def _open_image(path: Path, kind: str, what: str):
         raise _Bad(f"bad_{kind}", path, f"cannot decode {what} ({err})") from None
 
 
-def _decode(item: Item, size: int, valid: tuple[int, ...] | None):
+def _palette_to_index(m: Image.Image, palette: list, path: Path) -> Image.Image:
+    """RGB-coded mask -> 'L' image of class indices; a colour outside the palette is a Problem."""
+    rgb = np.asarray(m.convert("RGB"), np.int32)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette)}
+    out = np.full(codes.shape, 255, np.uint8)
+    for code, index in table.items():
+        out[codes == code] = index
+    if (out == 255).any():
+        extra = sorted({tuple(rgb[y, x]) for y, x in zip(*np.nonzero(out == 255))})[:5]
+        raise _Bad("mask_values", path, f"mask colours {[list(map(int, c)) for c in extra]} are not in data.palette")
+    return Image.fromarray(out, mode="L")
+
+
+def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None):
     name, image_path, mask_path = item
     raw, im = _open_image(image_path, "image", f"image listed for '{name}'")
     with im:
@@ -153,7 +167,9 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None):
         thumb = rgb.resize((THUMB, THUMB), Image.BILINEAR)
     raw_mask, m = _open_image(mask_path, "mask", f"mask for '{name}'")
     with m:
-        if m.mode not in ("L", "P", "I", "1", "I;16"):
+        if palette:
+            m = _palette_to_index(m, palette, mask_path)
+        elif m.mode not in ("L", "P", "I", "1", "I;16"):
             raise _Bad("mask_mode", mask_path, f"mask must be single-channel, got mode {m.mode}")
         if m.size != original:  # resizing both would hide a mask drawn for another image
             raise _Bad("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
@@ -167,11 +183,12 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None):
     return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest
 
 
-def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None) -> Decoded:
+def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None,
+                 palette: list | None = None) -> Decoded:
     """Decode and resize in threads (PIL releases the GIL). Unusable items become Problems."""
     def one(item):
         try:
-            return _decode(item, size, valid)
+            return _decode(item, size, valid, palette)
         except _Bad as bad:
             return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
 

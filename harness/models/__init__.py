@@ -1,8 +1,10 @@
 """Model registry: build segmentation models by short name, as `create_model('unet', ...)`.
 
-Every model maps a float image batch in [0, 1], shape (N, 3, H, W), to logits (N, 1, H, W) for
-any H and W. ImageNet normalisation happens inside the model (on the device, once per batch),
-so a logged model needs no preprocessing beyond scaling pixels to [0, 1].
+Every model maps a float image batch in [0, 1], shape (N, 3, H, W), to logits
+(N, out_channels, H, W) for any H and W: out_channels is 1 for binary segmentation (sigmoid)
+and K for K classes (softmax). ImageNet normalisation happens inside the model (on the device,
+once per batch), so a logged model needs no preprocessing beyond scaling pixels to [0, 1].
+Which knobs each architecture takes is declared in harness.archs.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness.archs import ARCH_KNOBS, DEFAULTS, check_knobs
 from harness.models.resnet_unet import ResNet34UNet, WeightsUnavailable
 from harness.models.unet import UNet
+from harness.models.unet_plus_plus import UNetPlusPlus
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,33 +36,39 @@ class Segmenter(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def _unet(upsample: str, base_width: int, encoder_weights: str) -> nn.Module:
-    if encoder_weights != "none":
-        raise ValueError("model.encoder_weights applies to resnet34_unet only; unet has no pretrained encoder")
-    return UNet(base_width=base_width, upsample=upsample)
-
-
-def _resnet34_unet(upsample: str, base_width: int, encoder_weights: str) -> nn.Module:
-    del base_width  # the encoder fixes the widths; base_width is a UNet knob
-    return ResNet34UNet(encoder_weights=encoder_weights, upsample=upsample)
+def _conv(k: dict) -> dict:
+    return {"padding_mode": k["padding_mode"], "activation": k["activation"], "dropout": k["dropout"]}
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "unet": _unet,
-    "resnet34_unet": _resnet34_unet,
+    "unet": lambda out, k: UNet(out_channels=out, base_width=k["base_width"], upsample=k["upsample"],
+                                downsample_mode=k["downsample"], grad_checkpointing=k["grad_checkpointing"], **_conv(k)),
+    "unet_plus_plus": lambda out, k: UNetPlusPlus(out_channels=out, base_width=k["base_width"], upsample=k["upsample"],
+                                                  downsample_mode=k["downsample"], deep_supervision=k["deep_supervision"],
+                                                  grad_checkpointing=k["grad_checkpointing"], **_conv(k)),
+    "resnet34_unet": lambda out, k: ResNet34UNet(out_channels=out, encoder_weights=k["encoder_weights"],
+                                                 upsample=k["upsample"], decoder_widths=k["decoder_widths"],
+                                                 grad_checkpointing=k["grad_checkpointing"], **_conv(k)),
 }
+assert set(MODELS) == set(ARCH_KNOBS)
 
 
 def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(arch: str, *, upsample: str = "bilinear", base_width: int = 64,
-                 encoder_weights: str = "none") -> Segmenter:
-    """Build a registered model. Unknown names raise ValueError listing the valid ones."""
+def create_model(arch: str, *, out_channels: int = 1, base_width: int = 64, grad_checkpointing: bool = False,
+                 **knobs) -> Segmenter:
+    """Build a registered model with knobs (see harness.archs; unknown names raise ValueError
+    listing the valid ones, and a knob the architecture does not take raises too)."""
     if arch not in MODELS:
         raise ValueError(f"unknown model '{arch}'; valid: {', '.join(list_models())}")
-    return Segmenter(MODELS[arch](upsample=upsample, base_width=base_width, encoder_weights=encoder_weights))
+    unknown = set(knobs) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown model knob(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+    check_knobs(arch, knobs)
+    values = {**DEFAULTS, **knobs, "base_width": base_width, "grad_checkpointing": grad_checkpointing}
+    return Segmenter(MODELS[arch](out_channels, values))
 
 
 def count_parameters(model: nn.Module) -> int:

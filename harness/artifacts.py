@@ -1,0 +1,93 @@
+"""What a finished run leaves in MLflow besides metrics: the resolved spec, curves, a prediction
+grid, per-image test scores, every test prediction (for reports) and the model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from harness import plots
+from harness.metrics import per_image_scores
+from harness.train import StepConfig
+
+WORST_K = 8
+
+
+def log_json(tracker, name: str, payload: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=1))
+        tracker.log_artifact(path)
+
+
+def log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
+    """test_predictions.npz: every test mask predicted and true (image order of test_per_image.csv;
+    binary masks bit-packed, K-class maps as uint8), plus the pixels of this run's WORST_K images
+    by Dice, so a report can show them beside another run's predictions without the dataset."""
+    worst = np.argsort(np.asarray(dice), kind="stable")[:WORST_K]
+    binary = predictions.dtype == bool
+    masks = ({"pred_bits": np.packbits(predictions), "true_bits": np.packbits(test.masks.astype(bool))} if binary
+             else {"pred": predictions.astype(np.uint8), "truth": test.masks.astype(np.uint8)})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test_predictions.npz"
+        np.savez_compressed(path, names=np.array(test.names), shape=np.array(predictions.shape), worst=worst,
+                            worst_images=test.images[worst], **masks)
+        tracker.log_artifact(path)
+
+
+def _val_predictions(spec, data, model, cfg: StepConfig, k: int) -> np.ndarray:
+    images = torch.from_numpy(data.val.images[:k]).permute(0, 3, 1, 2)
+    x, _ = cfg.to_device(images, torch.zeros(k, 1, 1, 1, dtype=torch.uint8))
+    with torch.inference_mode(), cfg.autocast():
+        logits = model.eval()(x).float()
+    if cfg.num_classes > 2:
+        return logits.argmax(1).cpu().numpy().astype(np.uint8)
+    return (torch.sigmoid(logits)[:, 0] > spec.eval.threshold).cpu().numpy().astype(np.uint8)
+
+
+def write_per_image(path: Path, names: list[str], counts: torch.Tensor) -> Path:
+    """test_per_image.csv. Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels. K classes: name,
+    dice, iou (means over the classes present), then dice_<k> per class (empty if absent)."""
+    per = per_image_scores(counts)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        if counts.ndim == 2:
+            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels"])
+            for i, name in enumerate(names):
+                tp, fp, fn, tn = counts[i].tolist()
+                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn])
+            return path
+        k = counts.shape[1]
+        writer.writerow(["name", "dice", "iou", *(f"dice_{c}" for c in range(k))])
+        for i, name in enumerate(names):
+            tp, fp, fn = (counts[i, :, j].double() for j in range(3))
+            cls = [f"{2 * a / (2 * a + b + c):.6f}" if a + b + c else "" for a, b, c in zip(tp, fp, fn)]
+            writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", *cls])
+    return path
+
+
+def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts) -> None:
+    """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        tracker.log_artifact(out / "spec.yaml")
+        tracker.log_artifact(plots.learning_curves(history, out / "learning_curves.png"))
+        k = min(6, len(data.val))
+        preds = _val_predictions(spec, data, model, cfg, k)
+        tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
+                                                   data.val.names[:k], out / "val_predictions.png",
+                                                   num_classes=cfg.num_classes))
+        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, counts))
+    if not spec.log_model:
+        return
+    example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0
+    if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
+        example = example.repeat(2, 1, 1, 1)
+    tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example)
