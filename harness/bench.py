@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness import checkpoint
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.losses import get_loss
-from harness.models import count_parameters, create_model, list_models
-from harness.spec import load_spec
+from harness.models import count_parameters, list_models
+from harness.experiment import build_model, out_channels
+from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last")
@@ -51,19 +51,20 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def minimal_epoch(model, batches, optimizer, cfg: StepConfig) -> float:
+def minimal_epoch(model, batches, optimizer, cfg: StepConfig, loss_fn) -> float:
     """The reference: nothing but transfer, forward, loss, backward and step. Returns seconds."""
     model.train()
     _sync(cfg.device)
     start = time.perf_counter()
     for images, masks in batches:
         x = images.to(cfg.device, non_blocking=True).float().div_(255.0)
-        y = masks.to(cfg.device, non_blocking=True).float()
+        y = masks.to(cfg.device, non_blocking=True)
+        y = y[:, 0].long() if cfg.num_classes > 2 else y.float()
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(cfg.device.type, dtype=cfg.amp_dtype or torch.float32, enabled=cfg.amp_dtype is not None):
             logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,7 +89,8 @@ def data_times(spec) -> dict:
     """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
     d = spec.data
     kwargs = dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
-                  limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad)
+                  limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, num_classes=d.num_classes,
+                  target=d.target, palette=tuple(map(tuple, d.palette)) if d.palette else None)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         data = build_data(d.dataset, cache_dir=cache, **kwargs)
@@ -109,22 +111,22 @@ def _tracker(tmp: str):
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
     dtype, channels_last = _setting(setting, device)
-    m, t, d = spec.model, spec.train, spec.data
+    t, d = spec.train, spec.data
     torch.manual_seed(spec.seed)
-    model = create_model(arch, upsample=m.upsample, base_width=m.base_width).to(device)
-    cfg = StepConfig(device, dtype, channels_last)
+    model = build_model(spec).to(device)
+    cfg = StepConfig(device, dtype, channels_last, d.num_classes)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = get_loss(t.loss)
+    loss_fn = get_loss(t.loss, heads=4 if spec.model.deep_supervision else 1, channels=out_channels(d.num_classes))
     pin = device.type == "cuda"
     loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
                          pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=pin, drop_last=True)
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
-    minimal_epoch(model, batches, optimizer, cfg)
+    minimal_epoch(model, batches, optimizer, cfg, loss_fn)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     harness_s, minimal_s, waits, log_s = [], [], [], []
@@ -136,7 +138,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         log_s.append(time.perf_counter() - logged)
         harness_s.append(time.perf_counter() - start)
         waits.append(stats.metrics["time/data_wait_frac"])
-        minimal_s.append(minimal_epoch(model, batches, optimizer, cfg))
+        minimal_s.append(minimal_epoch(model, batches, optimizer, cfg, loss_fn))
     n_train = len(loader) * t.batch_size
     val = evaluate(model, make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers,
                                       pin_memory=pin), loss_fn, cfg)
@@ -185,7 +187,8 @@ def main(argv=None) -> int:
                                 "harness epoch blocked on the data loader", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", type=Path, default=Path("experiments/base.yaml"), help="experiment spec (data, size, batch)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="spec overrides, e.g. data.num_workers=2")
-    p.add_argument("--archs", nargs="+", default=list_models(), choices=list_models())
+    p.add_argument("--archs", nargs="+", default=None, choices=list_models(),
+                   help="default: every registered model that takes the spec's model knobs")
     p.add_argument("--settings", nargs="+", default=["off", "auto"], choices=SETTINGS,
                    help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
@@ -197,12 +200,18 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     times = data_times(spec)
-    data = times.pop("data")
+    data = times.pop("data")  # decoded once for every model: the spec's data settings are shared
     rows = []
+    archs = args.archs or list_models()
     with tempfile.TemporaryDirectory() as tmp, _tracker(tmp) as tracker:
-        for arch in args.archs:
+        for arch in archs:
+            try:  # the spec's knobs, on each architecture that takes them
+                variant = load_spec(args.spec, [*args.overrides, f"model.arch={arch}"])
+            except SpecError as err:
+                print(f"skipping {arch}: {str(err).splitlines()[-1].strip()}")
+                continue
             for setting in args.settings:
-                rows.append({**bench_one(arch, setting, spec, data, device=device, repeats=args.repeats,
+                rows.append({**bench_one(arch, setting, variant, data, device=device, repeats=args.repeats,
                                          tracker=tracker), **times})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "

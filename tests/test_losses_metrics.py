@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.losses import LOSSES, bce, bce_with_logits, get_loss
+from harness.losses import BINARY_LOSSES, MULTICLASS_LOSSES, LOSSES, bce, bce_with_logits, get_loss
 from harness.metrics import MetricAccumulator, confusion, scores, summarise
 
 BIG = 20.0  # a logit far enough from 0 that sigmoid is 0 or 1 for practical purposes
@@ -26,7 +26,7 @@ def test_bce_runs_under_autocast_in_float32():
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", BINARY_LOSSES)
 def test_losses_are_lower_for_better_predictions(name):
     target = torch.zeros(2, 1, 8, 8)
     target[:, :, 2:6, 2:6] = 1
@@ -34,6 +34,19 @@ def test_losses_are_lower_for_better_predictions(name):
     loss = get_loss(name)
     assert loss(good, target) < loss(-good, target)
     assert loss(good, target) >= 0
+
+
+@pytest.mark.parametrize("name", MULTICLASS_LOSSES)
+def test_multiclass_losses_are_lower_for_better_predictions(name):
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:6, 2:6] = 2
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 8.0
+    loss = get_loss(name)
+    assert loss(good, target) < loss(-good, target) and loss(good, target) >= 0
+
+
+def test_every_loss_is_tested():
+    assert set(LOSSES) == set(BINARY_LOSSES) | set(MULTICLASS_LOSSES)
 
 
 def test_unknown_loss_lists_valid():

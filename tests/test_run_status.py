@@ -60,8 +60,8 @@ def _nan_at(monkeypatch, bad_calls: set[int]):
     """Replace the loss with the real one that returns NaN on the given (1-based) training calls."""
     real, calls = experiment_module.get_loss, [0]
 
-    def get_loss(name):
-        fn = real(name)
+    def get_loss(name, **kwargs):
+        fn = real(name, **kwargs)
 
         def loss(logits, target):
             value = fn(logits, target)
