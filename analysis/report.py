@@ -25,7 +25,10 @@ from analysis.stats import bootstrap_ci, paired_comparison
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
-              "An image with empty truth and empty prediction scores 1. Foreground rule: {rule}.")
+              "An image with empty truth and empty prediction scores 1. Foreground rule: {rule}. "
+              "K-class runs (data.num_classes &ge; 3): prediction = argmax; test/dice = mean over classes of "
+              "dataset-level per-class Dice, test/miou = mean IoU over classes, pixel_acc = share of pixels "
+              "whose class is right; per-image Dice = mean over the classes present in truth or prediction.")
 
 
 def _png(fig) -> str:
@@ -40,7 +43,10 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm, group in runs.groupby("arm", sort=True):
         row = {"arm": arm, "n runs": len(group)}
-        for metric in ("test/dice", "test/dice_micro", "test/iou"):
+        metrics = ["test/dice", "test/dice_micro", "test/iou"]
+        if "test/miou" in group and group["test/miou"].notna().any():  # K-class runs: mIoU, no micro Dice
+            metrics = ["test/dice", "test/miou", "test/pixel_acc"]
+        for metric in metrics:
             mean, low, high = bootstrap_ci(group[metric])
             row[metric] = f"{mean:.4f} [{low:.4f}, {high:.4f}]"
         row["params"] = f"{group['model/num_params'].mean():,.0f}"
