@@ -71,12 +71,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # -> the run is marked KILLED
+    """First SIGINT/SIGTERM: finish the epoch, write its checkpoint, then stop (run KILLED).
+    A second one stops at once; the run resumes from the last completed epoch either way."""
+    from harness import experiment
+
+    if signum == signal.SIGINT and "harness.experiment" not in sys.modules:
+        raise KeyboardInterrupt("interrupted")
+    if experiment.STOP.requested:
+        raise KeyboardInterrupt(f"signal {signum} (second): stopping now")
+    experiment.STOP.requested = signal.Signals(signum).name
+    print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
+          f"(send it again to stop now)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         return _dispatch(args)
     except SpecError as err:

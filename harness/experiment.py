@@ -31,6 +31,13 @@ from harness.tracking import NullTracker
 from harness.train import (StepConfig, build_optimizer, build_scheduler, evaluate, resolve_amp, select_device,
                            train_one_epoch)
 
+class _StopRequest:
+    """Set by the CLI's SIGINT/SIGTERM handler; the loop stops after the current epoch's checkpoint."""
+
+    requested: str = ""
+
+
+STOP = _StopRequest()
 DEEP_SUPERVISION_HEADS = 4  # UNet++ heads on X[0][1..4]
 DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop (Optuna)
@@ -238,6 +245,9 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
                   f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if STOP.requested:
+            raise KeyboardInterrupt(f"{STOP.requested}: stopped after epoch {epoch}; its checkpoint is written "
+                                    f"and the same command resumes from it")
         if stop:
             print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
             tracker.set_tags({"early_stopped_epoch": epoch})

@@ -111,7 +111,7 @@ def test_knob_the_arch_does_not_take_is_an_error(arch, knob, value, tmp_path):
         create_model(arch, **{knob: value})
     path = tmp_path / "s.yaml"
     path.write_text(f"model: {{arch: {arch}, {knob}: {value}}}\n")
-    with pytest.raises(SpecError, match=f"s.yaml:1: field 'model'.*does not apply"):
+    with pytest.raises(SpecError, match="s.yaml:1: field 'model'.*does not apply"):
         load_spec(path)
 
 

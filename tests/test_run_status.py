@@ -110,10 +110,14 @@ def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
         if line.startswith("epoch   1/500") or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    _, run = _only_run(store)
+    assert "SIGTERM: stopping after this epoch's checkpoint" in out
+    client, run = _only_run(store)
     assert run.info.status == "KILLED"
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
+    state = torch.load(tmp_path / "mlruns" / "checkpoints" / run.info.run_id / "last.pt", weights_only=True)
+    assert state["epoch"] == logged[-1] >= 1  # the epoch under way when the signal came was finished and saved
 
 
 @pytest.mark.slow
