@@ -71,7 +71,8 @@ def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None) -> tuple[pd.Da
     return wide.dropna(), levels
 
 
-def conclusion(a: str, b: str, result: dict, seeds: int, axis: str) -> str:
+def conclusion(a: str, b: str, result: dict, seeds, axis: str) -> str:
+    """seeds: an int (the same count in every arm) or a text such as 'unet 3, resnet34_unet 1'."""
     direction = "higher" if result["mean_diff"] > 0 else "lower"
     half = (result["ci_high"] - result["ci_low"]) / 2
     real = result["p_wilcoxon"] < 0.05 and (result["ci_low"] > 0 or result["ci_high"] < 0)
@@ -80,8 +81,17 @@ def conclusion(a: str, b: str, result: dict, seeds: int, axis: str) -> str:
     return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}) by "
             f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
             f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
-            f"{result['n']} test images and {seeds} seed(s) per arm; rank-biserial r = {result['rank_biserial']:+.2f} "
+            f"{result['n']} test images and {seeds} seed(s) per arm{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
             f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict}")
+
+
+def _unbalanced(seeds) -> str:
+    return "" if isinstance(seeds, int) else " (unequal: the arm with fewer seeds is noisier)"
+
+
+def _seed_counts(runs: pd.DataFrame, axis: str):
+    counts = runs.groupby(axis, sort=False).size()
+    return int(counts.iloc[0]) if counts.nunique() == 1 else ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
@@ -101,7 +111,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
              f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>']
 
     axis = compare_axis(axes)
-    seeds = int(runs.groupby("arm").size().min())
+    seeds = _seed_counts(runs, axis)
     wide, levels = paired_frames(runs, axis, uri)
     comparisons = []
     if len(levels) >= 2:
@@ -115,7 +125,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
     if comparisons:
         parts.append(f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
-                     f"<p>Each point is one test image; its Dice is averaged over the {seeds} seed(s) of each arm.</p>")
+                     f"<p>Each point is one test image; its Dice is averaged over each arm's runs (seeds: {seeds}).</p>")
         table = pd.DataFrame([{"A": a, "B": b, **{k: (float(f"{v:.4g}") if isinstance(v, float) else v)
                                                    for k, v in r.items()}} for a, b, r in comparisons])
         parts.append(table.to_html(index=False))
