@@ -74,15 +74,18 @@ def test_each_knob_value(arch, knobs):
 @pytest.mark.parametrize("arch", list_models())
 def test_grad_checkpointing_gives_the_same_gradients(arch):
     x = torch.rand(2, 3, 48, 40)
-    grads = []
+    grads, stats = [], []
     for recompute in (False, True):
         torch.manual_seed(0)
         model = create_model(arch, base_width=4, grad_checkpointing=recompute).train()
         model(x).square().mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        stats.append({n: b.clone() for n, b in model.named_buffers() if "running" in n})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in stats[0]:  # the recompute must not update BatchNorm's running statistics a second time
+        torch.testing.assert_close(stats[0][name], stats[1][name], msg=name)
 
 
 def test_grad_checkpointing_wraps_blocks_not_modules_as_inputs(monkeypatch):

@@ -7,6 +7,8 @@ dropout (after each double conv, 0 = none); downsample 'maxpool' | 'strided_conv
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,10 +104,27 @@ class Up(nn.Module):
         return self.conv(x)
 
 
+@contextmanager
+def _bn_stats_frozen(block: nn.Module):
+    """During the backward recompute, BatchNorm must not update its running statistics a second
+    time (momentum 0 leaves them as they are); the batch statistics it normalises with are the same."""
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 def run_block(block: nn.Module, *inputs, recompute: bool = False):
     """block(*inputs), or with activation checkpointing: the *block* is the function to recompute
     and the tensors are its inputs (passing the module as an input, as one popular UNet repo
-    does, checkpoints nothing). use_reentrant=False handles inputs without grad and kwargs."""
+    does, checkpoints nothing). use_reentrant=False handles inputs without grad and kwargs; the
+    RNG state is replayed, and BatchNorm statistics are updated once, not twice."""
     if recompute and torch.is_grad_enabled():
-        return checkpoint(block, *inputs, use_reentrant=False)
+        return checkpoint(block, *inputs, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), _bn_stats_frozen(block)))
     return block(*inputs)
