@@ -7,7 +7,9 @@ setting, it measures (after one warm-up epoch; the median of --repeats timed epo
   epoch's metrics to MLflow (a temporary SQLite store) -> train images/s, data-wait share;
 - minimal epoch: the same model, optimizer, device and precision over the same batches already
   collated into tensors, with no tracking, no progress bar, no loader -> the ratio between them;
-- evaluation images/s, peak memory, MLflow ms per epoch, checkpoint write seconds;
+- evaluation images/s, peak memory (CUDA), MLflow ms per epoch, checkpoint write seconds;
+- the activation memory a training step keeps for backward (MiB per batch, any device): what
+  train.grad_checkpointing saves;
 - the dataset's cold-cache (decode) and warm-cache (load) times;
 - FLOPs per image (torch.utils.flop_counter) and achieved TFLOP/s, with the share of the
   device's peak on known GPUs.
@@ -76,13 +78,31 @@ def flops_per_image(model, images: torch.Tensor, cfg: StepConfig) -> float:
     """Forward + backward FLOPs of one training step, per image (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x, _ = cfg.to_device(images, torch.zeros(1))
+    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
     with FlopCounterMode(display=False) as counter:
         with cfg.autocast():
             out = model(x)
         out.float().mean().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / images.shape[0]
+
+
+def saved_activation_mib(model, images: torch.Tensor, cfg: StepConfig) -> float:
+    """MiB of tensors the forward pass keeps for the backward pass, per batch: the activation
+    memory that train.grad_checkpointing trades for recomputation (device-independent)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cfg.autocast():
+        out = model(x)
+    out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return total[0] / 2**20
 
 
 def data_times(spec) -> dict:
@@ -147,6 +167,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         checkpoint.save_last({"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(tmp))
         ckpt_s = time.perf_counter() - start
     flops = flops_per_image(model, batches[0][0][:2], cfg)
+    activations = saved_activation_mib(model, batches[0][0], cfg)
     harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
     achieved = flops * n_train / minimal / 1e12
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
@@ -160,6 +181,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
         "mlflow_share": round(statistics.median(log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "saved_activations_mib": round(activations, 1), "grad_checkpointing": spec.train.grad_checkpointing,
         "gflop_per_image": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 3),
         "peak_share": round(achieved / peak, 3) if peak else None,
         "harness_epoch_s": [round(v, 3) for v in harness_s], "minimal_epoch_s": [round(v, 3) for v in minimal_s],
@@ -169,7 +191,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
 COLUMNS = [("arch", 15, "arch"), ("setting", 19, "setting"), ("train_img_s", 8, "img/s"),
            ("minimal_img_s", 11, "min img/s"), ("harness_over_minimal", 7, "ratio"), ("data_wait_frac", 7, "wait"),
            ("eval_img_s", 8, "eval/s"), ("mlflow_ms_per_epoch", 11, "mlflow ms"), ("checkpoint_s", 8, "ckpt s"),
-           ("peak_mem_gib", 6, "GiB"), ("gflop_per_image", 10, "GFLOP/im"), ("achieved_tflops", 9, "TFLOP/s"),
+           ("peak_mem_gib", 6, "GiB"), ("saved_activations_mib", 10, "act MiB"), ("gflop_per_image", 10, "GFLOP/im"), ("achieved_tflops", 9, "TFLOP/s"),
            ("peak_share", 6, "peak")]
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import EXPERIMENTS
 from harness.bench import main
 
-KEYS = {"train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
+KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
         "checkpoint_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
 
 
-def test_bench_writes_every_figure(tmp_path, capsys):
+@pytest.mark.parametrize("task", [[], ["data.num_classes=3", "data.target=trimap3", "train.loss=ce"]])
+def test_bench_writes_every_figure(task, tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", *task, "--archs", "unet",
                  "--settings", "off", "--repeats", "1", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert KEYS <= set(row) and row["arch"] == "unet" and row["amp_dtype"] == "float32"
