@@ -159,3 +159,30 @@ def test_imagenet_weights_unavailable_is_a_clear_error(monkeypatch, tmp_path):
 def test_unet_refuses_pretrained_weights():
     with pytest.raises(ValueError, match="does not apply to model.arch=unet; it applies to resnet34_unet"):
         create_model("unet", encoder_weights="imagenet")
+
+
+def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
+    """encoder_freeze_epochs: while frozen, an optimizer step changes the decoder only."""
+    from harness.experiment import _freeze_encoder
+
+    torch.manual_seed(0)
+    model = create_model("resnet34_unet", decoder_widths=(16, 16, 8, 8, 8)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    encoder = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(("net.stem", "net.stages"))}
+    head = model.net.head.weight.detach().clone()
+    x = torch.rand(2, 3, 64, 64)
+    for frozen in (True, False):
+        _freeze_encoder(model, frozen)
+        optimizer.zero_grad(set_to_none=True)
+        model(x).mean().backward()
+        optimizer.step()
+        changed = [not torch.equal(p, encoder[n]) for n, p in model.named_parameters() if n in encoder]
+        assert (not any(changed)) if frozen else all(changed)
+    assert not torch.equal(model.net.head.weight, head)
+
+
+def test_encoder_freeze_needs_pretrained_weights(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("model: {arch: resnet34_unet, encoder_freeze_epochs: 2}\n")
+    with pytest.raises(SpecError, match="encoder_freeze_epochs needs model.encoder_weights=imagenet"):
+        load_spec(path)
