@@ -31,9 +31,8 @@ import torch
 from harness import checkpoint
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
-from harness.losses import get_loss
 from harness.models import count_parameters, list_models
-from harness.experiment import build_model, out_channels
+from harness.experiment import build_loss, build_model, data_kwargs
 from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
 
@@ -108,9 +107,7 @@ def saved_activation_mib(model, images: torch.Tensor, cfg: StepConfig) -> float:
 def data_times(spec) -> dict:
     """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
     d = spec.data
-    kwargs = dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
-                  limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, num_classes=d.num_classes,
-                  target=d.target, palette=tuple(map(tuple, d.palette)) if d.palette else None)
+    kwargs = data_kwargs(spec)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         data = build_data(d.dataset, cache_dir=cache, **kwargs)
@@ -139,7 +136,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = get_loss(t.loss, heads=4 if spec.model.deep_supervision else 1, channels=out_channels(d.num_classes))
+    loss_fn = build_loss(spec)
     pin = device.type == "cuda"
     loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
                          pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=pin, drop_last=True)

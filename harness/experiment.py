@@ -25,6 +25,7 @@ from harness.data import build_data, make_loader
 from harness.losses import get_loss
 from harness.metrics import per_image_scores
 from harness.models import count_parameters, create_model
+from harness.models.unet_plus_plus import DEPTH as UNET_PLUS_PLUS_DEPTH
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
 from harness.tracking import NullTracker
@@ -38,7 +39,6 @@ class _StopRequest:
 
 
 STOP = _StopRequest()
-DEEP_SUPERVISION_HEADS = 4  # UNet++ heads on X[0][1..4]
 DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop (Optuna)
 
@@ -94,6 +94,21 @@ def build_model(spec: ExperimentSpec) -> torch.nn.Module:
                         grad_checkpointing=spec.train.grad_checkpointing, **knobs)
 
 
+def build_loss(spec: ExperimentSpec):
+    """The spec's loss; with deep supervision, averaged over UNet++'s heads (one per nested level)."""
+    heads = UNET_PLUS_PLUS_DEPTH if spec.model.deep_supervision else 1
+    return get_loss(spec.train.loss, heads=heads, channels=out_channels(spec.data.num_classes))
+
+
+def data_kwargs(spec: ExperimentSpec) -> dict:
+    """build_data's arguments from the spec, except the cache folder."""
+    d = spec.data
+    return dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
+                limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, download=d.download,
+                num_classes=d.num_classes, target=d.target,
+                palette=tuple(map(tuple, d.palette)) if d.palette else None)  # hashable for the lru_cache
+
+
 def _freeze_encoder(model: torch.nn.Module, frozen: bool) -> None:
     """encoder_freeze_epochs: the pretrained encoder gets no gradient (and no update) while frozen."""
     for param in getattr(model.net, "encoder_parameters", lambda: [])():
@@ -119,10 +134,7 @@ class _Parts:
 def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World) -> _Parts:
     d, t = spec.data, spec.train
     cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
-    data = cached_data(d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground,
-                       val_fraction=d.val_fraction, limit=d.limit, synthetic_size=d.synthetic_size,
-                       on_bad=d.on_bad, cache_dir=cache_dir, download=d.download, num_classes=d.num_classes,
-                       target=d.target, palette=tuple(map(tuple, d.palette)) if d.palette else None)
+    data = cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
     _print_audit(data.audit)
     model = build_model(spec).to(device)
     cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes)
@@ -147,9 +159,7 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum)
-    heads = DEEP_SUPERVISION_HEADS if spec.model.deep_supervision else 1
-    loss_fn = get_loss(t.loss, heads=heads, channels=out_channels(d.num_classes))
-    return _Parts(data, model, train_model, cfg, pipeline, loaders, loss_fn, optimizer,
+    return _Parts(data, model, train_model, cfg, pipeline, loaders, build_loss(spec), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
