@@ -34,15 +34,16 @@ from harness.data import build_data, make_loader
 from harness.models import count_parameters, list_models
 from harness.experiment import build_loss, build_model, data_kwargs
 from harness.spec import SpecError, load_spec
-from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
+from harness.train import StepConfig, build_optimizer, evaluate, resolve_amp, select_device, train_one_epoch
 
-SETTINGS = ("off", "auto", "bf16", "bf16+channels_last")
+SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
 
 
 def _setting(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     if name == "bf16+channels_last":
         return torch.bfloat16, True
+    name = name.removesuffix("+compile")  # auto+compile: auto, with the model compiled (train.compile)
     dtype = resolve_amp(name, device)
     return dtype, name == "auto" and dtype is not None  # auto = what an experiment with amp: auto gets
 
@@ -112,11 +113,61 @@ def data_times(spec) -> dict:
         start = time.perf_counter()
         data = build_data(d.dataset, cache_dir=cache, **kwargs)
         cold = time.perf_counter() - start
-        start = time.perf_counter()
-        build_data(d.dataset, cache_dir=cache, **kwargs)
-        warm = time.perf_counter() - start
+        warm = None
+        if d.dataset != "synthetic":  # generated, never cached: a second build would only cost time
+            start = time.perf_counter()
+            build_data(d.dataset, cache_dir=cache, **kwargs)
+            warm = time.perf_counter() - start
     return {"data": data, "cold_cache_s": round(cold, 2),
-            "warm_cache_s": round(warm, 2) if d.dataset != "synthetic" else None}
+            "warm_cache_s": round(warm, 2) if warm is not None else None}
+
+
+def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, out: Path) -> dict:
+    """Where a training step's time goes: one profiled harness epoch after a warm-up epoch.
+    Prints the ops with the most device (or CPU) self time, saves a Chrome trace (gzip) beside
+    the JSON, and returns the device-busy share of the epoch (low = launch- or data-bound)."""
+    import gzip
+    import shutil
+
+    from torch.profiler import ProfilerActivity, profile
+
+    dtype, channels_last = _setting(setting, device)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec).to(device)
+    cfg = StepConfig(device, dtype, channels_last, spec.data.num_classes)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    t = spec.train
+    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                momentum=t.momentum, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loader = make_loader(data.train, batch_size=spec.train.batch_size, shuffle=True, num_workers=spec.data.num_workers,
+                         pipeline=build_pipeline(spec.augment, spec.data.image_size), pin_memory=device.type == "cuda",
+                         drop_last=True)
+    loss_fn = build_loss(spec)
+    train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc=f"profile {arch}")
+        wall_us = (time.perf_counter() - start) * 1e6
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    print(f"\nprofile: {arch} {setting}, one epoch of {len(loader)} steps; top ops by {key}")
+    print(averages.table(sort_by=key, row_limit=18, max_name_column_width=60))
+    kernels = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops that launch them
+    busy_us = sum(e.self_device_time_total for e in kernels) if device.type == "cuda" else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trace = out.with_name(f"trace-{arch}-{setting}.json")
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
+    summary = {"arch": arch, "setting": setting, "steps": len(loader), "epoch_ms": round(wall_us / 1e3, 1),
+               "device_busy_share": round(busy_us / wall_us, 3) if busy_us is not None else None,
+               "trace": str(trace) + ".gz"}
+    print(f"profile summary: {summary}")
+    return summary
 
 
 def _tracker(tmp: str):
@@ -134,7 +185,8 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     cfg = StepConfig(device, dtype, channels_last, d.num_classes)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                momentum=t.momentum, fused=device.type == "cuda")  # as experiments build it
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = build_loss(spec)
     pin = device.type == "cuda"
@@ -142,6 +194,10 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
                          pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=pin, drop_last=True)
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
+    flops = flops_per_image(model, batches[0][0][:2], cfg)  # eager: FLOPs are counted on the uncompiled model
+    activations = saved_activation_mib(model, batches[0][0], cfg)
+    if setting.endswith("+compile"):  # the warm-up epoch pays the compile time
+        model.compile()
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
     minimal_epoch(model, batches, optimizer, cfg, loss_fn)
     if device.type == "cuda":
@@ -163,8 +219,6 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         start = time.perf_counter()
         checkpoint.save_last({"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(tmp))
         ckpt_s = time.perf_counter() - start
-    flops = flops_per_image(model, batches[0][0][:2], cfg)
-    activations = saved_activation_mib(model, batches[0][0], cfg)
     harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
     achieved = flops * n_train / minimal / 1e12
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
@@ -213,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("bench/bench.json"))
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one epoch of the first model at the last setting (table + Chrome trace)")
     args = p.parse_args(argv)
     spec = load_spec(args.spec, args.overrides)
     device = select_device(args.device)
@@ -232,6 +288,10 @@ def main(argv=None) -> int:
             for setting in args.settings:
                 rows.append({**bench_one(arch, setting, variant, data, device=device, repeats=args.repeats,
                                          tracker=tracker), **times})
+    profiled = None
+    if args.profile and rows:
+        variant = load_spec(args.spec, [*args.overrides, f"model.arch={rows[0]['arch']}"])
+        profiled = profile_epoch(rows[0]["arch"], variant, data, device=device, setting=args.settings[-1], out=args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "
           f"batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, {rows[0]['images_per_epoch']} images/epoch")
@@ -239,7 +299,7 @@ def main(argv=None) -> int:
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"spec": str(args.spec), "overrides": args.overrides, "torch": torch.__version__,
-                                    "device": name, "rows": rows}, indent=2))
+                                    "device": name, "rows": rows, "profile": profiled}, indent=2))
     print(f"saved {args.out}")
     return 0
 

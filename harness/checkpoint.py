@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +33,72 @@ def save_last(state: dict, folder: Path) -> None:
     if (folder / LAST).exists():
         os.replace(folder / LAST, folder / PREV)
     os.replace(tmp, folder / LAST)
+
+
+class AsyncWriter:
+    """Writes an epoch's checkpoints on a background thread, so the next epoch trains meanwhile.
+
+    `submit` copies the state into host buffers (allocated once, reused every epoch; pinned for
+    CUDA tensors) and returns; training may then change the live tensors. At most one write is in
+    flight: `submit` first waits for the previous one. `then` runs on the writer thread once the
+    files are in place; the loop logs the epoch there, so a logged epoch always has its checkpoint.
+    An error on the thread (a full disk, say) is raised by the next `submit` or `wait`.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _to_host(self, obj, key: str):
+        if isinstance(obj, torch.Tensor):
+            buf = self._buffers.get(key)
+            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
+                buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=obj.is_cuda)
+                self._buffers[key] = buf
+            return buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
+        if isinstance(obj, dict):  # new containers: the live ones (history, param groups) keep changing
+            return {k: self._to_host(v, f"{key}/{k}") for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._to_host(v, f"{key}/{i}") for i, v in enumerate(obj))
+        return obj
+
+    def submit(self, folder: Path, state: dict, *, best: bool, last: bool = True,
+               then: Callable[[], None] | None = None) -> None:
+        """Write `state` as last.pt (unless not `last`) and its model and epoch as best.pt when
+        `best`, then call `then`. With neither, only `then` runs, still after earlier writes."""
+        self.wait()
+        if not last:  # only what best.pt holds needs a copy
+            state = {"model": state["model"], "epoch": state["epoch"]} if best else {}
+        host = self._to_host(state, "")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking copies into pinned buffers have landed
+        self._thread = threading.Thread(target=self._write, args=(folder, host, best, last, then),
+                                        name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, folder: Path, host: dict, best: bool, last: bool, then) -> None:
+        try:
+            if best:
+                save_atomic({"model": host["model"], "epoch": host["epoch"]}, folder / BEST)
+            if last:
+                save_last(host, folder)
+            if then is not None:
+                then()
+        except BaseException as err:  # handed to the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            try:
+                raise err
+            finally:
+                del err  # no frame <-> traceback cycle keeping the run's frames (and its lock) alive
 
 
 def load_latest(folder: Path) -> tuple[dict | None, list[str]]:

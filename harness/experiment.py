@@ -158,17 +158,19 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                momentum=t.momentum)
+                                momentum=t.momentum, fused=device.type == "cuda")
     return _Parts(data, model, train_model, cfg, pipeline, loaders, build_loss(spec), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
 
 def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path = Path("mlruns/checkpoints"),
-                   on_epoch: EpochCallback | None = None) -> RunResult:
+                   on_epoch: EpochCallback | None = None, resumable: bool = True) -> RunResult:
     """Train and test `spec`. `make_tracker(params, tags)` returns a context-managed Tracker.
 
     If the tracker's run already has a checkpoint (a resumed run), training continues from it.
+    `resumable=False` (Optuna trials, which are retried as new trials, never resumed) writes
+    only best.pt: no per-epoch last.pt with the optimizer state.
     """
     run_start = time.perf_counter()
     world = distributed.init(spec.train.device)
@@ -189,7 +191,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         folder = Path(distributed.broadcast(str(folder)))
         lock = checkpoint.hold_lock(folder) if world.is_main else None  # noqa: F841 (held until this process ends)
         artifacts.log_json(tracker, "audit.json", parts.data.audit)
-        history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch, world)
+        history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch, world, resumable)
         result = _finish(spec, parts, tracker, folder, history, best, best_epoch, world)
         total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
         tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history)},
@@ -198,9 +200,11 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
 
 
 def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
-           world: distributed.World = distributed.World()) -> tuple[list, float, int]:
-    """The epoch loop. The checkpoint is written before the epoch's metrics are logged, so a kill
-    at any point loses at most the epoch in progress; on resume, steps the store missed are re-logged."""
+           world: distributed.World = distributed.World(), resumable: bool = True) -> tuple[list, float, int]:
+    """The epoch loop. An epoch's metrics are logged to MLflow only once its checkpoint is on disk,
+    by the background writer while the next epoch trains (a re-trained epoch after a resume keeps
+    its first record); so a kill at any point loses at most the epoch not yet written, and on
+    resume the steps the store missed are re-logged."""
     t = spec.train
     generator = p.loaders["train"].generator
     history, best, best_epoch, stale, stop = [], -1.0, 0, 0, False
@@ -222,57 +226,67 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         for h in history[max(logged_until, 0):]:  # killed between checkpoint and logging
             tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         tracker.set_tags({"resumed_from_epoch": state["epoch"]})
-    for epoch in range(len(history) + 1, t.epochs + 1):
-        if stop:
-            break
-        start = time.perf_counter()
-        lr = p.optimizer.param_groups[0]["lr"]
-        if spec.model.encoder_freeze_epochs:
-            _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
-        if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
-            p.loaders["train"].sampler.set_epoch(epoch)
-        train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
-                                grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
-                                skip_nonfinite=t.on_nan == "skip_batch")
-        val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
-        metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
-        if p.scheduler is not None:
-            p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
-        history.append({"epoch": epoch, **metrics})
-        improved = metrics["val/dice"] > best
-        if improved:
-            best, best_epoch, stale = metrics["val/dice"], epoch, 0
-        else:
-            stale += 1
-        stop = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
-        if world.is_main:
-            _save(p, folder, epoch, improved, history, best, best_epoch, stale, stop, generator)
-        distributed.barrier()  # no rank reads best.pt before rank 0 has written it
-        if epoch > logged_until:  # never a duplicate step; a re-trained epoch keeps its first record
-            tracker.log_metrics(metrics, step=epoch)
-        if world.is_main:
-            print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss {metrics['val/loss']:.4f}"
-                  f"  val/dice {metrics['val/dice']:.4f}  {metrics['throughput/train_img_s']:.1f} img/s", flush=True)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        if STOP.requested:
-            raise KeyboardInterrupt(f"{STOP.requested}: stopped after epoch {epoch}; its checkpoint is written "
-                                    f"and the same command resumes from it")
-        if stop:
-            print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
-            tracker.set_tags({"early_stopped_epoch": epoch})
+    writer = checkpoint.AsyncWriter()
+    try:
+        for epoch in range(len(history) + 1, t.epochs + 1):
+            if stop:
+                break
+            start = time.perf_counter()
+            lr = p.optimizer.param_groups[0]["lr"]
+            if spec.model.encoder_freeze_epochs:
+                _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
+            if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+                p.loaders["train"].sampler.set_epoch(epoch)
+            train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
+                                    grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
+                                    skip_nonfinite=t.on_nan == "skip_batch")
+            val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
+            metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
+            if p.scheduler is not None:
+                p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
+            history.append({"epoch": epoch, **metrics})
+            improved = metrics["val/dice"] > best
+            if improved:
+                best, best_epoch, stale = metrics["val/dice"], epoch, 0
+            else:
+                stale += 1
+            stop = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
+            if world.is_main:  # only rank 0 writes and logs
+                record = functools.partial(tracker.log_metrics, metrics, step=epoch) if epoch > logged_until else None
+                _save(p, writer, folder, epoch, improved, history, best, best_epoch, stale, stop, generator, record,
+                      resumable)
+                print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss "
+                      f"{metrics['val/loss']:.4f}  val/dice {metrics['val/dice']:.4f}  "
+                      f"{metrics['throughput/train_img_s']:.1f} img/s", flush=True)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if STOP.requested:
+                raise KeyboardInterrupt(f"{STOP.requested}: stopped after epoch {epoch}; its checkpoint is written "
+                                        f"and the same command resumes from it")
+    except BaseException:
+        try:  # the last epoch's checkpoint and record still land before the error goes up
+            writer.wait()
+        except Exception as err:
+            print(f"checkpoint write failed too: {type(err).__name__}: {err}", flush=True)
+        raise
+    writer.wait()
+    distributed.barrier()  # no rank reads best.pt before rank 0 has written it
+    if stop:
+        print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
+        tracker.set_tags({"early_stopped_epoch": len(history)})
     return history, best, best_epoch
 
 
-def _save(p: _Parts, folder: Path, epoch, improved, history, best, best_epoch, stale, stop, generator) -> None:
-    """best.pt when val Dice improved, then last.pt (atomic, the previous one kept as prev.pt)."""
-    if improved:
-        checkpoint.save_atomic({"model": p.model.state_dict(), "epoch": epoch}, folder / checkpoint.BEST)
-    checkpoint.save_last({
+def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,
+          stale, stop, generator, then, last: bool = True) -> None:
+    """last.pt (atomic, the previous one kept as prev.pt) and best.pt when val Dice improved, on the
+    writer's thread; the RNG state is taken now, before anything draws from it again."""
+    writer.submit(folder, {
         "epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
         "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
         "scaler": p.scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
-        "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)}, folder)
+        "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)},
+        best=improved, last=last, then=then)
 
 
 def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int,

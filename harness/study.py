@@ -102,7 +102,7 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
 
         state = "FAIL"
         try:
-            result = run_experiment(exp, make_tracker, on_epoch=on_epoch)
+            result = run_experiment(exp, make_tracker, on_epoch=on_epoch, resumable=False)  # a retry is a new trial
             state = "COMPLETE"
         except Pruned:
             state = "PRUNED"

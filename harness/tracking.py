@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -142,7 +143,11 @@ class MlflowTracker:
         return False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=True)
+        """Safe from any thread (the checkpoint writer logs epochs): by run id, not MLflow's
+        thread-local active run, which a fresh thread does not have."""
+        now = int(time.time() * 1000)
+        MlflowClient(self.tracking_uri).log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()], synchronous=True)
 
     def last_step(self, key: str) -> int:
         """Highest step logged for `key` in this run, or -1."""

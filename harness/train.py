@@ -193,10 +193,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9):
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9,
+                    fused: bool = False):
+    """`fused` (CUDA parameters only): Adam/AdamW update every parameter in one kernel. On an H100
+    the default per-tensor (foreach) AdamW step of ResNet34-UNet took ~10% of the step's GPU time."""
     table = {
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
         "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0),
         "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
     }

@@ -111,7 +111,7 @@ def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
             break
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, out[-3000:]
     assert "SIGTERM: stopping after this epoch's checkpoint" in out
     client, run = _only_run(store)
     assert run.info.status == "KILLED"

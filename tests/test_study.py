@@ -71,6 +71,9 @@ def test_study_nests_trials_resumes_and_writes_best_spec(store, tmp_path):
     for trial in study.trials:
         assert by_trial[trial.number].data.tags["trial.state"] == trial.state.name
         assert trial.user_attrs["mlflow_run_id"] == by_trial[trial.number].info.run_id
+        # A trial is never resumed (a retry is a new trial): best weights only, no per-epoch last.pt.
+        folder = tmp_path / "mlruns" / "checkpoints" / trial.user_attrs["mlflow_run_id"]
+        assert {f.name for f in folder.iterdir()} == {"best.pt", ".lock"}
 
     # The best trial as a spec reproduces its val Dice (CPU, same seed: deterministic).
     best_spec = load_spec(tmp_path / "experiments" / "generated" / "debug_study-best.yaml")
