@@ -143,3 +143,17 @@ def test_analysis_reads_the_run_without_harness(finished_run):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_prediction_grid_holds_the_exact_pixels(tmp_path):
+    from harness import plots
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    truths, preds = rng.integers(0, 2, (2, 20, 24)), rng.integers(0, 4, (2, 20, 24))
+    grid = np.asarray(Image.open(plots.prediction_grid(images, truths, truths, ["a", "b"], tmp_path / "g.png")))
+    row = 20 + plots.CAPTION + 4
+    assert np.array_equal(grid[row + plots.CAPTION:row + plots.CAPTION + 20, :24], images[1])
+    assert np.array_equal(grid[plots.CAPTION:plots.CAPTION + 20, 28:52, 0], truths[0] * 255)
+    k = np.asarray(Image.open(plots.prediction_grid(images, preds, preds, ["a", "b"], tmp_path / "k.png", num_classes=4)))
+    assert np.array_equal(k[plots.CAPTION:plots.CAPTION + 20, 56:80], plots.COLOURS[preds[0]])
