@@ -10,7 +10,7 @@ from conftest import EXPERIMENTS
 from harness.bench import main
 
 KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
-        "checkpoint_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
+        "checkpoint_s", "checkpoint_block_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
 
 
 @pytest.mark.parametrize("task", [[], ["data.num_classes=3", "data.target=trimap3", "train.loss=ce"]])
@@ -23,3 +23,22 @@ def test_bench_writes_every_figure(task, tmp_path, capsys):
     assert row["train_img_s"] > 0 and row["minimal_img_s"] > 0 and 0 <= row["data_wait_frac"] < 1
     assert row["gflop_per_image"] > 0 and len(row["harness_epoch_s"]) == 1
     assert "min img/s" in capsys.readouterr().out
+
+
+def test_bench_profile_prints_top_ops_and_saves_a_trace(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
+                 "--settings", "off", "--repeats", "1", "--profile", "--out", str(out)]) == 0
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["arch"] == "unet" and profile["steps"] == 2 and profile["epoch_ms"] > 0
+    assert (tmp_path / "trace-unet-off.json.gz").stat().st_size > 0
+    assert "aten::" in capsys.readouterr().out  # the op table
+
+
+@pytest.mark.slow
+def test_bench_auto_compile_setting_runs(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
+                 "--settings", "auto+compile", "--repeats", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["setting"] == "auto+compile" and row["train_img_s"] > 0
