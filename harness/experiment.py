@@ -191,11 +191,12 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         folder = Path(distributed.broadcast(str(folder)))
         lock = checkpoint.hold_lock(folder) if world.is_main else None  # noqa: F841 (held until this process ends)
         artifacts.log_json(tracker, "audit.json", parts.data.audit)
+        setup = time.perf_counter() - run_start  # data, model, loaders, MLflow run: before the first epoch
         history, best, best_epoch = _train(spec, parts, tracker, folder, on_epoch, world, resumable)
         result = _finish(spec, parts, tracker, folder, history, best, best_epoch, world)
-        total = time.perf_counter() - run_start  # fixed cost = everything that is not an epoch
-        tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history)},
-                            step=len(history))
+        total = time.perf_counter() - run_start  # overhead = everything that is not an epoch (test included)
+        tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history),
+                             "time/setup_s": setup}, step=len(history))
         return result
 
 
@@ -293,11 +294,13 @@ def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_e
             world: distributed.World = distributed.World()) -> RunResult:
     """Test the best weights and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
+    start = time.perf_counter()
     test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test",
                     keep_predictions=True)
     test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
-        tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best}, step=len(history))
+        tracker.log_metrics({**test_metrics, "best/epoch": best_epoch, "best/val_dice": best,
+                             "time/test_s": time.perf_counter() - start}, step=len(history))
     if world.is_main:
         artifacts.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, history, test.counts)
         artifacts.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])

@@ -20,7 +20,7 @@ from harness.spec import load_spec
 EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "val/iou_micro", "val/pixel_acc",
               "lr", "time/epoch_s", "throughput/train_img_s"}
 FINAL_KEYS = {"test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc", "model/num_params",
-              "time/total_s", "time/overhead_s"}
+              "time/total_s", "time/overhead_s", "time/setup_s", "time/test_s"}
 TAG_KEYS = {"spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "env.torch", "env.harness",
             "data.skipped", "data.audit.empty_masks", "data.audit.near_duplicates", "data.audit.cross_split_duplicates"}
 SECRET = "planted-secret-7f3a9c"
