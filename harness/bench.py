@@ -123,29 +123,31 @@ def data_times(spec) -> dict:
             "warm_cache_s": round(warm, 2) if warm is not None else None}
 
 
+def _training_parts(spec, data, device: torch.device, setting: str):
+    """(model, cfg, optimizer, scaler, loss_fn, loader) as an experiment builds them, at `setting`."""
+    dtype, channels_last = _setting(setting, device)
+    t, d = spec.train, spec.data
+    torch.manual_seed(spec.seed)
+    model = build_model(spec).to(device)
+    cfg = StepConfig(device, dtype, channels_last, d.num_classes)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                momentum=t.momentum, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
+                         pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=device.type == "cuda",
+                         drop_last=True)
+    return model, cfg, optimizer, scaler, build_loss(spec), loader
+
+
 def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, out: Path) -> dict:
     """Where a training step's time goes: one profiled harness epoch after a warm-up epoch.
     Prints the ops with the most device (or CPU) self time, saves a Chrome trace (gzip) beside
     the JSON, and returns the device-busy share of the epoch (low = launch- or data-bound)."""
-    import gzip
-    import shutil
-
     from torch.profiler import ProfilerActivity, profile
 
-    dtype, channels_last = _setting(setting, device)
-    torch.manual_seed(spec.seed)
-    model = build_model(spec).to(device)
-    cfg = StepConfig(device, dtype, channels_last, spec.data.num_classes)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    t = spec.train
-    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                momentum=t.momentum, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loader = make_loader(data.train, batch_size=spec.train.batch_size, shuffle=True, num_workers=spec.data.num_workers,
-                         pipeline=build_pipeline(spec.augment, spec.data.image_size), pin_memory=device.type == "cuda",
-                         drop_last=True)
-    loss_fn = build_loss(spec)
+    model, cfg, optimizer, scaler, loss_fn, loader = _training_parts(spec, data, device, setting)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -159,14 +161,10 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
     kernels = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops that launch them
     busy_us = sum(e.self_device_time_total for e in kernels) if device.type == "cuda" else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    trace = out.with_name(f"trace-{arch}-{setting}.json")
-    prof.export_chrome_trace(str(trace))
-    with open(trace, "rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    trace.unlink()
+    trace = out.with_name(f"trace-{arch}-{setting}.json.gz")
+    prof.export_chrome_trace(str(trace))  # gzipped by torch, from the suffix
     summary = {"arch": arch, "setting": setting, "steps": len(loader), "epoch_ms": round(wall_us / 1e3, 1),
-               "device_busy_share": round(busy_us / wall_us, 3) if busy_us is not None else None,
-               "trace": str(trace) + ".gz"}
+               "device_busy_share": round(busy_us / wall_us, 3) if busy_us is not None else None, "trace": str(trace)}
     print(f"profile summary: {summary}")
     return summary
 
@@ -181,18 +179,8 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
     dtype, channels_last = _setting(setting, device)
     t, d = spec.train, spec.data
-    torch.manual_seed(spec.seed)
-    model = build_model(spec).to(device)
-    cfg = StepConfig(device, dtype, channels_last, d.num_classes)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                momentum=t.momentum, fused=device.type == "cuda")  # as experiments build it
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = build_loss(spec)
+    model, cfg, optimizer, scaler, loss_fn, loader = _training_parts(spec, data, device, setting)
     pin = device.type == "cuda"
-    loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
-                         pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=pin, drop_last=True)
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
     flops = flops_per_image(model, batches[0][0][:2], cfg)  # eager: FLOPs are counted on the uncompiled model

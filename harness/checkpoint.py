@@ -49,6 +49,7 @@ class AsyncWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._buffers: dict[str, torch.Tensor] = {}
+        self._from_cuda = False  # set by _to_host: some tensor was copied from a GPU
 
     def _to_host(self, obj, key: str):
         if isinstance(obj, torch.Tensor):
@@ -56,6 +57,7 @@ class AsyncWriter:
             if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
                 buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=obj.is_cuda)
                 self._buffers[key] = buf
+            self._from_cuda |= obj.is_cuda
             return buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
         if isinstance(obj, dict):  # new containers: the live ones (history, param groups) keep changing
             return {k: self._to_host(v, f"{key}/{k}") for k, v in obj.items()}
@@ -70,8 +72,9 @@ class AsyncWriter:
         self.wait()
         if not last:  # only what best.pt holds needs a copy
             state = {"model": state["model"], "epoch": state["epoch"]} if best else {}
+        self._from_cuda = False
         host = self._to_host(state, "")
-        if torch.cuda.is_available():
+        if self._from_cuda:
             torch.cuda.synchronize()  # the non-blocking copies into pinned buffers have landed
         self._thread = threading.Thread(target=self._write, args=(folder, host, best, last, then),
                                         name="checkpoint-writer", daemon=True)
