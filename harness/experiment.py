@@ -232,19 +232,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         for epoch in range(len(history) + 1, t.epochs + 1):
             if stop:
                 break
-            start = time.perf_counter()
-            lr = p.optimizer.param_groups[0]["lr"]
-            if spec.model.encoder_freeze_epochs:
-                _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
-            if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
-                p.loaders["train"].sampler.set_epoch(epoch)
-            train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
-                                    grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
-                                    skip_nonfinite=t.on_nan == "skip_batch")
-            val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
-            metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
-            if p.scheduler is not None:
-                p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
+            metrics = _epoch(spec, p, epoch)
             history.append({"epoch": epoch, **metrics})
             improved = metrics["val/dice"] > best
             if improved:
@@ -276,6 +264,25 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
         tracker.set_tags({"early_stopped_epoch": len(history)})
     return history, best, best_epoch
+
+
+def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int) -> dict[str, float]:
+    """Train one epoch, validate, step the scheduler; the epoch's metrics."""
+    t = spec.train
+    start = time.perf_counter()
+    lr = p.optimizer.param_groups[0]["lr"]
+    if spec.model.encoder_freeze_epochs:
+        _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
+    if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+        p.loaders["train"].sampler.set_epoch(epoch)
+    train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
+                            grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
+                            skip_nonfinite=t.on_nan == "skip_batch")
+    val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
+    metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
+    if p.scheduler is not None:
+        p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
+    return metrics
 
 
 def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,
