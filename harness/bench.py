@@ -177,9 +177,9 @@ def _tracker(tmp: str):
 
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
-    dtype, channels_last = _setting(setting, device)
     t, d = spec.train, spec.data
     model, cfg, optimizer, scaler, loss_fn, loader = _training_parts(spec, data, device, setting)
+    dtype, channels_last = cfg.amp_dtype, cfg.channels_last
     pin = device.type == "cuda"
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
@@ -239,9 +239,9 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
 
 COLUMNS = [("arch", 15, "arch"), ("setting", 19, "setting"), ("train_img_s", 8, "img/s"),
            ("minimal_img_s", 11, "min img/s"), ("harness_over_minimal", 7, "ratio"), ("data_wait_frac", 7, "wait"),
-           ("eval_img_s", 8, "eval/s"), ("mlflow_ms_per_epoch", 11, "mlflow ms"), ("checkpoint_s", 8, "ckpt s"), ("checkpoint_block_s", 9, "blocks s"),
-           ("peak_mem_gib", 6, "GiB"), ("saved_activations_mib", 10, "act MiB"), ("gflop_per_image", 10, "GFLOP/im"), ("achieved_tflops", 9, "TFLOP/s"),
-           ("peak_share", 6, "peak")]
+           ("eval_img_s", 8, "eval/s"), ("mlflow_ms_per_epoch", 11, "mlflow ms"), ("checkpoint_s", 8, "ckpt s"),
+           ("checkpoint_block_s", 9, "blocks s"), ("peak_mem_gib", 6, "GiB"), ("saved_activations_mib", 10, "act MiB"),
+           ("gflop_per_image", 10, "GFLOP/im"), ("achieved_tflops", 9, "TFLOP/s"), ("peak_share", 6, "peak")]
 
 
 def table(rows: list[dict]) -> str:
@@ -253,9 +253,11 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="columns: img/s = harness train epoch "
-                                "incl. MLflow logging; ratio = harness / minimal epoch time; wait = share of the "
-                                "harness epoch blocked on the data loader; ckpt s = synchronous write of model + optimizer; blocks s = what the loop waits for now (the copy to host buffers)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="columns: img/s = harness train epoch incl. MLflow logging; ratio = harness / minimal epoch time; "
+               "wait = share of the harness epoch blocked on the data loader; ckpt s = synchronous write of model + "
+               "optimizer; blocks s = what the loop waits for per checkpoint (the copy to host buffers)")
     p.add_argument("--spec", type=Path, default=Path("experiments/base.yaml"), help="experiment spec (data, size, batch)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="spec overrides, e.g. data.num_workers=2")
     p.add_argument("--archs", nargs="+", default=None, choices=list_models(),
@@ -275,21 +277,21 @@ def main(argv=None) -> int:
     times = data_times(spec)
     data = times.pop("data")  # decoded once for every model: the spec's data settings are shared
     rows = []
-    archs = args.archs or list_models()
+    variants = {}  # arch -> the spec's knobs on each architecture that takes them
+    for arch in args.archs or list_models():
+        try:
+            variants[arch] = load_spec(args.spec, [*args.overrides, f"model.arch={arch}"])
+        except SpecError as err:
+            print(f"skipping {arch}: {str(err).splitlines()[-1].strip()}")
     with tempfile.TemporaryDirectory() as tmp, _tracker(tmp) as tracker:
-        for arch in archs:
-            try:  # the spec's knobs, on each architecture that takes them
-                variant = load_spec(args.spec, [*args.overrides, f"model.arch={arch}"])
-            except SpecError as err:
-                print(f"skipping {arch}: {str(err).splitlines()[-1].strip()}")
-                continue
+        for arch, variant in variants.items():
             for setting in args.settings:
                 rows.append({**bench_one(arch, setting, variant, data, device=device, repeats=args.repeats,
                                          tracker=tracker), **times})
     profiled = None
-    if args.profile and rows:
-        variant = load_spec(args.spec, [*args.overrides, f"model.arch={rows[0]['arch']}"])
-        profiled = profile_epoch(rows[0]["arch"], variant, data, device=device, setting=args.settings[-1], out=args.out)
+    if args.profile and variants:
+        arch, variant = next(iter(variants.items()))
+        profiled = profile_epoch(arch, variant, data, device=device, setting=args.settings[-1], out=args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "
           f"batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, {rows[0]['images_per_epoch']} images/epoch")

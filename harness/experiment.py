@@ -227,7 +227,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         for h in history[max(logged_until, 0):]:  # killed between checkpoint and logging
             tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         tracker.set_tags({"resumed_from_epoch": state["epoch"]})
-    writer = checkpoint.AsyncWriter()
+    writer, stopped_here = checkpoint.AsyncWriter(), False  # stopped_here: not a resumed run that had stopped
     try:
         for epoch in range(len(history) + 1, t.epochs + 1):
             if stop:
@@ -239,7 +239,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
                 best, best_epoch, stale = metrics["val/dice"], epoch, 0
             else:
                 stale += 1
-            stop = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
+            stop = stopped_here = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
             if world.is_main:  # only rank 0 writes and logs
                 record = functools.partial(tracker.log_metrics, metrics, step=epoch) if epoch > logged_until else None
                 _save(p, writer, folder, epoch, improved, history, best, best_epoch, stale, stop, generator, record,
@@ -260,7 +260,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         raise
     writer.wait()
     distributed.barrier()  # no rank reads best.pt before rank 0 has written it
-    if stop:
+    if stopped_here:
         print(f"early stopping: val/dice has not improved for {stale} epochs (best {best:.4f} at {best_epoch})")
         tracker.set_tags({"early_stopped_epoch": len(history)})
     return history, best, best_epoch

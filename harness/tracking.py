@@ -120,6 +120,7 @@ class MlflowTracker:
                                    tags={k: str(v) for k, v in self.tags.items()})
             mlflow.log_params(self.params)
         self.run_id = run.info.run_id
+        self._client = MlflowClient(self.tracking_uri)  # by run id: usable from the checkpoint writer's thread
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -143,15 +144,15 @@ class MlflowTracker:
         return False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Safe from any thread (the checkpoint writer logs epochs): by run id, not MLflow's
+        """Safe from any thread (the checkpoint writer logs epochs): by run id, not through MLflow's
         thread-local active run, which a fresh thread does not have."""
         now = int(time.time() * 1000)
-        MlflowClient(self.tracking_uri).log_batch(
+        self._client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()], synchronous=True)
 
     def last_step(self, key: str) -> int:
         """Highest step logged for `key` in this run, or -1."""
-        history = MlflowClient(self.tracking_uri).get_metric_history(self.run_id, key)
+        history = self._client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=-1)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
