@@ -45,7 +45,7 @@ def postgres_server(databases=("optuna", "mlflow")):
     try:
         run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
         run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log",
-            "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+            "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=300", "start")
         for db in databases:
             run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
         yield f"postgresql://postgres@127.0.0.1:{port}"
