@@ -24,6 +24,10 @@ from harness.plans import StudySpec
 
 GENERATED = Path("experiments/generated")
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# A trial keeps its best weights in best.pt but does not export the model to MLflow: torch.export
+# took 4-5 s per trial (UNet, ResNet34-UNet), most of a GPU trial's fixed cost. The best trial's
+# generated spec leaves it out, so re-running it logs the model. A study's `set` can turn it back on.
+TRIAL_DEFAULTS = ["log_model=false"]
 
 
 class Pruned(optuna.TrialPruned):
@@ -83,7 +87,7 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
 
     def objective(trial: optuna.Trial) -> float:
         values = {k: _suggest(trial, k, p) for k, p in spec.search_space.items()}
-        exp = load_spec(base, spec.overrides(values))
+        exp = load_spec(base, TRIAL_DEFAULTS + spec.overrides(values))
         exp.name = f"{spec.name}-trial-{trial.number:04d}"
         tags = {"optuna.study": spec.name, "optuna.trial": trial.number}
         made: list[tracking.MlflowTracker] = []

@@ -99,6 +99,23 @@ def test_pruned_trial_is_pruned_in_optuna_and_mlflow(store, monkeypatch):
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [1]
 
 
+def test_trials_skip_model_export_unless_the_study_sets_it(store, tmp_path):
+    # torch.export costs seconds per trial; a trial keeps best.pt and the best spec re-logs the model.
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nbase: {EXPERIMENTS / 'debug.yaml'}\nset: {{train.epochs: 1}}\n"
+                    "search_space:\n  train.lr: {type: float, low: 0.001, high: 0.01}\nn_trials: 1\npruner: none\n")
+    spec, base = load_study_spec(path)
+    study = run_study(spec, base, path)
+    client = MlflowClient(store)
+    (child,) = _children(client, study.user_attrs["mlflow_parent_run_id"])
+    assert child.data.params["log_model"] == "False"
+    assert "model" not in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert load_spec(tmp_path / "experiments" / "generated" / "s-best.yaml").log_model  # base's default: true
+    assert study_module.TRIAL_DEFAULTS + spec.overrides({}) == ["log_model=false", "train.epochs=1"]
+    on, _ = load_study_spec(path, ["set={train.epochs: 1, log_model: true}"])
+    assert load_spec(base, study_module.TRIAL_DEFAULTS + on.overrides({})).log_model  # the study's set wins
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study(store, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
@@ -155,17 +172,21 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     args = ["n_trials=2", "name=killed_study", "heartbeat_interval=1", "grace_period=3", "pruner=none",
             "--storage", storage]
     proc = _study_cli(args, tmp_path, mlflow_uri, start_new_session=True)
+    # One storage (one connection pool) for all the polling: a new one per poll leaves connections
+    # open until garbage collection, and a slow machine ran the server out of them (CI, stop 10).
+    polled = optuna.storages.RDBStorage(storage)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait for a trial that has reached its first epoch
         time.sleep(0.5)
         try:
-            trials = optuna.load_study(study_name="killed_study", storage=storage).trials
+            trials = optuna.load_study(study_name="killed_study", storage=polled).trials
         except KeyError:
             continue
         if any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+    polled.engine.dispose()
     time.sleep(4)  # past the grace period: the trial's heartbeat is stale
     proc = _study_cli(args, tmp_path, mlflow_uri)
     out, _ = proc.communicate(timeout=900)
