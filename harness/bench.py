@@ -4,7 +4,9 @@ For each registered model at the spec's data, size, batch and workers, and for e
 setting, it measures (after one warm-up epoch; the median of --repeats timed epochs):
 
 - harness epoch: `train_one_epoch` (the experiments' function, real DataLoader) + logging the
-  epoch's metrics to MLflow (a temporary SQLite store) -> train images/s, data-wait share;
+  epoch's metrics to MLflow (a temporary SQLite store) -> train images/s, data-wait share. As
+  in the experiment loop, each epoch is followed by validation, during which the loader's
+  workers already prepare the next epoch's first batches (validation is not timed);
 - minimal epoch: the same model, optimizer, device and precision over the same batches already
   collated into tensors, with no tracking, no progress bar, no loader -> the ratio between them;
 - evaluation images/s, peak memory (CUDA), MLflow ms per epoch, checkpoint write seconds and
@@ -33,7 +35,7 @@ from harness import checkpoint
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.models import count_parameters, list_models
-from harness.experiment import build_loss, build_model, data_kwargs
+from harness.experiment import build_loss, build_model, data_kwargs, start_epoch
 from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, build_optimizer, evaluate, resolve_amp, select_device, train_one_epoch
 
@@ -187,23 +189,29 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     activations = saved_activation_mib(model, batches[0][0], cfg)
     if setting.endswith("+compile"):  # the warm-up epoch pays the compile time
         model.compile()
+    val_loader = make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
+    upcoming = start_epoch(loader, 1) if loader.num_workers else None
+    evaluate(model, val_loader, loss_fn, cfg)
     minimal_epoch(model, batches, optimizer, cfg, loss_fn)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    harness_s, minimal_s, waits, log_s = [], [], [], []
+    harness_s, minimal_s, waits, log_s, eval_rates = [], [], [], [], []
     for epoch in range(1, repeats + 1):  # interleaved, so drifting clocks hit both alike
         start = time.perf_counter()
-        stats = train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc=f"{arch} {setting}")
+        stats = train_one_epoch(model, upcoming if upcoming is not None else start_epoch(loader, epoch), loss_fn,
+                                optimizer, scaler, cfg, desc=f"{arch} {setting}")
         logged = time.perf_counter()
         tracker.log_metrics({**stats.metrics, "lr": t.lr}, step=epoch)
         log_s.append(time.perf_counter() - logged)
         harness_s.append(time.perf_counter() - start)
         waits.append(stats.metrics["time/data_wait_frac"])
+        # As the loop does: the workers start on the next epoch while this one validates.
+        upcoming = start_epoch(loader, epoch + 1) if loader.num_workers else None
+        eval_rates.append(evaluate(model, val_loader, loss_fn, cfg).metrics["throughput/val_img_s"])
         minimal_s.append(minimal_epoch(model, batches, optimizer, cfg, loss_fn))
+    del upcoming
     n_train = len(loader) * t.batch_size
-    val = evaluate(model, make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers,
-                                      pin_memory=pin), loss_fn, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         start = time.perf_counter()
@@ -225,7 +233,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),
         "images_per_epoch": n_train, "train_img_s": round(n_train / harness, 1), "minimal_img_s": round(n_train / minimal, 1),
         "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(waits), 4),
-        "eval_img_s": round(val.metrics["throughput/val_img_s"], 1),
+        "eval_img_s": round(statistics.median(eval_rates), 1),
         "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
         "mlflow_share": round(statistics.median(log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
         "checkpoint_block_s": round(blocked[-1], 3),

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from harness import artifacts, checkpoint, distributed
 from harness.archs import DEFAULTS
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
+from harness.data.loaders import order_generator
 from harness.losses import get_loss
 from harness.metrics import per_image_scores
 from harness.models import count_parameters, create_model
@@ -207,7 +208,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
     its first record); so a kill at any point loses at most the epoch not yet written, and on
     resume the steps the store missed are re-logged."""
     t = spec.train
-    generator = p.loaders["train"].generator
+    generator = order_generator(p.loaders["train"])
     history, best, best_epoch, stale, stop = [], -1.0, 0, 0, False
     logged_until = tracker.last_step("val/dice")  # > checkpoint epoch after a fallback to prev.pt
     state, messages = checkpoint.load_latest(folder)
@@ -228,11 +229,12 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
             tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         tracker.set_tags({"resumed_from_epoch": state["epoch"]})
     writer, stopped_here = checkpoint.AsyncWriter(), False  # stopped_here: not a resumed run that had stopped
+    upcoming = None  # the next epoch's loader iterator, once an epoch has started it
     try:
         for epoch in range(len(history) + 1, t.epochs + 1):
             if stop:
                 break
-            metrics = _epoch(spec, p, epoch)
+            metrics, rng, upcoming = _epoch(spec, p, epoch, upcoming)
             history.append({"epoch": epoch, **metrics})
             improved = metrics["val/dice"] > best
             if improved:
@@ -242,7 +244,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
             stop = stopped_here = bool(t.early_stopping_patience and stale >= t.early_stopping_patience)
             if world.is_main:  # only rank 0 writes and logs
                 record = functools.partial(tracker.log_metrics, metrics, step=epoch) if epoch > logged_until else None
-                _save(p, writer, folder, epoch, improved, history, best, best_epoch, stale, stop, generator, record,
+                _save(p, writer, folder, epoch, improved, history, best, best_epoch, stale, stop, rng, record,
                       resumable)
                 print(f"epoch {epoch:>3}/{t.epochs}  train/loss {metrics['train/loss']:.4f}  val/loss "
                       f"{metrics['val/loss']:.4f}  val/dice {metrics['val/dice']:.4f}  "
@@ -266,34 +268,51 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
     return history, best, best_epoch
 
 
-def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int) -> dict[str, float]:
-    """Train one epoch, validate, step the scheduler; the epoch's metrics."""
-    t = spec.train
+def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int, batches=None) -> tuple[dict[str, float], dict, Any]:
+    """Train one epoch, validate, step the scheduler.
+
+    `batches`: this epoch's loader iterator if the previous epoch started it. Returns the
+    epoch's metrics, the RNG state the next epoch starts from (taken before the next epoch's
+    iterator draws its order, so a resume draws the same) and that iterator, or None. With
+    worker processes it is started before validation, so the workers prepare the next epoch's
+    first batches while this one validates: otherwise every epoch opened on idle workers (62 ms
+    of a 1.4 s ResNet34-UNet epoch at batch 64 on an H100, and longer the larger the batch).
+    """
+    t, loader = spec.train, p.loaders["train"]
     start = time.perf_counter()
     lr = p.optimizer.param_groups[0]["lr"]
     if spec.model.encoder_freeze_epochs:
         _freeze_encoder(p.model, epoch <= spec.model.encoder_freeze_epochs)
-    if hasattr(p.loaders["train"].sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
-        p.loaders["train"].sampler.set_epoch(epoch)
-    train = train_one_epoch(p.train_model, p.loaders["train"], p.loss_fn, p.optimizer, p.scaler, p.cfg,
-                            grad_clip=t.grad_clip, desc=f"epoch {epoch}/{t.epochs}",
-                            skip_nonfinite=t.on_nan == "skip_batch")
+    if batches is None:
+        batches = start_epoch(loader, epoch)
+    train = train_one_epoch(p.train_model, batches, p.loss_fn, p.optimizer, p.scaler, p.cfg, grad_clip=t.grad_clip,
+                            desc=f"epoch {epoch}/{t.epochs}", skip_nonfinite=t.on_nan == "skip_batch")
+    rng = checkpoint.capture_rng(order_generator(loader), p.pipeline)
+    upcoming = start_epoch(loader, epoch + 1) if loader.num_workers and epoch < t.epochs else None
     val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
     metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
     if p.scheduler is not None:
         p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
-    return metrics
+    return metrics, rng, upcoming
+
+
+def start_epoch(loader: torch.utils.data.DataLoader, epoch: int):
+    """The loader's iterator for `epoch`: draws the epoch's order now and, with persistent
+    workers, sets them preparing its first batches (prefetch_factor per worker) at once."""
+    if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+        loader.sampler.set_epoch(epoch)
+    return iter(loader)
 
 
 def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,
-          stale, stop, generator, then, last: bool = True) -> None:
+          stale, stop, rng, then, last: bool = True) -> None:
     """last.pt (atomic, the previous one kept as prev.pt) and best.pt when val Dice improved, on the
-    writer's thread; the RNG state is taken now, before anything draws from it again."""
+    writer's thread; `rng` is the state the next epoch starts from (see `_epoch`)."""
     writer.submit(folder, {
         "epoch": epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
         "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
         "scaler": p.scaler.state_dict(), "history": history, "best": best, "best_epoch": best_epoch,
-        "stale": stale, "stop": stop, "rng": checkpoint.capture_rng(generator, p.pipeline)},
+        "stale": stale, "stop": stop, "rng": rng},
         best=improved, last=last, then=then)
 
 

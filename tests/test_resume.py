@@ -84,6 +84,28 @@ def test_corrupt_checkpoint_falls_back_to_previous(store, tmp_path, capsys, unin
     assert f"checkpoint {last} is unreadable" in out and "prev.pt (epoch 2)" in out
 
 
+def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
+    # With workers, the next epoch's iterator (and its order) is drawn before validation so that
+    # they prefetch; the checkpoint must hold the RNG state from before that draw. (Augmentation
+    # inside restarted workers cannot be resumed, hence augment=none.)
+    spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=3", "augment=none", "log_model=false",
+                                                  "data.num_workers=2"])
+
+    def make(run_id=None):
+        return lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store, run_id=run_id)
+
+    def crash(epoch, metrics):
+        raise Crash(f"simulated crash after epoch {epoch}")
+
+    straight = run_experiment(spec, make(), checkpoint_root=tmp_path / "straight")
+    with pytest.raises(Crash):
+        run_experiment(spec, make(), checkpoint_root=tmp_path / "ck", on_epoch=crash)
+    run_id = find_resumable(spec.tracking, spec.spec_hash(), tmp_path / "ck")
+    resumed = run_experiment(spec, make(run_id), checkpoint_root=tmp_path / "ck")
+    assert [h["train/loss"] for h in resumed.history] == [h["train/loss"] for h in straight.history]
+    assert resumed.test == straight.test
+
+
 def test_finished_run_is_not_resumed(store, tmp_path):
     _run(store, tmp_path / "ck")
     spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 class SegDataset(Dataset):
     """Index -> (image uint8 (3, H, W), mask uint8 (1, H, W), index). Augments if a pipeline is given."""
@@ -39,16 +39,24 @@ def make_loader(split, *, batch_size: int, shuffle: bool, pipeline=None, num_wor
                 world: int = 1) -> DataLoader:
     """With world > 1 this rank sees its shard: DistributedSampler when shuffling (call
     `loader.sampler.set_epoch(epoch)`), else indices rank::world (see distributed.interleave)."""
-    generator = torch.Generator().manual_seed(seed)
     dataset = SegDataset(split, pipeline)
     sampler = None
     if world > 1:
         sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=seed, drop_last=drop_last) if shuffle
                    else list(range(rank, len(dataset), world)))
-        shuffle = False
+    elif shuffle:
+        # The order has a generator of its own (see order_generator): the loader's draws worker
+        # seeds whenever workers start, which a resumed run does once more than the original.
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
-        num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + 1),
         worker_init_fn=_seed_worker if num_workers else None,
         persistent_workers=num_workers > 0,
     )
+
+
+def order_generator(loader: DataLoader) -> torch.Generator:
+    """The generator that draws the loader's order each epoch: the one a checkpoint saves and
+    a resume restores (DistributedSampler derives its order from seed + epoch instead)."""
+    return getattr(loader.sampler, "generator", None) or loader.generator
