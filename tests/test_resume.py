@@ -106,6 +106,38 @@ def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
     assert resumed.test == straight.test
 
 
+def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tmp_path, monkeypatch, capsys):
+    from harness import experiment
+
+    spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=6", "train.early_stopping_patience=2",
+                                                  "log_model=false"])
+    scripted = iter([0.5, 0.6, 0.55, 0.58])  # epochs 3 and 4 do not beat 0.6: stops after epoch 4
+    real_evaluate, real_finish = experiment.evaluate, experiment._finish
+
+    def fake_evaluate(*args, prefix="val", **kwargs):
+        stats = real_evaluate(*args, prefix=prefix, **kwargs)
+        if prefix == "val":
+            stats.metrics["val/dice"] = next(scripted)
+        return stats
+
+    def crash(*args, **kwargs):
+        raise Crash("killed during the test evaluation")
+
+    monkeypatch.setattr(experiment, "evaluate", fake_evaluate)
+    monkeypatch.setattr(experiment, "_finish", crash)
+    make = lambda run_id: lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store,  # noqa: E731
+                                                     run_id=run_id)
+    with pytest.raises(Crash):
+        run_experiment(spec, make(None), checkpoint_root=tmp_path)
+    assert "early stopping: val/dice has not improved for 2 epochs" in capsys.readouterr().out
+    monkeypatch.setattr(experiment, "_finish", real_finish)
+    run_id = find_resumable(spec.tracking, spec.spec_hash(), tmp_path)
+    result = run_experiment(spec, make(run_id), checkpoint_root=tmp_path)
+    assert len(result.history) == 4 and result.run_id == run_id  # nothing re-trained
+    assert "early stopping" not in capsys.readouterr().out
+    assert MlflowClient(store).get_run(run_id).data.tags["early_stopped_epoch"] == "4"
+
+
 def test_finished_run_is_not_resumed(store, tmp_path):
     _run(store, tmp_path / "ck")
     spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
