@@ -34,8 +34,9 @@ import torch
 from harness import checkpoint
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
+from harness.data.loaders import start_epoch
 from harness.models import count_parameters, list_models
-from harness.experiment import build_loss, build_model, data_kwargs, start_epoch
+from harness.experiment import build_loss, build_model, data_kwargs
 from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, build_optimizer, evaluate, resolve_amp, select_device, train_one_epoch
 
@@ -210,7 +211,6 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         upcoming = start_epoch(loader, epoch + 1) if loader.num_workers else None
         eval_rates.append(evaluate(model, val_loader, loss_fn, cfg).metrics["throughput/val_img_s"])
         minimal_s.append(minimal_epoch(model, batches, optimizer, cfg, loss_fn))
-    del upcoming
     n_train = len(loader) * t.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}

@@ -22,7 +22,7 @@ from harness import artifacts, checkpoint, distributed
 from harness.archs import DEFAULTS
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
-from harness.data.loaders import order_generator
+from harness.data.loaders import order_generator, start_epoch
 from harness.losses import get_loss
 from harness.metrics import per_image_scores
 from harness.models import count_parameters, create_model
@@ -294,14 +294,6 @@ def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int, batches=None) -> tuple[d
     if p.scheduler is not None:
         p.scheduler.step(metrics["val/dice"]) if t.scheduler == "plateau" else p.scheduler.step()
     return metrics, rng, upcoming
-
-
-def start_epoch(loader: torch.utils.data.DataLoader, epoch: int):
-    """The loader's iterator for `epoch`: draws the epoch's order now and, with persistent
-    workers, sets them preparing its first batches (prefetch_factor per worker) at once."""
-    if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
-        loader.sampler.set_epoch(epoch)
-    return iter(loader)
 
 
 def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,

@@ -60,3 +60,11 @@ def order_generator(loader: DataLoader) -> torch.Generator:
     """The generator that draws the loader's order each epoch: the one a checkpoint saves and
     a resume restores (DistributedSampler derives its order from seed + epoch instead)."""
     return getattr(loader.sampler, "generator", None) or loader.generator
+
+
+def start_epoch(loader: DataLoader, epoch: int):
+    """The loader's iterator for `epoch`: draws the epoch's order now and, with persistent
+    workers, sets them preparing its first batches (prefetch_factor per worker) at once."""
+    if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new order per epoch
+        loader.sampler.set_epoch(epoch)
+    return iter(loader)
