@@ -142,9 +142,7 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pin = device.type == "cuda"
-    pipeline = build_pipeline(spec.augment, d.image_size)
-    if pipeline is not None:
-        pipeline.set_random_seed(spec.seed + world.rank)  # each rank augments its shard differently
+    pipeline = build_pipeline(spec.augment, d.image_size)  # seeded per sample by the loader (SeededSampler)
     shard = {"rank": world.rank, "world": world.size, "num_workers": d.num_workers, "pin_memory": pin}
     loaders = {
         "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, pipeline=pipeline, seed=spec.seed,

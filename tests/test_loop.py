@@ -26,6 +26,14 @@ def test_same_seed_same_run_on_cpu(tmp_path):
     assert [h["train/loss"] for h in a.history] != [h["train/loss"] for h in c.history]
 
 
+def test_results_do_not_depend_on_num_workers(tmp_path):
+    # Each sample's augmentation is seeded from (epoch seed, index), not from a worker's RNG.
+    a = _run(tmp_path / "a", "train.epochs=2", "augment=crop_flip")
+    b = _run(tmp_path / "b", "train.epochs=2", "augment=crop_flip", "data.num_workers=2")
+    assert [h["train/loss"] for h in a.history] == [h["train/loss"] for h in b.history]
+    assert a.test == b.test
+
+
 def test_early_stopping_stops_when_val_dice_stalls(tmp_path, monkeypatch):
     from harness import experiment
 
