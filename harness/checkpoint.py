@@ -123,38 +123,27 @@ def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
     return None, messages
 
 
-def _transforms(pipeline):
-    stack = [pipeline] if pipeline is not None else []
-    while stack:
-        t = stack.pop(0)
-        yield t
-        stack.extend(getattr(t, "transforms", []) or [])
-
-
-def capture_rng(loader_generator: torch.Generator, pipeline=None) -> dict:
-    """Every random state the next epoch depends on, as plain values and tensors."""
+def capture_rng(loader_generator: torch.Generator) -> dict:
+    """Every random state the next epoch depends on, as plain values and tensors. Augmentation
+    needs none of its own: each sample is seeded from the loader's order generator (SeededSampler)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
         "loader": loader_generator.get_state(),
-        "augment": [(t.random_generator.bit_generator.state, t.py_random.getstate()) for t in _transforms(pipeline)],
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict, loader_generator: torch.Generator, pipeline=None) -> None:
+def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     loader_generator.set_state(state["loader"])
-    for t, (np_state, py_state) in zip(_transforms(pipeline), state["augment"]):
-        t.random_generator.bit_generator.state = np_state
-        t.py_random.setstate(py_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

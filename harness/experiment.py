@@ -124,7 +124,6 @@ class _Parts:
     model: torch.nn.Module
     train_model: torch.nn.Module  # `model`, or its DistributedDataParallel wrapper under torchrun
     cfg: StepConfig
-    pipeline: object
     loaders: dict
     loss_fn: Callable
     optimizer: torch.optim.Optimizer
@@ -142,10 +141,10 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pin = device.type == "cuda"
-    pipeline = build_pipeline(spec.augment, d.image_size)  # seeded per sample by the loader (SeededSampler)
     shard = {"rank": world.rank, "world": world.size, "num_workers": d.num_workers, "pin_memory": pin}
     loaders = {
-        "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, pipeline=pipeline, seed=spec.seed,
+        "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, seed=spec.seed,
+                             pipeline=build_pipeline(spec.augment, d.image_size),  # seeded per sample by the loader
                              drop_last=len(data.train) > t.batch_size * world.size, **shard),
         "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, **shard),
         "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, **shard),
@@ -158,7 +157,7 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum, fused=device.type == "cuda")
-    return _Parts(data, model, train_model, cfg, pipeline, loaders, build_loss(spec), optimizer,
+    return _Parts(data, model, train_model, cfg, loaders, build_loss(spec), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
@@ -220,7 +219,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
         if p.scheduler is not None:
             p.scheduler.load_state_dict(state["scheduler"])
         p.scaler.load_state_dict(state["scaler"])
-        checkpoint.restore_rng(state["rng"], generator, p.pipeline)
+        checkpoint.restore_rng(state["rng"], generator)
         history, best, best_epoch, stale, stop = (state["history"], state["best"], state["best_epoch"],
                                                   state["stale"], state["stop"])
         for h in history[max(logged_until, 0):]:  # killed between checkpoint and logging
@@ -285,7 +284,7 @@ def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int, batches=None) -> tuple[d
         batches = start_epoch(loader, epoch)
     train = train_one_epoch(p.train_model, batches, p.loss_fn, p.optimizer, p.scaler, p.cfg, grad_clip=t.grad_clip,
                             desc=f"epoch {epoch}/{t.epochs}", skip_nonfinite=t.on_nan == "skip_batch")
-    rng = checkpoint.capture_rng(order_generator(loader), p.pipeline)
+    rng = checkpoint.capture_rng(order_generator(loader))
     upcoming = start_epoch(loader, epoch + 1) if loader.num_workers and epoch < t.epochs else None
     val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="val")
     metrics = {**train.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
