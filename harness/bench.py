@@ -32,24 +32,15 @@ from pathlib import Path
 import torch
 
 from harness import checkpoint
-from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.data.loaders import start_epoch
 from harness.models import count_parameters, list_models
-from harness.experiment import build_loss, build_model, data_kwargs
+from harness.experiment import Parts, build_parts, data_kwargs
 from harness.spec import SpecError, load_spec
-from harness.train import StepConfig, build_optimizer, evaluate, resolve_amp, select_device, train_one_epoch
+from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
-
-
-def _setting(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    if name == "bf16+channels_last":
-        return torch.bfloat16, True
-    name = name.removesuffix("+compile")  # auto+compile: auto, with the model compiled (train.compile)
-    dtype = resolve_amp(name, device)
-    return dtype, name == "auto" and dtype is not None  # auto = what an experiment with amp: auto gets
 
 
 def _sync(device):
@@ -126,22 +117,18 @@ def data_times(spec) -> dict:
             "warm_cache_s": round(warm, 2) if warm is not None else None}
 
 
-def _training_parts(spec, data, device: torch.device, setting: str):
-    """(model, cfg, optimizer, scaler, loss_fn, loader) as an experiment builds them, at `setting`."""
-    dtype, channels_last = _setting(setting, device)
-    t, d = spec.train, spec.data
+def _training_parts(spec, data, device: torch.device, setting: str) -> Parts:
+    """What an experiment builds (experiment.build_parts), at a precision `setting`."""
+    spec = spec.model_copy(deep=True)
+    t = spec.train
+    if setting == "bf16+channels_last":
+        t.amp, t.channels_last = "bf16", True
+    else:  # auto+compile: auto, with the model compiled by bench_one after its FLOPs are counted
+        t.amp = setting.removesuffix("+compile")
+        t.channels_last = t.amp == "auto" and resolve_amp("auto", device) is not None  # what amp: auto gets
+    t.compile = False
     torch.manual_seed(spec.seed)
-    model = build_model(spec).to(device)
-    cfg = StepConfig(device, dtype, channels_last, d.num_classes)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                momentum=t.momentum, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loader = make_loader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=d.num_workers,
-                         pipeline=build_pipeline(spec.augment, d.image_size), pin_memory=device.type == "cuda",
-                         drop_last=True)
-    return model, cfg, optimizer, scaler, build_loss(spec), loader
+    return build_parts(spec, device, data=data)
 
 
 def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, out: Path) -> dict:
@@ -150,7 +137,8 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
     the JSON, and returns the device-busy share of the epoch (low = launch- or data-bound)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, cfg, optimizer, scaler, loss_fn, loader = _training_parts(spec, data, device, setting)
+    p = _training_parts(spec, data, device, setting)
+    model, cfg, optimizer, scaler, loss_fn, loader = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn, p.loaders["train"]
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -181,8 +169,9 @@ def _tracker(tmp: str):
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
     t, d = spec.train, spec.data
-    model, cfg, optimizer, scaler, loss_fn, loader = _training_parts(spec, data, device, setting)
-    dtype, channels_last = cfg.amp_dtype, cfg.channels_last
+    p = _training_parts(spec, data, device, setting)
+    model, cfg, optimizer, scaler, loss_fn, loader = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn, p.loaders["train"]
+    val_loader, dtype, channels_last = p.loaders["val"], cfg.amp_dtype, cfg.channels_last
     pin = device.type == "cuda"
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
@@ -190,7 +179,6 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     activations = saved_activation_mib(model, batches[0][0], cfg)
     if setting.endswith("+compile"):  # the warm-up epoch pays the compile time
         model.compile()
-    val_loader = make_loader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
     upcoming = start_epoch(loader, 1) if loader.num_workers else None
     evaluate(model, val_loader, loss_fn, cfg)

@@ -117,7 +117,7 @@ def _freeze_encoder(model: torch.nn.Module, frozen: bool) -> None:
 
 
 @dataclass
-class _Parts:
+class Parts:
     """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
 
     data: object
@@ -131,11 +131,15 @@ class _Parts:
     scaler: torch.amp.GradScaler
 
 
-def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World) -> _Parts:
+def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.World(),
+                data=None) -> Parts:
+    """The run's data, model, loaders, loss, optimizer, scheduler and scaler. The bench builds the
+    parts it times here too (passing the `data` it decoded once), so it measures what runs train."""
     d, t = spec.data, spec.train
-    cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
-    data = cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
-    _print_audit(data.audit)
+    if data is None:
+        cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
+        data = cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
+        _print_audit(data.audit)
     model = build_model(spec).to(device)
     cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes)
     if cfg.channels_last:
@@ -157,7 +161,7 @@ def _setup(spec: ExperimentSpec, device: torch.device, world: distributed.World)
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                 momentum=t.momentum, fused=device.type == "cuda")
-    return _Parts(data, model, train_model, cfg, loaders, build_loss(spec), optimizer,
+    return Parts(data, model, train_model, cfg, loaders, build_loss(spec), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
 
@@ -176,7 +180,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
     seed_everything(spec.seed, device)
-    parts = _setup(spec, device, world)
+    parts = build_parts(spec, device, world)
     tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": parts.data.fingerprint,
             "amp.dtype": str(parts.cfg.amp_dtype).replace("torch.", "") if parts.cfg.amp_dtype else "float32",
             **{f"data.{k}": v for k, v in parts.data.info.items()},
@@ -198,7 +202,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         return result
 
 
-def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
+def _train(spec: ExperimentSpec, p: Parts, tracker, folder: Path, on_epoch,
            world: distributed.World = distributed.World(), resumable: bool = True) -> tuple[list, float, int]:
     """The epoch loop. An epoch's metrics are logged to MLflow only once its checkpoint is on disk,
     by the background writer while the next epoch trains (a re-trained epoch after a resume keeps
@@ -265,7 +269,7 @@ def _train(spec: ExperimentSpec, p: _Parts, tracker, folder: Path, on_epoch,
     return history, best, best_epoch
 
 
-def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int, batches=None) -> tuple[dict[str, float], dict, Any]:
+def _epoch(spec: ExperimentSpec, p: Parts, epoch: int, batches=None) -> tuple[dict[str, float], dict, Any]:
     """Train one epoch, validate, step the scheduler.
 
     `batches`: this epoch's loader iterator if the previous epoch started it. Returns the
@@ -293,7 +297,7 @@ def _epoch(spec: ExperimentSpec, p: _Parts, epoch: int, batches=None) -> tuple[d
     return metrics, rng, upcoming
 
 
-def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,
+def _save(p: Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improved, history, best, best_epoch,
           stale, stop, rng, then, last: bool = True) -> None:
     """last.pt (atomic, the previous one kept as prev.pt) and best.pt when val Dice improved, on the
     writer's thread; `rng` is the state the next epoch starts from (see `_epoch`)."""
@@ -305,7 +309,7 @@ def _save(p: _Parts, writer: checkpoint.AsyncWriter, folder: Path, epoch, improv
         best=improved, last=last, then=then)
 
 
-def _finish(spec, p: _Parts, tracker, folder: Path, history, best: float, best_epoch: int,
+def _finish(spec, p: Parts, tracker, folder: Path, history, best: float, best_epoch: int,
             world: distributed.World = distributed.World()) -> RunResult:
     """Test the best weights and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
