@@ -37,7 +37,7 @@ from harness.data.loaders import start_epoch
 from harness.models import count_parameters, list_models
 from harness.experiment import Parts, build_parts, data_kwargs
 from harness.spec import SpecError, load_spec
-from harness.train import StepConfig, evaluate, resolve_amp, select_device, train_one_epoch
+from harness.train import StepConfig, compile_model, evaluate, resolve_amp, select_device, train_one_epoch
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
@@ -126,7 +126,7 @@ def _training_parts(spec, data, device: torch.device, setting: str) -> Parts:
     else:  # auto+compile: auto, with the model compiled by bench_one after its FLOPs are counted
         t.amp = setting.removesuffix("+compile")
         t.channels_last = t.amp == "auto" and resolve_amp("auto", device) is not None  # what amp: auto gets
-    t.compile = False
+    t.compile_mode, t.compile = "default", False  # bench_one compiles (in the caller's mode), after counting FLOPs
     torch.manual_seed(spec.seed)
     return build_parts(spec, device, data=data)
 
@@ -178,7 +178,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     flops = flops_per_image(model, batches[0][0][:2], cfg)  # eager: FLOPs are counted on the uncompiled model
     activations = saved_activation_mib(model, batches[0][0], cfg)
     if setting.endswith("+compile"):  # the warm-up epoch pays the compile time
-        model.compile()
+        compile_model(model, t.compile_mode)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
     upcoming = start_epoch(loader, 1) if loader.num_workers else None
     evaluate(model, val_loader, loss_fn, cfg)
@@ -217,7 +217,8 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return {
         "arch": arch, "setting": setting, "amp_dtype": str(dtype).replace("torch.", "") if dtype else "float32",
-        "channels_last": channels_last, "params": count_parameters(model), "image_size": d.image_size,
+        "channels_last": channels_last, "compile_mode": t.compile_mode if setting.endswith("+compile") else None,
+        "params": count_parameters(model), "image_size": d.image_size,
         "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),
         "images_per_epoch": n_train, "train_img_s": round(n_train / harness, 1), "minimal_img_s": round(n_train / minimal, 1),
         "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(waits), 4),
@@ -259,7 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--archs", nargs="+", default=None, choices=list_models(),
                    help="default: every registered model that takes the spec's model knobs")
     p.add_argument("--settings", nargs="+", default=["off", "auto"], choices=SETTINGS,
-                   help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last)")
+                   help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last); "
+                        "auto+compile = auto with torch.compile in train.compile_mode (give train.compile=true "
+                        "train.compile_mode=reduce-overhead for CUDA graphs)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("bench/bench.json"))
@@ -291,6 +294,8 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "
           f"batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, {rows[0]['images_per_epoch']} images/epoch")
+    if any(s.endswith("+compile") for s in args.settings):
+        print(f"+compile: torch.compile mode {spec.train.compile_mode}")
     print(f"dataset: cold cache {times['cold_cache_s']} s, warm cache {times['warm_cache_s'] or '-'} s")
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

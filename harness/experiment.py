@@ -30,8 +30,8 @@ from harness.models.unet_plus_plus import DEPTH as UNET_PLUS_PLUS_DEPTH
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
 from harness.tracking import NullTracker
-from harness.train import (StepConfig, build_optimizer, build_scheduler, evaluate, resolve_amp, select_device,
-                           train_one_epoch)
+from harness.train import (StepConfig, build_optimizer, build_scheduler, compile_model, evaluate, resolve_amp,
+                           select_device, train_one_epoch)
 
 class _StopRequest:
     """Set by the CLI's SIGINT/SIGTERM handler; the loop stops after the current epoch's checkpoint."""
@@ -153,8 +153,8 @@ def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.W
         "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, **shard),
         "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, **shard),
     }
-    if t.compile:  # in place: state_dict keys stay those of the plain model (checkpoints, MLflow)
-        model.compile()
+    if t.compile:
+        compile_model(model, t.compile_mode)
     train_model = model
     if world.size > 1:  # gradients all-reduced; BatchNorm statistics stay per process (as in plain DDP)
         train_model = torch.nn.parallel.DistributedDataParallel(

@@ -95,6 +95,8 @@ class TrainSpec(_Section):
     channels_last: bool = False
     grad_checkpointing: bool = Field(False, description="recompute block activations in the backward pass")
     compile: bool = Field(False, description="torch.compile the model; pays off on CUDA for long runs, not on CPU")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead replays CUDA graphs (launch-bound models)")
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int | None = Field(None, ge=1)
     on_nan: Literal["fail", "skip_batch"] = Field("fail", description="a NaN/Inf loss fails the run, or skips the batch")
@@ -104,6 +106,12 @@ class TrainSpec(_Section):
     @classmethod
     def _yaml_off(cls, value):
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _mode_needs_compile(self):
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode={self.compile_mode} needs train.compile: true")
+        return self
 
 
 class EvalSpec(_Section):
@@ -150,6 +158,8 @@ class ExperimentSpec(_Section):
         change a result (where the cache lives, whether it is used, downloading) are left out."""
         d = self.to_dict()
         d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
+        if d["train"]["compile_mode"] == "default":  # added later: at its default, earlier runs' hashes still match
+            del d["train"]["compile_mode"]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

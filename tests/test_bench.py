@@ -38,7 +38,9 @@ def test_bench_profile_prints_top_ops_and_saves_a_trace(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_auto_compile_setting_runs(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
-                 "--settings", "auto+compile", "--repeats", "1", "--out", str(out)]) == 0
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "train.compile=true",
+                 "train.compile_mode=reduce-overhead", "--archs", "unet", "--settings", "auto+compile",
+                 "--repeats", "1", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["setting"] == "auto+compile" and row["train_img_s"] > 0
+    assert row["compile_mode"] == "reduce-overhead"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import EXPERIMENTS
-from harness.experiment import run_experiment
+from harness.experiment import build_parts, run_experiment
 from harness.spec import load_spec
 from harness.tracking import NullTracker
 from harness.train import cpu_supports_bf16, resolve_amp, select_device
@@ -75,14 +75,28 @@ def test_explicit_missing_device_is_an_error():
         select_device("cuda")
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """The spec's train.compile_mode is the mode the model is compiled with (no compile is run here)."""
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    for mode, expected in (("default", None), ("reduce-overhead", "reduce-overhead")):
+        spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.compile=true", f"train.compile_mode={mode}",
+                                                      "data.synthetic_size=[24, 8]"])
+        build_parts(spec, torch.device("cpu"))
+        assert modes.pop() == expected
+
+
 @pytest.mark.slow
-def test_compiled_model_trains_and_keeps_plain_state_dict_keys(store, tmp_path):
-    """train.compile: true compiles in place; checkpoints keep the plain model's keys."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_model_trains_and_keeps_plain_state_dict_keys(store, tmp_path, mode):
+    """train.compile: true compiles in place; checkpoints keep the plain model's keys. On CPU,
+    reduce-overhead has no CUDA graphs to record and must still train."""
     class Named(NullTracker):
         run_id = "compiled"
 
     spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=1", "train.compile=true", "log_model=false",
-                                                  "model.base_width=4", "data.synthetic_size=[24, 8]"])
+                                                  f"train.compile_mode={mode}", "model.base_width=4",
+                                                  "data.synthetic_size=[24, 8]"])
     result = run_experiment(spec, lambda p, t: Named(), checkpoint_root=tmp_path)
     assert 0 <= result.test["test/dice"] <= 1
     keys = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"].keys()

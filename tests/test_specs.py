@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXPERIMENTS, REPO
-from harness.spec import ExperimentSpec, SpecError, flatten, load_spec
+from harness.spec import ExperimentSpec, SpecError, flatten, load_spec, read_yaml
 
 # Experiment specs, recursively; studies/ and campaigns/ hold other kinds of spec, with their own
 # contract tests in test_study.py and test_campaign_report.py.
@@ -37,6 +39,32 @@ def test_child_holds_only_differences():
     unet, resnet = load_spec(EXPERIMENTS / "unet.yaml"), load_spec(EXPERIMENTS / "resnet34_unet.yaml")
     diff = {k for k, v in flatten(unet.to_dict()).items() if flatten(resnet.to_dict())[k] != v}
     assert diff == {"name", "model.arch"}
+
+
+def test_base_names_every_field_at_its_default():
+    """base.yaml is the reference a user reads: every field, nothing stale, values = the defaults."""
+    base = flatten(load_spec(EXPERIMENTS / "base.yaml").to_dict())
+    written = flatten(read_yaml(EXPERIMENTS / "base.yaml")[0])
+    defaults = flatten(ExperimentSpec().to_dict())
+    assert set(written) == set(defaults)
+    assert {k: v for k, v in base.items() if k != "name"} == {k: v for k, v in defaults.items() if k != "name"}
+
+
+def test_readme_spec_reference_has_a_row_per_field():
+    readme = (REPO / "README.md").read_text()
+    assert [k for k in flatten(ExperimentSpec().to_dict()) if f"| `{k}` |" not in readme] == []
+
+
+def test_compile_mode_needs_compile_and_keeps_old_hashes():
+    with pytest.raises(SpecError, match="compile_mode=reduce-overhead needs train.compile"):
+        load_spec(EXPERIMENTS / "debug.yaml", ["train.compile_mode=reduce-overhead"])
+    spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.compile=true"])
+    d = spec.to_dict()
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
+    del d["train"]["compile_mode"]  # the hash runs recorded before the field existed
+    assert spec.spec_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    graphs = load_spec(EXPERIMENTS / "debug.yaml", ["train.compile=true", "train.compile_mode=reduce-overhead"])
+    assert graphs.spec_hash() != spec.spec_hash()
 
 
 def test_overrides_are_typed_and_applied():
