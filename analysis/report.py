@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import plots, sections
 from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
-from analysis.stats import bootstrap_ci, paired_comparison
+from analysis.stats import bootstrap_ci, paired_comparison, seed_and_image_ci
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
@@ -62,27 +62,52 @@ def compare_axis(axes: list[str]) -> str:
     return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
 
 
-def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None) -> tuple[pd.DataFrame, list[str]]:
-    """Per-image Dice averaged over each level's runs (seeds), one column per level of `axis`."""
+def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None,
+                  by_run: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Per-image Dice averaged over each level's runs (seeds), one column per level of `axis`.
+    With a `by_run` dict, also fills it: level -> array (runs, images), columns in `wide`'s row order."""
     per_image = pd.concat([load_per_image(r, uri) for r in runs.run_id], ignore_index=True)
     per_image = per_image.merge(runs[["run_id", axis]], on="run_id")
     levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
-    wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean")
-    return wide.dropna(), levels
+    wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean").dropna()
+    if by_run is not None:
+        for level, rows in per_image.groupby(axis, sort=False):
+            matrix = rows.pivot_table(index="run_id", columns="name", values="dice")
+            by_run[level] = matrix.reindex(columns=wide.index).to_numpy()
+    return wide, levels
 
 
 def conclusion(a: str, b: str, result: dict, seeds, axis: str) -> str:
-    """seeds: an int (the same count in every arm) or a text such as 'unet 3, resnet34_unet 1'."""
+    """seeds: an int (the same count in every arm) or a text such as 'unet 3, resnet34_unet 1'.
+    `result` may hold `seed_ci_low/high` (seed_and_image_ci), given when both arms have >= 2 runs."""
     direction = "higher" if result["mean_diff"] > 0 else "lower"
     half = (result["ci_high"] - result["ci_low"]) / 2
-    real = result["p_wilcoxon"] < 0.05 and (result["ci_low"] > 0 or result["ci_high"] < 0)
-    verdict = ("The difference is significant at the 5% level and its CI excludes 0." if real else
-               "The difference is not distinguishable from 0 at the 5% level with this many images and seeds.")
     return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}) by "
             f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
             f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
             f"{result['n']} test images and {seeds} seed(s) per arm{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
-            f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict}")
+            f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict(result)}")
+
+
+def _excludes_zero(low: float, high: float) -> bool:
+    return low > 0 or high < 0
+
+
+def verdict(result: dict) -> str:
+    """Real = Wilcoxon p < 0.05, the image CI excludes 0 and, where there are seeds to count,
+    so does the CI over runs and images (a difference one lucky seed made is not real)."""
+    if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
+        return "The difference is not distinguishable from 0 at the 5% level with this many images and seeds."
+    if "seed_ci_low" not in result:
+        return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
+                "seed-to-seed variation is not counted.")
+    both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
+    if _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
+        return ("The difference is significant at the 5% level and its CI excludes 0, also counting seed-to-seed "
+                f"variation (95% CI by bootstrap over runs and images: {both}).")
+    return (f"Over these images the difference is significant, but counting seed-to-seed variation too (bootstrap "
+            f"over runs and images) its 95% CI {both} includes 0: the training runs disagree too much to call "
+            f"it real; run more seeds.")
 
 
 def _unbalanced(seeds) -> str:
@@ -112,11 +137,14 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
 
     axis = compare_axis(axes)
     seeds = _seed_counts(runs, axis)
-    wide, levels = paired_frames(runs, axis, uri)
+    by_run: dict = {}
+    wide, levels = paired_frames(runs, axis, uri, by_run)
     comparisons = []
     if len(levels) >= 2:
         for b in levels[1:]:
             result = paired_comparison(wide[levels[0]], wide[b])
+            if min(len(by_run[levels[0]]), len(by_run[b])) >= 2:
+                _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(by_run[levels[0]], by_run[b])
             comparisons.append((levels[0], b, result))
         parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{conclusion(a, b, r, seeds, axis)}</p>"
                                                       for a, b, r in comparisons))

@@ -36,3 +36,27 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
         r = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     return {"n": int(d.size), "mean_diff": mean, "ci_low": low, "ci_high": high, "p_wilcoxon": p,
             "rank_biserial": r, "b_better": int((d > 0).sum()), "a_better": int((d < 0).sum())}
+
+
+def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean per-image difference b - a, bootstrapping training runs
+    *and* images: a is (runs of arm A, images), b is (runs of arm B, images), the same images in
+    the same column order. Each draw resamples the runs of each arm (with replacement) and one
+    set of images for both arms (paired). Unlike the per-image interval, which treats each arm's
+    seed-averaged Dice as fixed, this one widens when training runs disagree, so it answers
+    whether another set of seeds would likely agree. With one run per arm it is the image bootstrap."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"both arms need the same images: {a.shape} vs {b.shape}")
+    rng = np.random.default_rng(seed)
+    n_img, draws = a.shape[1], []
+    for start in range(0, n_boot, 500):  # chunks bound memory: (500, images) indices per draw set
+        k = min(500, n_boot - start)
+        images = rng.integers(0, n_img, (k, n_img))
+        arm_mean = [m[rng.integers(0, m.shape[0], (k, m.shape[0]))].mean(axis=1) for m in (a, b)]  # (k, images)
+        diff = np.take_along_axis(arm_mean[1] - arm_mean[0], images, axis=1)
+        draws.append(diff.mean(axis=1))
+    draws = np.concatenate(draws)
+    alpha = (1 - level) / 2
+    return (float((b.mean(axis=0) - a.mean(axis=0)).mean()), float(np.quantile(draws, alpha)),
+            float(np.quantile(draws, 1 - alpha)))

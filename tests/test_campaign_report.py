@@ -86,6 +86,7 @@ def test_report_compares_arms_and_is_logged(campaign_store):
     result = paired_comparison(per["unet"], per["resnet34_unet"])
     assert f"by {abs(result['mean_diff']):.4f}" in page
     assert "<b>resnet34_unet</b> is" in page  # matrix order: unet is the baseline A
+    assert "seed_ci_low" in page  # two seeds per arm: the CI over runs and images is in the table
 
     assert main(["--campaign", "debug_campaign", "--out", str(tmp / "r.html")]) == 0
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
@@ -105,6 +106,31 @@ def test_stats_on_known_data():
     assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
     same = paired_comparison(a, a)
     assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
+
+
+def test_seed_and_image_ci_counts_run_to_run_variation():
+    from analysis.report import verdict
+    from analysis.stats import paired_comparison, seed_and_image_ci
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.6, 0.95, 200)
+    a = truth + rng.normal(0, 0.02, (3, 200))
+    # B is 0.01 better on average, but its three training runs land 0.04 apart from each other.
+    lucky = truth + 0.01 + rng.normal(0, 0.02, (3, 200)) + np.array([[0.04], [-0.04], [0.0]])
+    steady = truth + 0.01 + rng.normal(0, 0.02, (3, 200))
+    for b, seeds_agree in ((lucky, False), (steady, True)):
+        result = paired_comparison(a.mean(axis=0), b.mean(axis=0))
+        assert result["ci_low"] > 0 and result["p_wilcoxon"] < 0.05  # over images alone: "significant"
+        mean, low, high = seed_and_image_ci(a, b)
+        assert mean == pytest.approx(result["mean_diff"]) and low < mean < high
+        assert (low > 0) is seeds_agree
+        assert high - low > result["ci_high"] - result["ci_low"]  # never narrower than the image-only CI
+        text = verdict({**result, "seed_ci_low": low, "seed_ci_high": high})
+        assert ("run more seeds" in text) is not seeds_agree and ("also counting seed-to-seed" in text) is seeds_agree
+    one_run = seed_and_image_ci(a[:1], a[:1] + 0.01)
+    assert one_run[0] == pytest.approx(0.01) and one_run[1] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="same images"):
+        seed_and_image_ci(a, a[:, :10])
 
 
 def _execute_notebook(path, tmp, env, monkeypatch):

@@ -22,9 +22,9 @@
 import os
 
 from analysis import plots
-from analysis.report import compare_axis, paired_frames, summary_table
+from analysis.report import compare_axis, paired_frames, summary_table, verdict
 from analysis.runs import load_campaign, load_history
-from analysis.stats import paired_comparison
+from analysis.stats import paired_comparison, seed_and_image_ci
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
 runs, axes = load_campaign(CAMPAIGN)
@@ -41,13 +41,19 @@ plots.learning_curves(history)
 # %% [markdown]
 # ## Paired per-image comparison
 # Each test image's Dice, averaged over the seeds of each arm; Wilcoxon signed-rank test on
-# the paired differences, and the rank-biserial correlation as the effect size.
+# the paired differences, and the rank-biserial correlation as the effect size. Then the same
+# mean difference with a 95% CI that also resamples each arm's training runs: if it includes 0,
+# another set of seeds could well reverse the verdict.
 
 # %%
 axis = compare_axis(axes)
-wide, levels = paired_frames(runs, axis, None)
+by_run = {}
+wide, levels = paired_frames(runs, axis, None, by_run)
 a, b = levels[0], levels[1]
 result = paired_comparison(wide[a], wide[b])
+if min(len(by_run[a]), len(by_run[b])) >= 2:
+    _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(by_run[a], by_run[b])
+print(verdict(result))
 result
 
 # %%
