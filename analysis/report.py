@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import plots, sections
 from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
-from analysis.stats import bootstrap_ci, paired_comparison, seed_and_image_ci
+from analysis.stats import bootstrap_ci, compare_arms
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
@@ -142,10 +142,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     comparisons = []
     if len(levels) >= 2:
         for b in levels[1:]:
-            result = paired_comparison(wide[levels[0]], wide[b])
-            if min(len(by_run[levels[0]]), len(by_run[b])) >= 2:
-                _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(by_run[levels[0]], by_run[b])
-            comparisons.append((levels[0], b, result))
+            comparisons.append((levels[0], b, compare_arms(by_run[levels[0]], by_run[b])))
         parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{conclusion(a, b, r, seeds, axis)}</p>"
                                                       for a, b, r in comparisons))
     parts += ["<h2>Summary per arm</h2><p>Mean over runs with a 95% bootstrap CI over seeds.</p>",
@@ -164,8 +161,9 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
     if "augment" in axes:
-        aug_wide, aug_levels = (wide, levels) if axis == "augment" else paired_frames(runs, "augment", uri)
-        parts += sections.ablation(runs, "augment", aug_wide, aug_levels, _png)
+        aug_by_run: dict = by_run if axis == "augment" else {}
+        aug_levels = levels if axis == "augment" else paired_frames(runs, "augment", uri, aug_by_run)[1]
+        parts += sections.ablation(runs, "augment", aug_by_run, aug_levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))

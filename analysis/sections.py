@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import bootstrap_ci, paired_comparison
+from analysis.stats import bootstrap_ci, compare_arms
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -87,14 +87,15 @@ def loss_stability(runs: pd.DataFrame, campaign: str | None, uri: str | None, pn
             png(plots.learning_curves(loss.assign(metric="train/loss"), arm="loss", metric="train/loss"))]
 
 
-def ablation(runs: pd.DataFrame, axis: str, wide: pd.DataFrame, levels: list, png: Callable) -> list[str]:
-    """Each level against the reference ('none' when present): paired per-image differences."""
+def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Callable) -> list[str]:
+    """Each level against the reference ('none' when present): paired per-image differences.
+    by_run: level -> per-image Dice, array (runs, images), the same images for every level."""
     reference = "none" if "none" in levels else levels[0]
     rows = []
     for level in levels:
         if level == reference:
             continue
-        r = paired_comparison(wide[reference], wide[level])
+        r = compare_arms(by_run[reference], by_run[level])
         rows.append({"level": level, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
                      "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])})
     if not rows:
@@ -102,6 +103,7 @@ def ablation(runs: pd.DataFrame, axis: str, wide: pd.DataFrame, levels: list, pn
     table = pd.DataFrame(rows).sort_values("mean_diff", ascending=False)
     return [f"<h2>Ablation over {html.escape(axis)}</h2><p>Every level against <b>{html.escape(str(reference))}</b> "
             f"(reference test/dice {_fmt_ci(runs.loc[runs[axis] == reference, 'test/dice'])}): mean paired difference "
-            "of per-image test Dice (averaged over seeds) with a 95% bootstrap CI over images, and a Wilcoxon "
-            "signed-rank p-value. Sorted by effect.</p>", table.to_html(index=False),
+            "of per-image test Dice (averaged over seeds) with a 95% bootstrap CI over images, a Wilcoxon "
+            "signed-rank p-value and, with two or more seeds per level, the CI that also resamples the runs "
+            "(seed_ci_low/high). Sorted by effect.</p>", table.to_html(index=False),
             png(plots.effect_forest(table, str(reference)))]

@@ -60,3 +60,13 @@ def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int 
     alpha = (1 - level) / 2
     return (float((b.mean(axis=0) - a.mean(axis=0)).mean()), float(np.quantile(draws, alpha)),
             float(np.quantile(draws, 1 - alpha)))
+
+
+def compare_arms(a, b, seed: int = 0) -> dict:
+    """paired_comparison of the arms' seed-averaged per-image scores, plus `seed_ci_low/high`
+    (seed_and_image_ci) when both arms have two or more runs. a, b: (runs, images) arrays."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    result = paired_comparison(a.mean(axis=0), b.mean(axis=0), seed=seed)
+    if min(len(a), len(b)) >= 2:
+        _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(a, b, seed=seed)
+    return result

@@ -24,7 +24,7 @@ import os
 from analysis import plots
 from analysis.report import compare_axis, paired_frames, summary_table, verdict
 from analysis.runs import load_campaign, load_history
-from analysis.stats import paired_comparison, seed_and_image_ci
+from analysis.stats import compare_arms
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
 runs, axes = load_campaign(CAMPAIGN)
@@ -50,9 +50,7 @@ axis = compare_axis(axes)
 by_run = {}
 wide, levels = paired_frames(runs, axis, None, by_run)
 a, b = levels[0], levels[1]
-result = paired_comparison(wide[a], wide[b])
-if min(len(by_run[a]), len(by_run[b])) >= 2:
-    _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(by_run[a], by_run[b])
+result = compare_arms(by_run[a], by_run[b])
 print(verdict(result))
 result
 
