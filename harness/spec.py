@@ -3,165 +3,23 @@
 A spec file holds only its differences from its `base:` (a path relative to the file). Files
 are merged depth-first (child wins; dicts merge, lists and scalars replace), overrides are
 applied last, and the result is validated by pydantic before any work starts. Every error is a
-`SpecError` naming the file, the dotted field and, where YAML knows it, the line.
+`SpecError` naming the file, the dotted field and, where YAML knows it, the line. The schema
+itself (sections, defaults, cross-field rules, the spec hash) is `harness.schema`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from harness.archs import BINARY_LOSSES, MULTICLASS_LOSSES, check_knobs
-from harness.augment import PRESETS, validate_transforms
+from harness.schema import ExperimentSpec, flatten  # noqa: F401 (flatten re-exported)
 
 
 class SpecError(Exception):
     """A spec that cannot be used. `str()` is the message for the user; CLI exits 2."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelSpec(_Section):
-    arch: Literal["unet", "resnet34_unet", "unet_plus_plus"] = "unet"
-    upsample: Literal["bilinear", "nearest", "transpose"] = "bilinear"
-    base_width: int = Field(64, ge=4, le=256, description="channels of the first UNet stage (unet, unet_plus_plus)")
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
-    downsample: Literal["maxpool", "strided_conv"] = "maxpool"
-    activation: Literal["relu", "leaky_relu"] = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout2d after each double conv")
-    deep_supervision: bool = Field(False, description="unet_plus_plus: a head per nested level, loss averaged")
-    decoder_widths: list[int] | None = Field(None, min_length=5, max_length=5,
-                                             description="resnet34_unet decoder widths (default 256 128 64 32 16)")
-    encoder_weights: Literal["none", "imagenet"] = "none"
-    encoder_freeze_epochs: int = Field(0, ge=0, description="resnet34_unet + imagenet: train only the decoder first")
-
-    @model_validator(mode="after")
-    def _knobs_apply(self):
-        check_knobs(self.arch, self.model_dump())
-        if self.encoder_freeze_epochs and self.encoder_weights == "none":
-            raise ValueError("model.encoder_freeze_epochs needs model.encoder_weights=imagenet (a random encoder "
-                             "would stay random)")
-        return self
-
-
-class DataSpec(_Section):
-    dataset: Literal["synthetic", "oxford_pet", "folder"] = "synthetic"
-    root: str | None = Field(None, description="dataset folder; relative paths are relative to the spec file")
-    image_size: int = Field(128, ge=16, le=2048)
-    foreground: Literal["not_background", "pet_only"] = "not_background"
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    limit: int | None = Field(None, ge=1, description="cap on images per split, for quick runs")
-    num_workers: int = Field(0, ge=0, le=64)
-    synthetic_size: tuple[int, int] = Field((400, 100), description="synthetic trainval and test counts")
-    on_bad: Literal["error", "skip"] = Field("error", description="unusable files: stop naming the file, or skip and count")
-    cache: bool = Field(True, description="decode once into arrays on disk, keyed by the files' fingerprint")
-    cache_dir: str | None = Field(None, description="cache folder (default: mlruns/cache); relative to the spec file")
-    download: bool = Field(False, description="oxford_pet only: fetch the official archives via torchvision")
-    num_classes: int = Field(2, ge=2, le=255, description="2 = binary (one logit, sigmoid); K >= 3: K-way softmax")
-    target: Literal["binary", "trimap3"] = Field("binary", description="trimap3: pet/background/border as 3 classes")
-    palette: list[tuple[int, int, int]] | None = Field(None, description="folder: RGB colour of each class in the masks")
-
-    @model_validator(mode="after")
-    def _root_needed(self):
-        if self.dataset != "synthetic" and not self.root:
-            raise ValueError(f"data.root is required for dataset '{self.dataset}'")
-        if self.target == "trimap3" and (self.num_classes != 3 or self.dataset == "folder"):
-            raise ValueError("data.target=trimap3 needs data.num_classes=3 and dataset oxford_pet or synthetic")
-        if self.palette is not None and (self.dataset != "folder" or len(self.palette) != self.num_classes):
-            raise ValueError(f"data.palette is for the folder dataset and needs one colour per class "
-                             f"({self.num_classes}), got {len(self.palette)}")
-        if self.num_classes > 2 and self.dataset == "oxford_pet" and self.target != "trimap3":
-            raise ValueError("oxford_pet has 3 classes only as data.target=trimap3")
-        return self
-
-
-class TrainSpec(_Section):
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop only")
-    scheduler: Literal["none", "cosine", "plateau"] = "cosine"
-    loss: Literal["bce", "bce_with_logits", "dice", "bce_dice", "ce", "ce_dice"] = "bce_with_logits"
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool = False
-    grad_checkpointing: bool = Field(False, description="recompute block activations in the backward pass")
-    compile: bool = Field(False, description="torch.compile the model; pays off on CUDA for long runs, not on CPU")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        "default", description="torch.compile mode; reduce-overhead replays CUDA graphs (launch-bound models)")
-    grad_clip: float | None = Field(None, gt=0.0)
-    early_stopping_patience: int | None = Field(None, ge=1)
-    on_nan: Literal["fail", "skip_batch"] = Field("fail", description="a NaN/Inf loss fails the run, or skips the batch")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _yaml_off(cls, value):
-        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
-
-    @model_validator(mode="after")
-    def _mode_needs_compile(self):
-        if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"train.compile_mode={self.compile_mode} needs train.compile: true")
-        return self
-
-
-class EvalSpec(_Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
-
-
-class ExperimentSpec(_Section):
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
-    tracking: str = Field("segmentation", description="MLflow experiment name")
-    log_model: bool = Field(True, description="log the best model to MLflow (torch.export: seconds per run)")
-    model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
-    augment: str | list[dict[str, Any]] = Field(
-        "none", description=f"a preset ({', '.join(PRESETS)}) or a list of albumentations transforms"
-    )
-    train: TrainSpec = TrainSpec()
-    eval: EvalSpec = EvalSpec()
-
-    @field_validator("augment")
-    @classmethod
-    def _check_augment(cls, value):
-        if isinstance(value, str):
-            if value not in PRESETS:
-                raise ValueError(f"unknown augment preset '{value}'; valid: {', '.join(PRESETS)}")
-            return value
-        validate_transforms(value)
-        return value
-
-    @model_validator(mode="after")
-    def _loss_fits_task(self):
-        multi = self.data.num_classes > 2
-        valid = MULTICLASS_LOSSES if multi else BINARY_LOSSES
-        if self.train.loss not in valid:
-            kind = f"{self.data.num_classes} classes" if multi else "binary segmentation"
-            raise ValueError(f"train.loss={self.train.loss} does not fit {kind}; valid: {', '.join(valid)}")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def spec_hash(self) -> str:
-        """Hash of the resolved spec: equal hashes mean the same experiment. Fields that cannot
-        change a result (where the cache lives, whether it is used, downloading) are left out."""
-        d = self.to_dict()
-        d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
-        if d["train"]["compile_mode"] == "default":  # added later: at its default, earlier runs' hashes still match
-            del d["train"]["compile_mode"]
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -349,17 +207,3 @@ def _section_fields(keys: tuple) -> list[str]:
             return []
         model = field.annotation
     return list(getattr(model, "model_fields", {}))
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}; lists become JSON strings."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple)):
-            out[name] = json.dumps(value)
-        else:
-            out[name] = value
-    return out
