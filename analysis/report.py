@@ -62,19 +62,18 @@ def compare_axis(axes: list[str]) -> str:
     return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
 
 
-def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None,
-                  by_run: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Per-image Dice averaged over each level's runs (seeds), one column per level of `axis`.
-    With a `by_run` dict, also fills it: level -> array (runs, images), columns in `wide`'s row order."""
+def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None) -> tuple[pd.DataFrame, list[str], dict]:
+    """(wide, levels, by_run): per-image Dice averaged over each level's runs (seeds), one column
+    per level of `axis`; the levels in matrix order; and level -> array (runs, images) of each
+    run's per-image Dice, columns in `wide`'s row order (what compare_arms takes)."""
     per_image = pd.concat([load_per_image(r, uri) for r in runs.run_id], ignore_index=True)
     per_image = per_image.merge(runs[["run_id", axis]], on="run_id")
     levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
     wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean").dropna()
-    if by_run is not None:
-        for level, rows in per_image.groupby(axis, sort=False):
-            matrix = rows.pivot_table(index="run_id", columns="name", values="dice")
-            by_run[level] = matrix.reindex(columns=wide.index).to_numpy()
-    return wide, levels
+    by_run = {level: rows.pivot_table(index="run_id", columns="name", values="dice")
+                         .reindex(columns=wide.index).to_numpy()
+              for level, rows in per_image.groupby(axis, sort=False)}
+    return wide, levels, by_run
 
 
 def conclusion(a: str, b: str, result: dict, seeds, axis: str) -> str:
@@ -137,8 +136,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
 
     axis = compare_axis(axes)
     seeds = _seed_counts(runs, axis)
-    by_run: dict = {}
-    wide, levels = paired_frames(runs, axis, uri, by_run)
+    wide, levels, by_run = paired_frames(runs, axis, uri)
     comparisons = []
     if len(levels) >= 2:
         for b in levels[1:]:
@@ -161,8 +159,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
     if "augment" in axes:
-        aug_by_run: dict = by_run if axis == "augment" else {}
-        aug_levels = levels if axis == "augment" else paired_frames(runs, "augment", uri, aug_by_run)[1]
+        _, aug_levels, aug_by_run = (wide, levels, by_run) if axis == "augment" else paired_frames(runs, "augment", uri)
         parts += sections.ablation(runs, "augment", aug_by_run, aug_levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]

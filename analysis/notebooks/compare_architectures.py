@@ -47,8 +47,7 @@ plots.learning_curves(history)
 
 # %%
 axis = compare_axis(axes)
-by_run = {}
-wide, levels = paired_frames(runs, axis, None, by_run)
+wide, levels, by_run = paired_frames(runs, axis, None)
 a, b = levels[0], levels[1]
 result = compare_arms(by_run[a], by_run[b])
 print(verdict(result))
