@@ -91,7 +91,7 @@ def worst_k_grid(images, truths, predictions: dict, names: list[str], scores: di
     return fig
 
 
-def effect_forest(table: pd.DataFrame, label: str):
+def effect_forest(table: pd.DataFrame, label: str, title: str = "Effect of each level"):
     """table: one row per level with mean_diff, ci_low, ci_high (vs the reference level)."""
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(table) + 1.5))
     y = range(len(table))
@@ -99,6 +99,6 @@ def effect_forest(table: pd.DataFrame, label: str):
                 fmt="o", capsize=4)
     ax.axvline(0, color="grey", ls="--")
     ax.set_yticks(list(y), table["level"].astype(str))
-    ax.set(xlabel=f"per-image test Dice difference vs {label} (95% bootstrap CI)", title="Effect of each level")
+    ax.set(xlabel=f"per-image test Dice difference vs {label} (95% bootstrap CI)", title=title)
     fig.tight_layout()
     return fig

@@ -14,14 +14,16 @@ import base64
 import html
 import io
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import plots, sections
 from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
-from analysis.stats import bootstrap_ci, compare_arms
+from analysis.stats import bootstrap_ci, compare_arms, evidence
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
@@ -62,46 +64,74 @@ def compare_axis(axes: list[str]) -> str:
     return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
 
 
-def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None) -> tuple[pd.DataFrame, list[str], dict]:
-    """(wide, levels, by_run): per-image Dice averaged over each level's runs (seeds), one column
-    per level of `axis`; the levels in matrix order; and level -> array (runs, images) of each
-    run's per-image Dice, columns in `wide`'s row order (what compare_arms takes)."""
+@dataclass
+class Paired:
+    """Per-image test Dice of a campaign, split by the compared axis and the other axes' settings.
+
+    wide: image x level, Dice averaged over each level's runs (every setting); levels: the
+    compared axis's values in matrix order; settings: combinations of the other varied axes
+    (label -> cells), in matrix order, [''] when there are none; cells: (setting, level) -> array
+    (runs, images), columns in `wide`'s row order (what stats.compare_arms takes)."""
+
+    wide: pd.DataFrame
+    levels: list
+    settings: list[str]
+    cells: dict
+
+    def arm(self, level) -> list[np.ndarray]:
+        """One (runs, images) array per setting that every level has: a stratified arm."""
+        return [self.cells[(s, level)] for s in self.complete_settings()]
+
+    def complete_settings(self) -> list[str]:
+        return [s for s in self.settings if all((s, lvl) in self.cells for lvl in self.levels)]
+
+
+def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = ()) -> Paired:
+    """Load every run's per-image test Dice and split it by `axis` and by `strata`, the other
+    varied axes (seed excluded), so that levels are compared within each setting."""
     per_image = pd.concat([load_per_image(r, uri) for r in runs.run_id], ignore_index=True)
-    per_image = per_image.merge(runs[["run_id", axis]], on="run_id")
+    per_image = per_image.merge(runs[["run_id", axis, *strata]], on="run_id")
+    per_image["setting"] = setting_labels(per_image, strata)
     levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
+    settings = list(dict.fromkeys(setting_labels(runs, strata)))
     wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean").dropna()
-    by_run = {level: rows.pivot_table(index="run_id", columns="name", values="dice")
-                         .reindex(columns=wide.index).to_numpy()
-              for level, rows in per_image.groupby(axis, sort=False)}
-    return wide, levels, by_run
+    cells = {key: rows.pivot_table(index="run_id", columns="name", values="dice").reindex(columns=wide.index).to_numpy()
+             for key, rows in per_image.groupby(["setting", axis], sort=False)}
+    return Paired(wide, levels, settings, cells)
 
 
-def conclusion(a: str, b: str, result: dict, seeds, axis: str) -> str:
+def setting_labels(frame: pd.DataFrame, strata: list[str]) -> pd.Series:
+    """'augment=none, train.loss=bce' per row; '' when there are no other axes."""
+    if not strata:
+        return pd.Series("", index=frame.index)
+    return frame[list(strata)].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1)
+
+
+def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "") -> str:
     """seeds: an int (the same count in every arm) or a text such as 'unet 3, resnet34_unet 1'.
-    `result` may hold `seed_ci_low/high` (seed_and_image_ci), given when both arms have >= 2 runs."""
+    `result` may hold `seed_ci_low/high` (contrast_ci), given when every cell has >= 2 runs.
+    scope: what the comparison averages over, e.g. 'mean over augment=none, augment=flip'."""
     direction = "higher" if result["mean_diff"] > 0 else "lower"
     half = (result["ci_high"] - result["ci_low"]) / 2
-    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}) by "
+    where = f" ({html.escape(scope)})" if scope else ""
+    per = "per cell" if scope else "per arm"
+    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}){where} by "
             f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
             f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
-            f"{result['n']} test images and {seeds} seed(s) per arm{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
+            f"{result['n']} test images and {seeds} seed(s) {per}{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
             f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict(result)}")
 
 
-def _excludes_zero(low: float, high: float) -> bool:
-    return low > 0 or high < 0
-
-
 def verdict(result: dict) -> str:
-    """Real = Wilcoxon p < 0.05, the image CI excludes 0 and, where there are seeds to count,
-    so does the CI over runs and images (a difference one lucky seed made is not real)."""
-    if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
+    """A difference one lucky seed made is not real: see `evidence`."""
+    kind = evidence(result)
+    if kind == "none":
         return "The difference is not distinguishable from 0 at the 5% level with this many images and seeds."
     if "seed_ci_low" not in result:
         return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
                 "seed-to-seed variation is not counted.")
     both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
-    if _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
+    if kind == "real":
         return ("The difference is significant at the 5% level and its CI excludes 0, also counting seed-to-seed "
                 f"variation (95% CI by bootstrap over runs and images: {both}).")
     return (f"Over these images the difference is significant, but counting seed-to-seed variation too (bootstrap "
@@ -113,9 +143,29 @@ def _unbalanced(seeds) -> str:
     return "" if isinstance(seeds, int) else " (unequal: the arm with fewer seeds is noisier)"
 
 
-def _seed_counts(runs: pd.DataFrame, axis: str):
-    counts = runs.groupby(axis, sort=False).size()
-    return int(counts.iloc[0]) if counts.nunique() == 1 else ", ".join(f"{k} {v}" for k, v in counts.items())
+def _seed_counts(runs: pd.DataFrame, cell_axes: list[str]):
+    counts = runs.groupby(cell_axes, sort=False).size()
+    if counts.nunique() == 1:
+        return int(counts.iloc[0])
+    return ", ".join(f"{' / '.join(map(str, k)) if isinstance(k, tuple) else k} {v}" for k, v in counts.items())
+
+
+def _others(axes: list[str], axis: str) -> list[str]:
+    """The varied axes other than `axis` and seed: the settings a comparison is made within."""
+    return [a for a in axes if a not in ("seed", axis)]
+
+
+def _paired_section(paired: Paired, comparisons: list, axis: str, seeds, strata: list[str]) -> list[str]:
+    within = f" within each setting of {', '.join(strata)} (then averaged over settings)" if strata else ""
+    parts = [f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
+             f"<p>Each point is one test image; its Dice is averaged over each arm's runs (seeds: {seeds}). "
+             f"The table pairs images{html.escape(within)}.</p>"]
+    table = pd.DataFrame([{"A": a, "B": b, **{k: (float(f"{v:.4g}") if isinstance(v, float) else v)
+                                               for k, v in r.items()}} for a, b, r in comparisons])
+    parts.append(table.to_html(index=False))
+    for a, b, _ in comparisons:
+        parts.append(_png(plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))))
+    return parts
 
 
 def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
@@ -135,32 +185,29 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
              f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>']
 
     axis = compare_axis(axes)
-    seeds = _seed_counts(runs, axis)
-    wide, levels, by_run = paired_frames(runs, axis, uri)
-    comparisons = []
-    if len(levels) >= 2:
-        for b in levels[1:]:
-            comparisons.append((levels[0], b, compare_arms(by_run[levels[0]], by_run[b])))
-        parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{conclusion(a, b, r, seeds, axis)}</p>"
-                                                      for a, b, r in comparisons))
+    strata = _others(axes, axis)
+    paired = paired_frames(runs, axis, uri, strata)
+    levels, seeds = paired.levels, _seed_counts(runs, [axis, *strata])
+    comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]]
+    within = sections.by_setting(paired, axis, _png) if strata and comparisons else None
+    if comparisons:
+        scope = ("mean over " + "; ".join(paired.complete_settings())) if strata else ""
+        lines = [conclusion(a, b, r, seeds, axis, scope) for a, b, r in comparisons] + (within[0] if within else [])
+        parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{line}</p>" for line in lines))
     parts += ["<h2>Summary per arm</h2><p>Mean over runs with a 95% bootstrap CI over seeds.</p>",
               summary_table(runs).to_html(index=False, escape=True), _png(plots.summary_bars(runs))]
     parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
     if comparisons:
-        parts.append(f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
-                     f"<p>Each point is one test image; its Dice is averaged over each arm's runs (seeds: {seeds}).</p>")
-        table = pd.DataFrame([{"A": a, "B": b, **{k: (float(f"{v:.4g}") if isinstance(v, float) else v)
-                                                   for k, v in r.items()}} for a, b, r in comparisons])
-        parts.append(table.to_html(index=False))
-        for a, b, _ in comparisons:
-            parts.append(_png(plots.paired_scatter(wide.rename(columns=str), str(a), str(b))))
-    if len(levels) >= 2:
-        parts += sections.worst_images(runs, axis, levels, uri, _png)
+        parts += _paired_section(paired, comparisons, axis, seeds, strata)
+        first = runs[setting_labels(runs, strata) == paired.complete_settings()[0]]  # one setting: same-seed runs
+        parts += sections.worst_images(first, axis, levels, uri, _png)
+    if within:
+        parts += within[1]
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
     if "augment" in axes:
-        _, aug_levels, aug_by_run = (wide, levels, by_run) if axis == "augment" else paired_frames(runs, "augment", uri)
-        parts += sections.ablation(runs, "augment", aug_by_run, aug_levels, _png)
+        aug = paired if axis == "augment" else paired_frames(runs, "augment", uri, _others(axes, "augment"))
+        parts += sections.ablation(runs, "augment", {lvl: aug.arm(lvl) for lvl in aug.levels}, aug.levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))

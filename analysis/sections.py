@@ -1,5 +1,6 @@
 """Report sections that appear only when a campaign has the data for them: worst-k images,
-the BCE vs BCEWithLogits comparison (train.loss axis) and the augmentation ablation (augment axis).
+the BCE vs BCEWithLogits comparison (train.loss axis), the augmentation ablation (augment axis)
+and the compared axis within each setting of the others ('under which settings').
 
 Each function takes the tidy runs table and returns HTML fragments; figures go through `png`.
 """
@@ -13,7 +14,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import bootstrap_ci, compare_arms
+from analysis.stats import bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -107,3 +108,56 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
             "signed-rank p-value and, with two or more seeds per level, the CI that also resamples the runs "
             "(seed_ci_low/high). Sorted by effect.</p>", table.to_html(index=False),
             png(plots.effect_forest(table, str(reference)))]
+
+
+_EVIDENCE = {"real": "real", "images only": "not shown: runs disagree", "none": "no difference shown"}
+
+
+def _row(result: dict, **keys) -> dict:
+    return {**keys, **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+            "verdict": _EVIDENCE[evidence(result)]}
+
+
+def _interval(r: dict) -> str:
+    low, high = (r["seed_ci_low"], r["seed_ci_high"]) if "seed_ci_low" in r else (r["ci_low"], r["ci_high"])
+    which = "runs and images" if "seed_ci_low" in r else "images"
+    return f"{r['mean_diff']:+.4f} [{low:+.4f}, {high:+.4f}] (95% CI over {which})"
+
+
+def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
+    """Under which settings: the levels of `axis` compared within each setting of the other axes,
+    and whether the gap changes between settings (interaction: the per-image gap in a setting minus
+    the gap in the first setting, bootstrapped over runs and images). paired: report.Paired.
+
+    Returns (conclusion sentences, section HTML)."""
+    settings, (a, *others) = paired.complete_settings(), paired.levels
+    cells, rows, gaps, lines = paired.cells, [], [], []
+    for b in others:
+        for s in settings:
+            r = compare_arms(cells[(s, a)], cells[(s, b)])
+            rows.append(_row(r, setting=s, A=a, B=b, **{"n runs A": len(cells[(s, a)]), "n runs B": len(cells[(s, b)])}))
+            lines.append(f"With {html.escape(s)}: {html.escape(str(b))} &minus; {html.escape(str(a))} = {_interval(r)}: "
+                         f"{_EVIDENCE[evidence(r)]}.")
+        for s in settings[1:]:
+            g = compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)], cells[(s, a)], cells[(s, b)])
+            gaps.append(_row(g, B=b, **{"from": settings[0], "to": s}))
+            said = {"real": "changes", "images only": "changes over these images but not beyond seed noise",
+                    "none": "shows no change"}[evidence(g)]
+            lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(a))} gap {said} from {html.escape(settings[0])} "
+                         f"to {html.escape(s)}: {_interval(g)}.")
+    table = pd.DataFrame(rows)
+    forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
+    if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
+        forest = forest.assign(ci_low=forest["seed_ci_low"], ci_high=forest["seed_ci_high"])
+    parts = [f"<h2>Under which settings ({html.escape(axis)} within each setting)</h2>"
+             f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
+             "setting of the other axes: mean paired difference of per-image test Dice (averaged over seeds), 95% CI "
+             "over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
+             "(seed_ci_low/high). Verdict 'real' needs p &lt; 0.05 and both CIs to exclude 0.</p>", table.to_html(index=False),
+             png(plots.effect_forest(forest, str(a), title="Difference within each setting"))]
+    if gaps:
+        parts += ["<h3>Does the gap change with the setting? (interaction)</h3><p>Per image: (B &minus; A in "
+                  "<i>to</i>) minus (B &minus; A in <i>from</i>), each averaged over seeds; the CI over runs and "
+                  "images resamples the runs of all four cells. A gap that changes means the answer depends on "
+                  "the setting.</p>", pd.DataFrame(gaps).to_html(index=False)]
+    return lines, parts

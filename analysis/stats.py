@@ -38,35 +38,89 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
             "rank_biserial": r, "b_better": int((d > 0).sum()), "a_better": int((d < 0).sum())}
 
 
-def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean per-image difference b - a, bootstrapping training runs
-    *and* images: a is (runs of arm A, images), b is (runs of arm B, images), the same images in
-    the same column order. Each draw resamples the runs of each arm (with replacement) and one
-    set of images for both arms (paired). Unlike the per-image interval, which treats each arm's
-    seed-averaged Dice as fixed, this one widens when training runs disagree, so it answers
-    whether another set of seeds would likely agree. With one run per arm it is the image bootstrap."""
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"both arms need the same images: {a.shape} vs {b.shape}")
+def contrast_ci(cells, weights, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the per-image contrast sum_k weights[k] * (cell k's mean over its
+    runs), averaged over images, bootstrapping training runs *and* images. cells: arrays
+    (runs, images), the same images in the same column order. Each draw resamples the runs of
+    every cell (with replacement) and one set of images shared by all cells (paired).
+
+    Weights (-1, +1) give B - A (seed_and_image_ci); (+1, -1, -1, +1) over (A1, B1, A2, B2) give
+    the change of the B - A gap from setting 1 to setting 2 (an interaction)."""
+    cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
+    if len(cells) != len(weights):
+        raise ValueError(f"{len(cells)} cells but {len(weights)} weights")
+    if len({c.shape[1] for c in cells}) != 1 or cells[0].shape[1] == 0:
+        raise ValueError(f"every cell needs the same images: {[c.shape for c in cells]}")
     rng = np.random.default_rng(seed)
-    n_img, draws = a.shape[1], []
+    n_img, draws = cells[0].shape[1], []
     for start in range(0, n_boot, 500):  # chunks bound memory: (500, images) indices per draw set
         k = min(500, n_boot - start)
         images = rng.integers(0, n_img, (k, n_img))
-        arm_mean = [m[rng.integers(0, m.shape[0], (k, m.shape[0]))].mean(axis=1) for m in (a, b)]  # (k, images)
-        diff = np.take_along_axis(arm_mean[1] - arm_mean[0], images, axis=1)
-        draws.append(diff.mean(axis=1))
+        per_image = sum(w * m[rng.integers(0, m.shape[0], (k, m.shape[0]))].mean(axis=1)  # (k, images)
+                        for w, m in zip(weights, cells))
+        draws.append(np.take_along_axis(per_image, images, axis=1).mean(axis=1))
     draws = np.concatenate(draws)
     alpha = (1 - level) / 2
-    return (float((b.mean(axis=0) - a.mean(axis=0)).mean()), float(np.quantile(draws, alpha)),
-            float(np.quantile(draws, 1 - alpha)))
+    point = sum(w * m.mean(axis=0) for w, m in zip(weights, cells)).mean()
+    return float(point), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean per-image difference b - a, bootstrapping training runs
+    *and* images: a is (runs of arm A, images), b is (runs of arm B, images). Unlike the
+    per-image interval, which treats each arm's seed-averaged Dice as fixed, this one widens when
+    training runs disagree, so it answers whether another set of seeds would likely agree. With
+    one run per arm it is the image bootstrap."""
+    return contrast_ci([a, b], [-1.0, 1.0], level=level, n_boot=n_boot, seed=seed)
+
+
+def _strata(x) -> list[np.ndarray]:
+    """An arm as a list of (runs, images) arrays, one per setting (a bare array: one setting)."""
+    return [np.atleast_2d(np.asarray(c, float)) for c in x] if isinstance(x, list) else [np.atleast_2d(np.asarray(x, float))]
 
 
 def compare_arms(a, b, seed: int = 0) -> dict:
     """paired_comparison of the arms' seed-averaged per-image scores, plus `seed_ci_low/high`
-    (seed_and_image_ci) when both arms have two or more runs. a, b: (runs, images) arrays."""
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    result = paired_comparison(a.mean(axis=0), b.mean(axis=0), seed=seed)
-    if min(len(a), len(b)) >= 2:
-        _, result["seed_ci_low"], result["seed_ci_high"] = seed_and_image_ci(a, b, seed=seed)
+    (contrast_ci over runs and images) when every cell has two or more runs.
+
+    a, b: (runs, images) arrays, or lists of them, one per setting of the campaign's other axes
+    (the same settings in the same order for both arms). Then the comparison is stratified: each
+    arm's per-image score is its mean over settings, and runs are resampled within their setting,
+    so the difference between settings is not mistaken for seed-to-seed noise."""
+    a, b = _strata(a), _strata(b)
+    if len(a) != len(b):
+        raise ValueError(f"arms cover different settings: {len(a)} vs {len(b)}")
+    n = len(a)
+    result = paired_comparison(np.mean([c.mean(axis=0) for c in a], axis=0),
+                               np.mean([c.mean(axis=0) for c in b], axis=0), seed=seed)
+    if min(len(c) for c in a + b) >= 2:
+        _, result["seed_ci_low"], result["seed_ci_high"] = contrast_ci(a + b, [-1 / n] * n + [1 / n] * n, seed=seed)
     return result
+
+
+def compare_gaps(a1, b1, a2, b2, seed: int = 0) -> dict:
+    """Does the B - A gap change between two settings (an interaction)? Each argument is a
+    (runs, images) array of one cell, the same images throughout. paired_comparison of the
+    per-image gaps (gap 2 - gap 1 as `mean_diff`), plus `seed_ci_low/high` over runs and images
+    when every cell has two or more runs."""
+    cells = [np.atleast_2d(np.asarray(c, float)) for c in (a1, b1, a2, b2)]
+    gap1, gap2 = (cells[1].mean(axis=0) - cells[0].mean(axis=0)), (cells[3].mean(axis=0) - cells[2].mean(axis=0))
+    result = paired_comparison(gap1, gap2, seed=seed)
+    if min(len(c) for c in cells) >= 2:
+        _, result["seed_ci_low"], result["seed_ci_high"] = contrast_ci(cells, [1.0, -1.0, -1.0, 1.0], seed=seed)
+    return result
+
+
+def _excludes_zero(low: float, high: float) -> bool:
+    return low > 0 or high < 0
+
+
+def evidence(result: dict) -> str:
+    """How strong a paired_comparison / compare_arms result is. 'real': Wilcoxon p < 0.05, the CI
+    over images excludes 0 and, where there are seeds to count (`seed_ci_low/high`), so does the CI
+    over runs and images; 'images only': all but the last; 'none': not even over images."""
+    if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
+        return "none"
+    if "seed_ci_low" in result and not _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
+        return "images only"
+    return "real"

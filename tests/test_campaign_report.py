@@ -133,6 +133,45 @@ def test_seed_and_image_ci_counts_run_to_run_variation():
         seed_and_image_ci(a, a[:, :10])
 
 
+def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
+    from analysis import plots
+    from analysis.report import Paired
+    from analysis.sections import by_setting
+    from analysis.stats import compare_arms, compare_gaps, evidence
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.6, 0.95, 300)
+
+    def cell(shift):  # three training runs of one (setting, arm) cell
+        return truth + shift + rng.normal(0, 0.01, (3, 300))
+
+    # B beats A by 0.03 without augmentation and ties with it under crop, which lifts both arms by 0.10.
+    cells = {("augment=none", "a"): cell(0), ("augment=none", "b"): cell(0.03),
+             ("augment=crop", "a"): cell(0.10), ("augment=crop", "b"): cell(0.10)}
+    gap = compare_gaps(*(cells[k] for k in [("augment=none", "a"), ("augment=none", "b"),
+                                            ("augment=crop", "a"), ("augment=crop", "b")]))
+    assert gap["mean_diff"] == pytest.approx(-0.03, abs=0.005) and gap["seed_ci_high"] < 0 and evidence(gap) == "real"
+    same = compare_gaps(cells[("augment=none", "a")], cells[("augment=none", "b")],
+                        cells[("augment=crop", "a")], cells[("augment=crop", "a")] + 0.03)
+    assert same["seed_ci_low"] < 0 < same["seed_ci_high"] and evidence(same) != "real"
+
+    # Stratified: runs are resampled within their setting, so the 0.10 between settings is not seed noise.
+    a = [cells[("augment=none", "a")], cells[("augment=crop", "a")]]
+    b = [cells[("augment=none", "b")], cells[("augment=crop", "b")]]
+    strat, pooled = compare_arms(a, b), compare_arms(np.vstack(a), np.vstack(b))
+    assert strat["mean_diff"] == pytest.approx(pooled["mean_diff"]) == pytest.approx(0.015, abs=0.003)
+    assert strat["seed_ci_high"] - strat["seed_ci_low"] < (pooled["seed_ci_high"] - pooled["seed_ci_low"]) / 2
+    with pytest.raises(ValueError, match="different settings"):
+        compare_arms(a, b[:1])
+
+    paired = Paired(wide=None, levels=["a", "b"], settings=["augment=none", "augment=crop"], cells=cells)
+    lines, parts = by_setting(paired, "model.arch", lambda fig: plots.plt.close(fig) or "<img>")
+    assert lines[0].startswith("With augment=none: b &minus; a = +0.03") and lines[0].endswith(": real.")
+    assert lines[1].startswith("With augment=crop:") and lines[1].endswith("no difference shown.")
+    assert lines[2].startswith("The b &minus; a gap changes from augment=none to augment=crop: -0.03")
+    assert "Does the gap change" in "".join(parts)
+
+
 def _execute_notebook(path, tmp, env, monkeypatch):
     import jupytext
     from nbclient import NotebookClient
@@ -222,5 +261,7 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
     page = build_report(campaign="loss_aug")
     for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
-                 "Every level against <b>none</b>", "Worst test images per arm (train.loss)"):
+                 "Every level against <b>none</b>", "Worst test images per arm (train.loss)",
+                 "Under which settings (train.loss within each setting)", "With augment=none: bce_with_logits",
+                 "mean over augment=none; augment=flip"):
         assert text in page, text

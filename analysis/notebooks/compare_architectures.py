@@ -47,14 +47,15 @@ plots.learning_curves(history)
 
 # %%
 axis = compare_axis(axes)
-wide, levels, by_run = paired_frames(runs, axis, None)
-a, b = levels[0], levels[1]
-result = compare_arms(by_run[a], by_run[b])
+others = [x for x in axes if x not in ("seed", axis)]  # compare within each setting of these
+paired = paired_frames(runs, axis, None, others)
+a, b = paired.levels[0], paired.levels[1]
+result = compare_arms(paired.arm(a), paired.arm(b))
 print(verdict(result))
 result
 
 # %%
-plots.paired_scatter(wide.rename(columns=str), str(a), str(b))
+plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))
 
 # %% [markdown]
 # ## Time to Dice
