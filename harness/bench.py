@@ -35,7 +35,7 @@ from harness import checkpoint
 from harness.data import build_data, make_loader
 from harness.data.loaders import start_epoch
 from harness.models import count_parameters, list_models
-from harness.experiment import Parts, build_parts, data_kwargs
+from harness.parts import Parts, build_parts, data_kwargs
 from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, compile_model, evaluate, resolve_amp, select_device, train_one_epoch
 
@@ -118,7 +118,7 @@ def data_times(spec) -> dict:
 
 
 def _training_parts(spec, data, device: torch.device, setting: str) -> Parts:
-    """What an experiment builds (experiment.build_parts), at a precision `setting`."""
+    """What an experiment builds (parts.build_parts), at a precision `setting`."""
     spec = spec.model_copy(deep=True)
     t = spec.train
     if setting == "bf16+channels_last":
@@ -166,6 +166,22 @@ def _tracker(tmp: str):
     return MlflowTracker("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
 
 
+def checkpoint_times(model: torch.nn.Module, optimizer) -> tuple[float, float]:
+    """(s for a synchronous write of last.pt, s the loop is blocked by the background writer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        start = time.perf_counter()
+        checkpoint.save_last(state, Path(tmp))
+        sync_s = time.perf_counter() - start
+        writer = checkpoint.AsyncWriter()
+        for _ in range(2):  # the second epoch's copy reuses the first's host buffers, as every later one does
+            start = time.perf_counter()
+            writer.submit(Path(tmp), state, best=True)
+            block_s = time.perf_counter() - start
+            writer.wait()
+    return sync_s, block_s
+
+
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
     t, d = spec.train, spec.data
@@ -200,18 +216,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         eval_rates.append(evaluate(model, val_loader, loss_fn, cfg).metrics["throughput/val_img_s"])
         minimal_s.append(minimal_epoch(model, batches, optimizer, cfg, loss_fn))
     n_train = len(loader) * t.batch_size
-    with tempfile.TemporaryDirectory() as tmp:
-        state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        start = time.perf_counter()
-        checkpoint.save_last(state, Path(tmp))
-        ckpt_s = time.perf_counter() - start  # a synchronous write of last.pt
-        writer = checkpoint.AsyncWriter()
-        blocked = []
-        for _ in range(2):  # the second epoch's copy reuses the first's host buffers, as every later one does
-            start = time.perf_counter()
-            writer.submit(Path(tmp), state, best=True)
-            blocked.append(time.perf_counter() - start)
-            writer.wait()
+    ckpt_s, block_s = checkpoint_times(model, optimizer)
     harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
     achieved = flops * n_train / minimal / 1e12
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
@@ -225,7 +230,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
         "eval_img_s": round(statistics.median(eval_rates), 1),
         "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
         "mlflow_share": round(statistics.median(log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
-        "checkpoint_block_s": round(blocked[-1], 3),
+        "checkpoint_block_s": round(block_s, 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "saved_activations_mib": round(activations, 1), "grad_checkpointing": spec.train.grad_checkpointing,
         "gflop_per_image": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 3),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import EXPERIMENTS
-from harness.experiment import build_parts, run_experiment
+from harness.experiment import run_experiment
+from harness.parts import build_parts
 from harness.spec import load_spec
 from harness.tracking import NullTracker
 from harness.train import cpu_supports_bf16, resolve_amp, select_device

@@ -163,7 +163,7 @@ def test_unet_refuses_pretrained_weights():
 
 def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
     """encoder_freeze_epochs: while frozen, an optimizer step changes the decoder only."""
-    from harness.experiment import _freeze_encoder
+    from harness.parts import freeze_encoder
 
     torch.manual_seed(0)
     model = create_model("resnet34_unet", decoder_widths=(16, 16, 8, 8, 8)).train()
@@ -172,7 +172,7 @@ def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
     head = model.net.head.weight.detach().clone()
     x = torch.rand(2, 3, 64, 64)
     for frozen in (True, False):
-        _freeze_encoder(model, frozen)
+        freeze_encoder(model, frozen)
         optimizer.zero_grad(set_to_none=True)
         model(x).mean().backward()
         optimizer.step()

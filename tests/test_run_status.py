@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS
-from harness import experiment as experiment_module
+from harness import parts as parts_module
 from harness.experiment import run_experiment
 from harness.spec import load_spec
 from harness.tracking import MlflowTracker
@@ -58,7 +58,7 @@ def test_keyboard_interrupt_marks_killed(store, tmp_path):
 
 def _nan_at(monkeypatch, bad_calls: set[int]):
     """Replace the loss with the real one that returns NaN on the given (1-based) training calls."""
-    real, calls = experiment_module.get_loss, [0]
+    real, calls = parts_module.get_loss, [0]
 
     def get_loss(name, **kwargs):
         fn = real(name, **kwargs)
@@ -72,7 +72,7 @@ def _nan_at(monkeypatch, bad_calls: set[int]):
             return value
         return loss
 
-    monkeypatch.setattr(experiment_module, "get_loss", get_loss)
+    monkeypatch.setattr(parts_module, "get_loss", get_loss)
 
 
 def test_nan_loss_fails_naming_the_epoch_and_step(store, tmp_path, monkeypatch):

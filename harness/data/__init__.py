@@ -166,15 +166,7 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     fg = {split: _foreground(d.masks, raw_kind, foreground) for split, d in decoded.items()}
     report = _audit(decoded, fg, listing, entry, foreground)
     fg = {split: _labels(d.masks, raw_kind, foreground, num_classes, target) for split, d in decoded.items()}
-    if "all" in decoded:  # folder layout without a declared test split
-        keep, test = _carve(decoded["all"].names, val_fraction)
-        whole = Split(decoded["all"].images, fg["all"], decoded["all"].names)
-        splits = {"trainval": whole.take(keep), "test": whole.take(test)}
-    else:
-        splits = {s: Split(d.images, fg[s], d.names) for s, d in decoded.items()}
-    train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
-    train, val = splits["trainval"].take(train_idx), splits["trainval"].take(val_idx)
-    test = splits["test"].take(range(len(splits["test"])))
+    train, val, test = _split(decoded, fg, val_fraction)
     if not len(train) or not len(test):
         raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
                         f"after skipping {len(problems)} unusable files")
@@ -187,6 +179,20 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     else:
         info["fg_fraction_train"] = round(float(train.masks.mean()), 4)
     return DataBundle(train, val, test, fp, info, report)
+
+
+def _split(decoded: dict, labels: dict, val_fraction: float) -> tuple[Split, Split, Split]:
+    """(train, val, test): val carved from trainval by name hash; a folder layout with no declared
+    test split ('all') has its test split carved the same way first."""
+    if "all" in decoded:
+        keep, test = _carve(decoded["all"].names, val_fraction)
+        whole = Split(decoded["all"].images, labels["all"], decoded["all"].names)
+        splits = {"trainval": whole.take(keep), "test": whole.take(test)}
+    else:
+        splits = {s: Split(d.images, labels[s], d.names) for s, d in decoded.items()}
+    train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
+    test = splits["test"]
+    return splits["trainval"].take(train_idx), splits["trainval"].take(val_idx), test.take(range(len(test)))
 
 
 def _audit(decoded: dict, fg: dict, listing: list, entry: str, foreground: str) -> dict:
