@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from analysis import plots, sections
 from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
@@ -89,7 +90,8 @@ class Paired:
 def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = ()) -> Paired:
     """Load every run's per-image test Dice and split it by `axis` and by `strata`, the other
     varied axes (seed excluded), so that levels are compared within each setting."""
-    per_image = pd.concat([load_per_image(r, uri) for r in runs.run_id], ignore_index=True)
+    per_image = pd.concat([load_per_image(r, uri) for r in tqdm(runs.run_id, desc=f"per-image Dice ({axis})",
+                                                                 unit="run", leave=False)], ignore_index=True)
     per_image = per_image.merge(runs[["run_id", axis, *strata]], on="run_id")
     per_image["setting"] = setting_labels(per_image, strata)
     levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
@@ -188,7 +190,8 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     strata = _others(axes, axis)
     paired = paired_frames(runs, axis, uri, strata)
     levels, seeds = paired.levels, _seed_counts(runs, [axis, *strata])
-    comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]]
+    comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]
+                   if paired.complete_settings()]  # none while no setting has runs of every level yet
     within = sections.by_setting(paired, axis, _png) if strata and comparisons else None
     if comparisons:
         scope = ("mean over " + "; ".join(paired.complete_settings())) if strata else ""

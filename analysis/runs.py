@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+# One bar per artifact download drowns a report over dozens of runs; callers show one bar over runs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 TEST_METRICS = ["test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc"]
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "lr", "time/epoch_s",
                  "throughput/train_img_s"]

@@ -148,7 +148,8 @@ def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
     table = pd.DataFrame(rows)
     forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
     if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
-        forest = forest.assign(ci_low=forest["seed_ci_low"], ci_high=forest["seed_ci_high"])
+        forest = forest.assign(ci_low=forest["seed_ci_low"].fillna(forest["ci_low"]),
+                               ci_high=forest["seed_ci_high"].fillna(forest["ci_high"]))
     parts = [f"<h2>Under which settings ({html.escape(axis)} within each setting)</h2>"
              f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
              "setting of the other axes: mean paired difference of per-image test Dice (averaged over seeds), 95% CI "
