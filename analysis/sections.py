@@ -124,12 +124,12 @@ def _interval(r: dict) -> str:
     return f"{r['mean_diff']:+.4f} [{low:+.4f}, {high:+.4f}] (95% CI over {which})"
 
 
-def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
-    """Under which settings: the levels of `axis` compared within each setting of the other axes,
-    and whether the gap changes between settings (interaction: the per-image gap in a setting minus
-    the gap in the first setting, bootstrapped over runs and images). paired: report.Paired.
-
-    Returns (conclusion sentences, section HTML)."""
+def setting_tables(paired) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Under which settings: (within, gaps, sentences). within: each level of the compared axis
+    against the first, using only the runs of one setting of the other axes; gaps: whether that
+    gap changes from the first setting to each other one (interaction: per image, the gap in a
+    setting minus the gap in the first, bootstrapped over the runs of all four cells and images).
+    paired: report.Paired."""
     settings, (a, *others) = paired.complete_settings(), paired.levels
     cells, rows, gaps, lines = paired.cells, [], [], []
     for b in others:
@@ -145,7 +145,13 @@ def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
                     "none": "shows no change"}[evidence(g)]
             lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(a))} gap {said} from {html.escape(settings[0])} "
                          f"to {html.escape(s)}: {_interval(g)}.")
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows), pd.DataFrame(gaps), lines
+
+
+def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
+    """setting_tables as report HTML: (conclusion sentences, section HTML with a forest plot)."""
+    table, gaps, lines = setting_tables(paired)
+    a, others = paired.levels[0], paired.levels[1:]
     forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
     if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
         forest = forest.assign(ci_low=forest["seed_ci_low"].fillna(forest["ci_low"]),
@@ -156,9 +162,9 @@ def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
              "over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
              "(seed_ci_low/high). Verdict 'real' needs p &lt; 0.05 and both CIs to exclude 0.</p>", table.to_html(index=False),
              png(plots.effect_forest(forest, str(a), title="Difference within each setting"))]
-    if gaps:
+    if len(gaps):
         parts += ["<h3>Does the gap change with the setting? (interaction)</h3><p>Per image: (B &minus; A in "
                   "<i>to</i>) minus (B &minus; A in <i>from</i>), each averaged over seeds; the CI over runs and "
                   "images resamples the runs of all four cells. A gap that changes means the answer depends on "
-                  "the setting.</p>", pd.DataFrame(gaps).to_html(index=False)]
+                  "the setting.</p>", gaps.to_html(index=False)]
     return lines, parts

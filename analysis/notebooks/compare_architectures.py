@@ -24,6 +24,7 @@ import os
 from analysis import plots
 from analysis.report import compare_axis, paired_frames, summary_table, verdict
 from analysis.runs import load_campaign, load_history
+from analysis.sections import setting_tables
 from analysis.stats import compare_arms
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
@@ -56,6 +57,18 @@ result
 
 # %%
 plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))
+
+# %% [markdown]
+# ## Under which settings
+# When the campaign varies other axes too (augmentation, loss, ...), the same comparison within
+# each of their settings, and whether the gap changes between settings (interaction).
+
+# %%
+within, gaps, _ = setting_tables(paired)  # one row per setting ('' when no other axis varies)
+within
+
+# %%
+gaps  # empty when there is a single setting
 
 # %% [markdown]
 # ## Time to Dice
