@@ -87,12 +87,18 @@ class Paired:
         return [s for s in self.settings if all((s, lvl) in self.cells for lvl in self.levels)]
 
 
-def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = ()) -> Paired:
-    """Load every run's per-image test Dice and split it by `axis` and by `strata`, the other
-    varied axes (seed excluded), so that levels are compared within each setting."""
-    per_image = pd.concat([load_per_image(r, uri) for r in tqdm(runs.run_id, desc=f"per-image Dice ({axis})",
-                                                                 unit="run", leave=False)], ignore_index=True)
-    per_image = per_image.merge(runs[["run_id", axis, *strata]], on="run_id")
+def load_scores(runs: pd.DataFrame, uri: str | None) -> pd.DataFrame:
+    """Every run's test_per_image.csv, stacked (one row per run and image)."""
+    return pd.concat([load_per_image(r, uri) for r in tqdm(runs.run_id, desc="per-image test scores", unit="run",
+                                                           leave=False)], ignore_index=True)
+
+
+def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = (),
+                  scores: pd.DataFrame | None = None) -> Paired:
+    """Split every run's per-image test Dice (`scores`, else loaded) by `axis` and by `strata`,
+    the other varied axes (seed excluded), so that levels are compared within each setting."""
+    scores = load_scores(runs, uri) if scores is None else scores
+    per_image = scores.merge(runs[["run_id", axis, *strata]], on="run_id")
     per_image["setting"] = setting_labels(per_image, strata)
     levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
     settings = list(dict.fromkeys(setting_labels(runs, strata)))
@@ -188,7 +194,8 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
 
     axis = compare_axis(axes)
     strata = _others(axes, axis)
-    paired = paired_frames(runs, axis, uri, strata)
+    scores = load_scores(runs, uri)
+    paired = paired_frames(runs, axis, uri, strata, scores)
     levels, seeds = paired.levels, _seed_counts(runs, [axis, *strata])
     comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]
                    if paired.complete_settings()]  # none while no setting has runs of every level yet
@@ -209,7 +216,7 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
     if "augment" in axes:
-        aug = paired if axis == "augment" else paired_frames(runs, "augment", uri, _others(axes, "augment"))
+        aug = paired if axis == "augment" else paired_frames(runs, "augment", uri, _others(axes, "augment"), scores)
         parts += sections.ablation(runs, "augment", {lvl: aug.arm(lvl) for lvl in aug.levels}, aug.levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
