@@ -121,9 +121,9 @@ def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "") 
     scope: what the comparison averages over, e.g. 'mean over augment=none, augment=flip'."""
     direction = "higher" if result["mean_diff"] > 0 else "lower"
     half = (result["ci_high"] - result["ci_low"]) / 2
-    where = f" ({html.escape(scope)})" if scope else ""
+    where = f"{axis}; {html.escape(scope)}" if scope else axis
     per = "per cell" if scope else "per arm"
-    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({axis}){where} by "
+    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({where}) by "
             f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
             f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
             f"{result['n']} test images and {seeds} seed(s) {per}{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
