@@ -97,7 +97,7 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
         if level == reference:
             continue
         r = compare_arms(by_run[reference], by_run[level])
-        rows.append({"level": level, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
+        rows.append({"level": level, **{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()},
                      "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])})
     if not rows:
         return []
@@ -114,7 +114,7 @@ _EVIDENCE = {"real": "real", "images only": "not shown: runs disagree", "none": 
 
 
 def _row(result: dict, **keys) -> dict:
-    return {**keys, **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+    return {**keys, **{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()},
             "verdict": _EVIDENCE[evidence(result)]}
 
 
