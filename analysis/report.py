@@ -70,8 +70,8 @@ class Paired:
     """Per-image test Dice of a campaign, split by the compared axis and the other axes' settings.
 
     wide: image x level, Dice averaged over each level's runs (every setting); levels: the
-    compared axis's values in matrix order; settings: combinations of the other varied axes
-    (label -> cells), in matrix order, [''] when there are none; cells: (setting, level) -> array
+    compared axis's values in matrix order; settings: labels of the combinations of the other
+    varied axes ('augment=none'), in matrix order, [''] when there are none; cells: (setting, level) -> array
     (runs, images), columns in `wide`'s row order (what stats.compare_arms takes)."""
 
     wide: pd.DataFrame
