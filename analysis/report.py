@@ -168,8 +168,7 @@ def _paired_section(paired: Paired, comparisons: list, axis: str, seeds, strata:
     parts = [f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
              f"<p>Each point is one test image; its Dice is averaged over each arm's runs (seeds: {seeds}). "
              f"The table pairs images{html.escape(within)}.</p>"]
-    table = pd.DataFrame([{"A": a, "B": b, **{k: (float(f"{v:.4g}") if isinstance(v, float) else v)
-                                               for k, v in r.items()}} for a, b, r in comparisons])
+    table = pd.DataFrame([{"A": a, "B": b, **sections.rounded(r)} for a, b, r in comparisons])
     parts.append(table.to_html(index=False))
     for a, b, _ in comparisons:
         parts.append(_png(plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))))

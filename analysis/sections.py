@@ -97,7 +97,7 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
         if level == reference:
             continue
         r = compare_arms(by_run[reference], by_run[level])
-        rows.append({"level": level, **{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()},
+        rows.append({"level": level, **rounded(r),
                      "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])})
     if not rows:
         return []
@@ -113,8 +113,13 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
 _EVIDENCE = {"real": "real", "images only": "not shown: runs disagree", "none": "no difference shown"}
 
 
+def rounded(result: dict) -> dict:
+    """A comparison's floats to 4 significant figures for tables (p-values stay non-zero)."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
+
+
 def _row(result: dict, **keys) -> dict:
-    return {**keys, **{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()},
+    return {**keys, **rounded(result),
             "verdict": _EVIDENCE[evidence(result)]}
 
 
