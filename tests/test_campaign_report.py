@@ -93,6 +93,10 @@ def test_report_compares_arms_and_is_logged(campaign_store):
     reports = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.`run.kind` = 'report'")
     assert len(reports) == 1 and "r.html" in {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert len(load_campaign("debug_campaign")[0]) == 4  # the report run is not a campaign cell
+    folder = tmp / "reports"  # --out may name a folder: the report is written into it under the campaign's name
+    folder.mkdir()
+    assert main(["--campaign", "debug_campaign", "--out", str(folder), "--no-log"]) == 0
+    assert (folder / "debug_campaign.html").is_file()
 
 
 def test_stats_on_known_data():
