@@ -80,8 +80,9 @@ def loss_stability(runs: pd.DataFrame, campaign: str | None, uri: str | None, pn
                      "final train/loss": _fmt_ci(loss[loss.run_id.isin(ids)].groupby("run_id")["value"].last()),
                      "test/dice": _fmt_ci(group["test/dice"]), "test/dice_micro": _fmt_ci(group["test/dice_micro"])})
     loss = loss.rename(columns={"train.loss": "loss"})
-    return ["<h2>BCE on sigmoid vs BCEWithLogits</h2><p>Both losses are computed in float32 outside autocast; "
-            "the model runs under the autocast dtype shown. Stability: runs that failed (a NaN/Inf loss fails a "
+    return ["<h2>BCE on sigmoid vs BCEWithLogits</h2><p>Losses are computed in float32 outside autocast, "
+            "except bce_sigmoid_amp, whose sigmoid runs in the autocast dtype shown (as in a model ending in "
+            "nn.Sigmoid); the model runs under that dtype. Stability: runs that failed (a NaN/Inf loss fails a "
             "run unless train.on_nan=skip_batch), batches skipped as non-finite, and epochs where the training "
             "loss rose by more than 10%. Dice: mean [95% bootstrap CI over seeds], per image and micro.</p>",
             pd.DataFrame(rows).to_html(index=False),

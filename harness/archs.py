@@ -9,7 +9,7 @@ studies can switch model.arch on top of a UNet spec.
 
 from __future__ import annotations
 
-BINARY_LOSSES = ("bce", "bce_with_logits", "dice", "bce_dice")
+BINARY_LOSSES = ("bce", "bce_with_logits", "bce_sigmoid_amp", "dice", "bce_dice")
 MULTICLASS_LOSSES = ("ce", "ce_dice")
 DEFAULTS = {"upsample": "bilinear", "padding_mode": "zeros", "downsample": "maxpool", "activation": "relu",
             "dropout": 0.0, "deep_supervision": False, "decoder_widths": None, "encoder_weights": "none",

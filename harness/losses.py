@@ -5,7 +5,14 @@ losses (`ce`, `ce_dice`) take logits (N, K, H, W) and int64 class maps (N, H, W)
 
 `bce` is the "sigmoid then BCELoss" formulation some reports use. BCELoss refuses autocast
 (it is unsafe in half precision), so it runs in float32 with autocast disabled; the same holds
-for every loss here, so that the loss value never depends on the AMP setting.
+for every loss here, so that the loss value never depends on the AMP setting. In float32 `bce`
+and `bce_with_logits` give gradients equal to ~1e-7 relative, which bf16 autocast then rounds
+away: same-seed runs of the two train the same model.
+
+`bce_sigmoid_amp` is the pitfall the textbook warning is about: the sigmoid runs in the logits'
+own dtype (bf16/fp16 under AMP, as in a model whose last layer is nn.Sigmoid) and only BCELoss in
+float32. A bf16 sigmoid is exactly 1.0 for logits above ~6.2, so a confident false positive
+costs 100 (PyTorch clamps log at -100) and passes back no gradient. With amp off it is `bce`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ def _fp32(fn):
 def bce(logits, target):
     """sigmoid -> BCELoss (log clamped at -100 by PyTorch; prefer bce_with_logits)."""
     return F.binary_cross_entropy(torch.sigmoid(logits), target)
+
+
+def bce_sigmoid_amp(logits, target):
+    """sigmoid in the logits' dtype (the autocast dtype under AMP), then BCELoss in float32."""
+    probs = torch.sigmoid(logits)  # bf16 under autocast: saturates to exactly 1.0 above ~6.2
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return F.binary_cross_entropy(probs.float(), target.float())
 
 
 @_fp32
@@ -78,6 +92,7 @@ def ce_dice(logits, target, eps: float = 1.0):
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bce": bce,
     "bce_with_logits": bce_with_logits,
+    "bce_sigmoid_amp": bce_sigmoid_amp,
     "dice": dice,
     "bce_dice": bce_dice,
     "ce": ce,

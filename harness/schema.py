@@ -81,7 +81,9 @@ class TrainSpec(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop only")
     scheduler: Literal["none", "cosine", "plateau"] = "cosine"
-    loss: Literal["bce", "bce_with_logits", "dice", "bce_dice", "ce", "ce_dice"] = "bce_with_logits"
+    loss: Literal["bce", "bce_with_logits", "bce_sigmoid_amp", "dice", "bce_dice", "ce", "ce_dice"] = Field(
+        "bce_with_logits", description="bce: sigmoid then BCELoss, in float32; bce_sigmoid_amp: the sigmoid in the "
+        "autocast dtype (a model ending in nn.Sigmoid under AMP); ce, ce_dice: K classes")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     grad_checkpointing: bool = Field(False, description="recompute block activations in the backward pass")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.losses import BINARY_LOSSES, MULTICLASS_LOSSES, LOSSES, bce, bce_with_logits, get_loss
+from harness.losses import BINARY_LOSSES, MULTICLASS_LOSSES, LOSSES, bce, bce_sigmoid_amp, bce_with_logits, get_loss
 from harness.metrics import MetricAccumulator, confusion, scores, summarise
 
 BIG = 20.0  # a logit far enough from 0 that sigmoid is 0 or 1 for practical purposes
@@ -24,6 +24,19 @@ def test_bce_runs_under_autocast_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = bce(logits, target)
     assert loss.dtype == torch.float32
+
+
+def test_bce_sigmoid_amp_saturates_under_bf16_and_is_bce_without_it():
+    target = torch.zeros(1, 1, 2, 2)  # background everywhere
+    logits = torch.full((1, 1, 2, 2), 8.0)  # confident false positives: bf16 sigmoid(8) is exactly 1.0
+    assert torch.allclose(bce_sigmoid_amp(logits, target), bce(logits, target))  # float32: no difference
+    for loss, expect_saturated in ((bce_sigmoid_amp, True), (bce, False)):
+        x = logits.clone().to(torch.bfloat16).requires_grad_()  # the dtype a model's logits have under autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value = loss(x, target)
+        value.backward()
+        assert (value.item() == pytest.approx(100.0)) == expect_saturated  # log(1 - 1) clamped at -100
+        assert (x.grad.abs().max().item() == 0.0) == expect_saturated  # no gradient to correct the mistake
 
 
 @pytest.mark.parametrize("name", BINARY_LOSSES)
