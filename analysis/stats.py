@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+TIE = 1e-12  # |difference| at or below this is rounding: Dice differences on real images are far larger
+
 
 def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap of the mean. With one value the interval is that value."""
@@ -23,9 +25,11 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 
 def paired_comparison(a, b, seed: int = 0) -> dict:
     """Compare paired scores b - a (same images): mean difference with bootstrap CI, Wilcoxon
     signed-rank p-value (two-sided, zero differences dropped) and the matched-pairs rank-biserial
-    correlation r in [-1, 1] (positive: b tends to be higher)."""
+    correlation r in [-1, 1] (positive: b tends to be higher). Differences within TIE are float
+    rounding of averaged scores (two arms that trained the same model), not wins: they count as 0."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = b - a
+    d[np.abs(d) <= TIE] = 0.0
     mean, low, high = bootstrap_ci(d, seed=seed)
     nonzero = d[d != 0]
     if nonzero.size == 0:

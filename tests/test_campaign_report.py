@@ -110,6 +110,9 @@ def test_stats_on_known_data():
     assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
     same = paired_comparison(a, a)
     assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
+    rounding = paired_comparison(a, (a * 3 + 0.1 - 0.1) / 3)  # the same scores after float rounding
+    assert np.any(a != (a * 3 + 0.1 - 0.1) / 3)  # (else this line tests nothing)
+    assert rounding["b_better"] == rounding["a_better"] == 0 and rounding["p_wilcoxon"] == 1.0
 
 
 def test_seed_and_image_ci_counts_run_to_run_variation():
