@@ -214,9 +214,10 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
         parts += within[1]
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
-    if "augment" in axes:
-        aug = paired if axis == "augment" else paired_frames(runs, "augment", uri, _others(axes, "augment"), scores)
-        parts += sections.ablation(runs, "augment", {lvl: aug.arm(lvl) for lvl in aug.levels}, aug.levels, _png)
+    for other in ("train.loss", "augment"):  # the training-recipe axes, each level against its reference
+        if other in axes:
+            by = paired if axis == other else paired_frames(runs, other, uri, _others(axes, other), scores)
+            parts += sections.ablation(runs, other, {lvl: by.arm(lvl) for lvl in by.levels}, by.levels, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))

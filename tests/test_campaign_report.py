@@ -268,6 +268,7 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
     page = build_report(campaign="loss_aug")
     for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
+                 "Ablation over train.loss", "Every level against <b>bce</b>",
                  "Every level against <b>none</b>", "Worst test images per arm (train.loss)",
                  "Under which settings (train.loss within each setting)", "With augment=none: bce_with_logits",
                  "mean over augment=none; augment=flip"):
