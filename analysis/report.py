@@ -234,12 +234,13 @@ def main(argv=None) -> int:
     who.add_argument("--campaign", help="campaign name (the runs' `campaign` tag)")
     who.add_argument("--experiment", help="MLflow experiment: every finished run, arms by model.arch")
     p.add_argument("--out", type=Path,
-                   help="HTML file, or a folder to write <name>.html into (default reports/<name>.html)")
+                   help="HTML file, or a folder (existing, or a path without suffix) to write <name>.html into "
+                        "(default reports/<name>.html)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
     name = args.campaign or args.experiment
     out = args.out or Path("reports")
-    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):  # a folder, existing or to be made
+    if out.is_dir() or not out.suffix:  # a folder, existing or to be made
         out = out / f"{name}.html"
     try:
         runs, axes = load_campaign(args.campaign, args.experiment)

@@ -107,7 +107,8 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
             f"(reference test/dice {_fmt_ci(runs.loc[runs[axis] == reference, 'test/dice'])}): mean paired difference "
             "of per-image test Dice (averaged over seeds) with a 95% bootstrap CI over images, a Wilcoxon "
             "signed-rank p-value and, with two or more seeds per level, the CI that also resamples the runs "
-            "(seed_ci_low/high); other varied axes are compared within each setting. Sorted by effect.</p>", table.to_html(index=False),
+            "(seed_ci_low/high); other varied axes are compared within each setting. Sorted by effect.</p>",
+            table.to_html(index=False),
             png(plots.effect_forest(table, str(reference)))]
 
 

@@ -5,7 +5,8 @@ losses (`ce`, `ce_dice`) take logits (N, K, H, W) and int64 class maps (N, H, W)
 
 `bce` is the "sigmoid then BCELoss" formulation some reports use. BCELoss refuses autocast
 (it is unsafe in half precision), so it runs in float32 with autocast disabled; the same holds
-for every loss here, so that the loss value never depends on the AMP setting. In float32 `bce`
+for every loss here but `bce_sigmoid_amp`, so that the loss value does not depend on the AMP
+setting. In float32 `bce`
 and `bce_with_logits` give gradients equal to ~1e-7 relative, which bf16 autocast then rounds
 away: same-seed runs of the two train the same model.
 
