@@ -6,9 +6,8 @@ losses (`ce`, `ce_dice`) take logits (N, K, H, W) and int64 class maps (N, H, W)
 `bce` is the "sigmoid then BCELoss" formulation some reports use. BCELoss refuses autocast
 (it is unsafe in half precision), so it runs in float32 with autocast disabled; the same holds
 for every loss here but `bce_sigmoid_amp`, so that the loss value does not depend on the AMP
-setting. In float32 `bce`
-and `bce_with_logits` give gradients equal to ~1e-7 relative, which bf16 autocast then rounds
-away: same-seed runs of the two train the same model.
+setting. In float32 `bce` and `bce_with_logits` give gradients equal to ~1e-7 relative, which
+bf16 autocast then rounds away: same-seed runs of the two train the same model.
 
 `bce_sigmoid_amp` is the pitfall the textbook warning is about: the sigmoid runs in the logits'
 own dtype (bf16/fp16 under AMP, as in a model whose last layer is nn.Sigmoid) and only BCELoss in
@@ -41,11 +40,12 @@ def bce(logits, target):
     return F.binary_cross_entropy(torch.sigmoid(logits), target)
 
 
+_bce_on_probs = _fp32(F.binary_cross_entropy)
+
+
 def bce_sigmoid_amp(logits, target):
     """sigmoid in the logits' dtype (the autocast dtype under AMP), then BCELoss in float32."""
-    probs = torch.sigmoid(logits)  # bf16 under autocast: saturates to exactly 1.0 above ~6.2
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        return F.binary_cross_entropy(probs.float(), target.float())
+    return _bce_on_probs(torch.sigmoid(logits), target)  # bf16 sigmoid: exactly 1.0 above ~6.2
 
 
 @_fp32

@@ -110,8 +110,9 @@ def test_stats_on_known_data():
     assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
     same = paired_comparison(a, a)
     assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
-    rounding = paired_comparison(a, (a * 3 + 0.1 - 0.1) / 3)  # the same scores after float rounding
-    assert np.any(a != (a * 3 + 0.1 - 0.1) / 3)  # (else this line tests nothing)
+    rounded_a = (a * 3 + 0.1 - 0.1) / 3  # the same scores after float rounding
+    assert np.any(a != rounded_a)  # (else the next line tests nothing)
+    rounding = paired_comparison(a, rounded_a)
     assert rounding["b_better"] == rounding["a_better"] == 0 and rounding["p_wilcoxon"] == 1.0
 
 
