@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
+import typing
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from conftest import EXPERIMENTS, REPO
 from harness.spec import ExperimentSpec, SpecError, flatten, load_spec, read_yaml
@@ -48,6 +51,46 @@ def test_base_names_every_field_at_its_default():
     defaults = flatten(ExperimentSpec().to_dict())
     assert set(written) == set(defaults)
     assert {k: v for k, v in base.items() if k != "name"} == {k: v for k, v in defaults.items() if k != "name"}
+
+
+def _choices(model: type[BaseModel], prefix: str = ""):
+    """(dotted field, its Literal values) for every field typed with a Literal, nested models included."""
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _choices(ann, f"{prefix}{name}.")
+            continue
+        values, todo = [], [ann]
+        while todo:  # Literal[...] | None, Optional[Literal[...]], ...
+            a = todo.pop()
+            values += typing.get_args(a) if typing.get_origin(a) is typing.Literal else []
+            todo += [] if typing.get_origin(a) is typing.Literal else list(typing.get_args(a))
+        if values:
+            yield f"{prefix}{name}", values
+
+
+def _base_comments() -> dict[str, str]:
+    """Dotted key -> the comment on its line in base.yaml (two-space indents)."""
+    stack, comments = [], {}
+    for line in (EXPERIMENTS / "base.yaml").read_text().splitlines():
+        code, _, comment = line.partition("#")
+        if ":" not in code:
+            continue
+        depth = (len(code) - len(code.lstrip())) // 2
+        stack = stack[:depth] + [code.strip().split(":")[0]]
+        comments[".".join(stack)] = comment
+    return comments
+
+
+def test_base_comments_list_every_choice():
+    """base.yaml's comments are the menu a user reads: a value added to a Literal (as
+    bce_sigmoid_amp once was) must appear there too, not only in the schema."""
+    comments = _base_comments()
+    stale = {key: [v for v in values if not re.search(rf"(?<![\w-]){re.escape(str(v))}(?![\w-])",
+                                                        comments.get(key, ""))]
+             for key, values in _choices(ExperimentSpec)}
+    assert len(dict(_choices(ExperimentSpec))) >= 15  # the walk found the Literal fields
+    assert {k: v for k, v in stale.items() if v} == {}
 
 
 def test_readme_spec_reference_has_a_row_per_field():
