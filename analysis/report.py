@@ -13,6 +13,7 @@ import argparse
 import base64
 import html
 import io
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -228,6 +229,14 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
+def conclusion_text(page: str) -> str:
+    """The report's Conclusion section as plain text, one paragraph per line ("" when the
+    report has none, as before any setting has runs of every arm), for the terminal."""
+    section = page.partition("<h2>Conclusion</h2>")[2].partition("<h2>")[0]
+    paragraphs = re.findall(r"<p>(.*?)</p>", section, flags=re.S)
+    return "\n".join(html.unescape(re.sub(r"<[^>]+>", "", p)) for p in paragraphs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write a campaign comparison report (HTML) and log it to MLflow.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -250,6 +259,8 @@ def main(argv=None) -> int:
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
+    text = conclusion_text(page)
+    print(text or "no conclusion yet: no setting has finished runs of every arm", end="\n\n")
     print(f"wrote {out}")
     if not args.no_log:
         experiment = args.experiment or experiment_name(runs.run_id.iloc[0])

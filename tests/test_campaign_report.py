@@ -69,8 +69,8 @@ def test_failed_cell_is_reported_and_others_finish(store, tmp_path):
     assert "nowhere" in results[1].error
 
 
-def test_report_compares_arms_and_is_logged(campaign_store):
-    from analysis.report import build_report, main
+def test_report_compares_arms_and_is_logged(campaign_store, capsys):
+    from analysis.report import build_report, conclusion_text, main
     from analysis.runs import load_campaign, load_per_image
     from analysis.stats import paired_comparison
 
@@ -89,6 +89,9 @@ def test_report_compares_arms_and_is_logged(campaign_store):
     assert "seed_ci_low" in page  # two seeds per arm: the CI over runs and images is in the table
 
     assert main(["--campaign", "debug_campaign", "--out", str(tmp / "r.html")]) == 0
+    printed = capsys.readouterr().out  # the verdict reaches the terminal, in plain text
+    assert f"by {abs(result['mean_diff']):.4f}" in printed and "resnet34_unet is" in printed
+    assert "<" not in conclusion_text(page) and conclusion_text(page).splitlines()[0] in printed
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     reports = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.`run.kind` = 'report'")
     assert len(reports) == 1 and "r.html" in {a.path for a in client.list_artifacts(reports[0].info.run_id)}
