@@ -43,7 +43,7 @@ study: $(VENV)/.installed  ## run/resume an Optuna study: SPEC=<study yaml> [WOR
 	$(PY) -m harness study $(if $(filter command line,$(origin SPEC)),$(SPEC),$(STUDY_SPEC)) $(SET) \
 		--workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE))
 
-dashboard: $(VENV)/.installed  ## optuna-dashboard on http://$(HOST):8080 (STUDY=<name> or STORAGE=url)
+dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 127.0.0.1; STUDY=<name> or STORAGE=url)
 	$(VENV)/bin/optuna-dashboard --host $(HOST) --port 8080 \
 		$(or $(STORAGE),mlruns/optuna/$(or $(STUDY),$(basename $(notdir $(STUDY_SPEC)))).journal)
 
@@ -63,7 +63,7 @@ test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow
 test-all: $(VENV)/.installed  ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-ui: $(VENV)/.installed  ## MLflow UI on http://$(HOST):$(PORT)
+ui: $(VENV)/.installed  ## MLflow UI on http://HOST:PORT (default 127.0.0.1:5000)
 	@mkdir -p mlruns
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
 
