@@ -6,8 +6,8 @@ import hashlib
 import json
 import re
 import subprocess
-import typing
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -63,8 +63,10 @@ def _choices(model: type[BaseModel], prefix: str = ""):
         values, todo = [], [ann]
         while todo:  # Literal[...] | None, Optional[Literal[...]], ...
             a = todo.pop()
-            values += typing.get_args(a) if typing.get_origin(a) is typing.Literal else []
-            todo += [] if typing.get_origin(a) is typing.Literal else list(typing.get_args(a))
+            if typing.get_origin(a) is typing.Literal:
+                values += typing.get_args(a)
+            else:
+                todo += typing.get_args(a)
         if values:
             yield f"{prefix}{name}", values
 
@@ -85,11 +87,11 @@ def _base_comments() -> dict[str, str]:
 def test_base_comments_list_every_choice():
     """base.yaml's comments are the menu a user reads: a value added to a Literal (as
     bce_sigmoid_amp once was) must appear there too, not only in the schema."""
-    comments = _base_comments()
+    comments, choices = _base_comments(), dict(_choices(ExperimentSpec))
+    assert len(choices) >= 15  # the walk found the Literal fields
     stale = {key: [v for v in values if not re.search(rf"(?<![\w-]){re.escape(str(v))}(?![\w-])",
                                                         comments.get(key, ""))]
-             for key, values in _choices(ExperimentSpec)}
-    assert len(dict(_choices(ExperimentSpec))) >= 15  # the walk found the Literal fields
+             for key, values in choices.items()}
     assert {k: v for k, v in stale.items() if v} == {}
 
 
