@@ -37,6 +37,12 @@ class Pruned(optuna.TrialPruned):
     run_tags = {"trial.state": "PRUNED"}
 
 
+# Optuna 4.9 renamed the callback that retries a trial whose heartbeat went stale (the old name
+# warns, and goes in 6.0); pyproject allows optuna >= 4.2, which has only the old name.
+RetryStaleTrial = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+    or optuna.storages.RetryFailedTrialCallback
+
+
 def storage_for(spec: StudySpec, override: str | None = None):
     """Default: a journal file under mlruns/optuna/. RDB URLs get heartbeats and one retry."""
     url = override or spec.storage
@@ -47,7 +53,7 @@ def storage_for(spec: StudySpec, override: str | None = None):
     if url.startswith(("sqlite", "postgresql", "mysql")):
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+            failed_trial_callback=RetryStaleTrial(max_retry=1))
     raise ValueError(f"unsupported storage '{url}': use sqlite:///..., postgresql://... or leave it empty")
 
 

@@ -195,7 +195,7 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1
     retries = [t for t in study.trials
-               if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == failed[0].number]
+               if study_module.RetryStaleTrial.retried_trial_number(t) == failed[0].number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
     client = MlflowClient(mlflow_uri)
