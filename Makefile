@@ -50,9 +50,9 @@ dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 
 campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped)
 	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET)
 
-report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> or EXPERIMENT=<name>
+report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> or EXPERIMENT=<name> [AXIS=<field> to compare]
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
-	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT))
+	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT)) $(if $(AXIS),--axis $(AXIS))
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
 	$(PY) -m harness.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)

@@ -60,9 +60,15 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_axis(axes: list[str]) -> str:
-    """The axis the paired comparison is about: model.arch when varied, else the first non-seed axis."""
+def compare_axis(axes: list[str], requested: str | None = None) -> str:
+    """The axis the paired comparison is about: `requested` when given (it must be one of the
+    varied axes, else LookupError naming them), else model.arch when varied, else the first
+    non-seed axis."""
     varied = [a for a in axes if a != "seed"]
+    if requested:
+        if requested not in varied:
+            raise LookupError(f"axis {requested!r} is not varied by this campaign; choose one of: {', '.join(varied)}")
+        return requested
     return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
 
 
@@ -177,22 +183,24 @@ def _paired_section(paired: Paired, comparisons: list, axis: str, seeds, strata:
 
 
 def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
-                 loaded: tuple[pd.DataFrame, list[str]] | None = None) -> str:
-    """The report as an HTML string. Raises LookupError when there are no finished runs.
+                 loaded: tuple[pd.DataFrame, list[str]] | None = None, axis: str | None = None) -> str:
+    """The report as an HTML string. Raises LookupError when there are no finished runs, or when
+    `axis` (the field whose levels are compared; default: see compare_axis) is not varied.
 
     `loaded` is `load_campaign`'s result, when the caller already has it.
     """
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
+    axis = compare_axis(axes, axis)
     title = f"Campaign {campaign}" if campaign else f"Experiment {experiment}"
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
     history = runs[["run_id", "arm"]].merge(history, on="run_id")  # keeps the runs' (matrix) order
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; generated "
+             f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; compared: "
+             f"<b>{html.escape(axis)}</b>; generated "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
              f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>']
 
-    axis = compare_axis(axes)
     strata = _others(axes, axis)
     scores = load_scores(runs, uri)
     paired = paired_frames(runs, axis, uri, strata, scores)
@@ -245,15 +253,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path,
                    help="HTML file, or a folder (existing, or a path without suffix) to write <name>.html into "
                         "(default reports/<name>.html)")
+    p.add_argument("--axis", help="the varied field whose levels are compared, within each setting of the others "
+                                  "(default: model.arch when varied, else the first); the report is then "
+                                  "<name>-by-<axis>.html")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
-    name = args.campaign or args.experiment
+    name = (args.campaign or args.experiment) + (f"-by-{args.axis}" if args.axis else "")
     out = args.out or Path("reports")
     if out.is_dir() or not out.suffix:  # a folder, existing or to be made
         out = out / f"{name}.html"
     try:
         runs, axes = load_campaign(args.campaign, args.experiment)
-        page = build_report(args.campaign, args.experiment, loaded=(runs, axes))
+        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=args.axis)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -264,7 +275,8 @@ def main(argv=None) -> int:
     print(f"wrote {out}")
     if not args.no_log:
         experiment = args.experiment or experiment_name(runs.run_id.iloc[0])
-        run_id = log_report(out, f"report-{name}", experiment, {"report.of": name})
+        run_id = log_report(out, f"report-{name}", experiment,
+                            {"report.of": args.campaign or args.experiment, "report.axis": compare_axis(axes, args.axis)})
         print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
     return 0
 

@@ -100,6 +100,10 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     folder.mkdir()
     assert main(["--campaign", "debug_campaign", "--out", str(folder), "--no-log"]) == 0
     assert (folder / "debug_campaign.html").is_file()
+    # --axis must name a varied field: exit 2, naming the ones there are, and nothing written
+    assert main(["--campaign", "debug_campaign", "--axis", "train.lr", "--out", str(folder), "--no-log"]) == 2
+    assert "'train.lr' is not varied by this campaign; choose one of: model.arch" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["debug_campaign.html"]
 
 
 def test_stats_on_known_data():
@@ -276,4 +280,9 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
                  "Every level against <b>none</b>", "Worst test images per arm (train.loss)",
                  "Under which settings (train.loss within each setting)", "With augment=none: bce_with_logits",
                  "mean over augment=none; augment=flip"):
+        assert text in page, text
+    # The other view of the same runs: augmentation compared within each loss
+    page = build_report(campaign="loss_aug", axis="augment")
+    for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",
+                 "With train.loss=bce: flip", "mean over train.loss=bce; train.loss=bce_with_logits"):
         assert text in page, text

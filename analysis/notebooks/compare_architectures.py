@@ -13,7 +13,8 @@
 #
 # Reads one campaign from MLflow through the `analysis` package (never the training code) and
 # asks: which arm has the higher test Dice, and is the difference real? Set `CAMPAIGN` (and
-# `MLFLOW_TRACKING_URI`) in the environment, or edit the cell below.
+# `MLFLOW_TRACKING_URI`) in the environment, or edit the cell below; `AXIS` (e.g. `train.lr`)
+# compares another varied field than the architecture.
 #
 # Dice definitions: per-image = Dice of each test image, averaged; micro = TP/FP/FN summed
 # over all test pixels first. Empty truth and empty prediction score 1.
@@ -28,6 +29,7 @@ from analysis.sections import setting_tables
 from analysis.stats import compare_arms
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
+AXIS = os.environ.get("AXIS") or None  # None: model.arch when varied, else the first varied field
 runs, axes = load_campaign(CAMPAIGN)
 print(f"{len(runs)} finished runs, axes {axes}")
 summary_table(runs)
@@ -47,7 +49,7 @@ plots.learning_curves(history)
 # another set of seeds could well reverse the verdict.
 
 # %%
-axis = compare_axis(axes)
+axis = compare_axis(axes, AXIS)
 others = [x for x in axes if x not in ("seed", axis)]  # compare within each setting of these
 paired = paired_frames(runs, axis, None, others)
 a, b = paired.levels[0], paired.levels[1]
