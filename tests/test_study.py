@@ -164,6 +164,7 @@ def test_workers_share_a_postgresql_study_and_mlflow_store(postgres, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*retried_trial_number is experimental")  # optuna marks the reader experimental
 def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_path):
     import signal
     import time
