@@ -264,7 +264,8 @@ def main(argv=None) -> int:
         out = out / f"{name}.html"
     try:
         runs, axes = load_campaign(args.campaign, args.experiment)
-        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=args.axis)
+        axis = compare_axis(axes, args.axis)
+        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
     if not args.no_log:
         experiment = args.experiment or experiment_name(runs.run_id.iloc[0])
         run_id = log_report(out, f"report-{name}", experiment,
-                            {"report.of": args.campaign or args.experiment, "report.axis": compare_axis(axes, args.axis)})
+                            {"report.of": args.campaign or args.experiment, "report.axis": axis})
         print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
     return 0
 
