@@ -139,6 +139,8 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
 
     p = _training_parts(spec, data, device, setting)
     model, cfg, optimizer, scaler, loss_fn, loader = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn, p.loaders["train"]
+    if setting.endswith("+compile"):  # _training_parts leaves compiling to the caller; the warm-up pays for it
+        compile_model(model, spec.train.compile_mode)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
