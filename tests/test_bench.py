@@ -44,3 +44,15 @@ def test_bench_auto_compile_setting_runs(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["setting"] == "auto+compile" and row["train_img_s"] > 0
     assert row["compile_mode"] == "reduce-overhead"
+
+
+def test_bench_profile_of_a_compile_setting_profiles_a_compiled_model(tmp_path, monkeypatch):
+    """`--profile` with `auto+compile` last must profile the compiled model, not an eager one.
+    compile_model is replaced by a recorder: this checks who gets compiled, not inductor."""
+    import harness.bench as bench
+
+    compiled = []
+    monkeypatch.setattr(bench, "compile_model", lambda model, mode="default": compiled.append(mode))
+    assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
+                 "--settings", "auto+compile", "--repeats", "1", "--profile", "--out", str(tmp_path / "b.json")]) == 0
+    assert compiled == ["default", "default"]  # the benched model, then the profiled one (before: only the first)
