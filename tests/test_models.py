@@ -53,6 +53,29 @@ def test_output_shape_backward_and_finite(arch):
     _check(create_model(arch, base_width=8), 1, SIZES)
 
 
+@pytest.mark.parametrize("arch", list_models())
+def test_channels_last_survives_every_block(arch):
+    """A channels_last model fed channels_last input keeps that layout into and out of every
+    module: a convolution given a contiguous-format input copies it to channels_last, forward and
+    backward, every step (the ResNet34-UNet's full-resolution block did, on an H200). 1-channel
+    maps are both layouts at once, so only C > 1 is checked."""
+    torch.manual_seed(0)
+    model = create_model(arch, base_width=8).to(memory_format=torch.channels_last)
+    lost = []
+
+    def check(module, tensors, where):
+        for t in tensors if isinstance(tensors, tuple) else (tensors,):
+            if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] > 1 \
+                    and not t.is_contiguous(memory_format=torch.channels_last):
+                lost.append(f"{type(module).__name__} {where} {tuple(t.shape)}")
+
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda m, inputs: check(m, inputs, "input"))
+        module.register_forward_hook(lambda m, _inputs, out: check(m, out, "output"))
+    model(torch.rand(2, 3, 64, 64).to(memory_format=torch.channels_last))
+    assert not lost, f"contiguous-format tensors: {lost}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,knobs", combinations())
 def test_every_knob_combination(arch, knobs):

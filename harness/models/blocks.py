@@ -99,7 +99,9 @@ class Up(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         size = skip.shape[-2:] if skip is not None else (x.shape[-2] * 2, x.shape[-1] * 2)
         x = self.up(x, size)
-        if skip is not None:
+        # A zero-channel skip only carries the size; cat with it would also return a
+        # contiguous-format (not channels_last) tensor, which the next conv copies back.
+        if skip is not None and skip.shape[1]:
             x = torch.cat([skip, x], dim=1)
         return self.conv(x)
 
