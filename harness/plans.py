@@ -121,6 +121,8 @@ class StudySpec(PlanSpec):
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    prune_after: int = Field(0, ge=0, description="epochs every trial completes before the pruner may stop it")
+    pruner_startup_trials: int = Field(2, ge=0, description="median: trials that run unpruned before it prunes")
     seed: int = Field(0, ge=0)
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file under mlruns/optuna/")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats (RDB storages)")

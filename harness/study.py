@@ -67,10 +67,14 @@ def _sampler(spec: StudySpec, worker: int):
 
 
 def _pruner(spec: StudySpec):
+    # Trials report val metrics at steps 1, 2, ... (epochs); both pruners may first stop a trial
+    # at step `prune_after + 1`. Early val Dice is noisy and favours fast starters (high lr, no
+    # crops), so a study that compares slow-starting settings wants a larger prune_after.
+    first = spec.prune_after + 1
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials, n_warmup_steps=first)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=first)
     return optuna.pruners.NopPruner()
 
 

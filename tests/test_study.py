@@ -221,3 +221,28 @@ def test_make_study_debug_end_to_end(tmp_path):
     assert len(study.trials) == 3
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("prune_after", [0, 3])
+def test_median_pruner_waits_prune_after_epochs(prune_after):
+    """A trial far below the median is stopped at epoch prune_after + 1, never before."""
+    spec, _ = load_study_spec(DEBUG_STUDY, [f"prune_after={prune_after}", "pruner_startup_trials=1"])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=study_module._pruner(spec))
+    good = study.ask()
+    for epoch in range(1, 6):
+        good.report(0.9, epoch)
+    study.tell(good, 0.9)
+    bad = study.ask()
+    stopped_at = None
+    for epoch in range(1, 6):
+        bad.report(0.1, epoch)
+        if bad.should_prune():
+            stopped_at = epoch
+            break
+    assert stopped_at == prune_after + 1
+
+
+def test_prune_after_must_not_be_negative():
+    with pytest.raises(SpecError, match="prune_after"):
+        load_study_spec(DEBUG_STUDY, ["prune_after=-1"])
