@@ -227,7 +227,6 @@ def test_make_study_debug_end_to_end(tmp_path):
 def test_median_pruner_waits_prune_after_epochs(prune_after):
     """A trial far below the median is stopped at epoch prune_after + 1, never before."""
     spec, _ = load_study_spec(DEBUG_STUDY, [f"prune_after={prune_after}", "pruner_startup_trials=1"])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", pruner=study_module._pruner(spec))
     good = study.ask()
     for epoch in range(1, 6):
