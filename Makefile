@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install experiment validate audit study dashboard campaign report bench test test-all ui predict clean-venv
+.PHONY: help install experiment validate audit study dashboard campaign report overview bench test test-all ui predict clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (fi
 report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> or EXPERIMENT=<name> [AXIS=<field> to compare]
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
 	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT)) $(if $(AXIS),--axis $(AXIS))
+
+overview: $(VENV)/.installed  ## one table over every campaign in the store: each comparison, pooled and per setting, with its verdict
+	$(PY) -m analysis.overview $(if $(CAMPAIGN),--campaign $(CAMPAIGN)) $(if $(OUT),--out $(OUT))
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
 	$(PY) -m harness.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)

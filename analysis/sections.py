@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import bootstrap_ci, compare_arms, compare_gaps, evidence
+from analysis.stats import VERDICTS, bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -112,9 +112,6 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
             png(plots.effect_forest(table, str(reference)))]
 
 
-_EVIDENCE = {"real": "real", "images only": "not shown: runs disagree", "none": "no difference shown"}
-
-
 def rounded(result: dict) -> dict:
     """A comparison's floats to 4 significant figures for tables (p-values stay non-zero)."""
     return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
@@ -122,7 +119,7 @@ def rounded(result: dict) -> dict:
 
 def _row(result: dict, **keys) -> dict:
     return {**keys, **rounded(result),
-            "verdict": _EVIDENCE[evidence(result)]}
+            "verdict": VERDICTS[evidence(result)]}
 
 
 def _interval(r: dict) -> str:
@@ -144,7 +141,7 @@ def setting_tables(paired) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             r = compare_arms(cells[(s, a)], cells[(s, b)])
             rows.append(_row(r, setting=s, A=a, B=b, **{"n runs A": len(cells[(s, a)]), "n runs B": len(cells[(s, b)])}))
             lines.append(f"With {html.escape(s)}: {html.escape(str(b))} &minus; {html.escape(str(a))} = {_interval(r)}: "
-                         f"{_EVIDENCE[evidence(r)]}.")
+                         f"{VERDICTS[evidence(r)]}.")
         for s in settings[1:]:
             g = compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)], cells[(s, a)], cells[(s, b)])
             gaps.append(_row(g, B=b, **{"from": settings[0], "to": s}))

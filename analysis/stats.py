@@ -115,6 +115,10 @@ def compare_gaps(a1, b1, a2, b2, seed: int = 0) -> dict:
     return result
 
 
+VERDICTS = {"real": "real", "images only": "not shown: runs disagree", "none": "no difference shown"}
+"""The words reports use for each `evidence` kind."""
+
+
 def _excludes_zero(low: float, high: float) -> bool:
     return low > 0 or high < 0
 

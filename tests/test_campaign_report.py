@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -104,6 +105,24 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     assert main(["--campaign", "debug_campaign", "--axis", "train.lr", "--out", str(folder), "--no-log"]) == 2
     assert "'train.lr' is not varied by this campaign; choose one of: model.arch" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["debug_campaign.html"]
+
+
+def test_overview_tabulates_every_campaign(campaign_store, capsys):
+    from analysis.overview import main
+    from analysis.report import build_report
+
+    tmp, _, _, _ = campaign_store
+    assert main(["--out", str(tmp / "ov")]) == 0
+    table = pd.read_csv(tmp / "ov.csv")
+    # debug_campaign: unet against resnet34_unet, one setting, the report's numbers
+    assert list(table.campaign) == ["debug_campaign"] and list(table.B) == ["resnet34_unet"]
+    assert f"by {abs(table['diff'][0]):.4f}" in build_report(campaign="debug_campaign")
+    assert (table.runs_a[0], table.runs_b[0]) == (2, 2) and table.seed_ci_low[0] <= table["diff"][0]
+    assert (tmp / "ov.md").read_text().splitlines()[2].startswith("| debug_campaign | model.arch |")
+    assert "| debug_campaign |" in capsys.readouterr().out
+    # An unknown campaign: exit 2, naming the ones there are
+    assert main(["--campaign", "nope", "--out", str(tmp / "ov2")]) == 2
+    assert "campaign(s) nope" in capsys.readouterr().err and not (tmp / "ov2.csv").exists()
 
 
 def test_stats_on_known_data():
@@ -281,6 +300,13 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
                  "Under which settings (train.loss within each setting)", "With augment=none: bce_with_logits",
                  "mean over augment=none; augment=flip"):
         assert text in page, text
+    from analysis.overview import campaign_rows  # pooled, each setting, then the change of the gap
+    rows = campaign_rows("loss_aug")
+    assert [r["setting"] for r in rows] == ["pooled over 2 settings", "augment=none", "augment=flip",
+                                            "change of the gap: augment=none -> augment=flip"]
+    assert all(np.isnan(r["seed_ci_low"]) for r in rows)  # one seed per cell: no CI over runs
+    from analysis.overview import readable
+    assert list(readable(pd.DataFrame(rows))["CI over runs and images"]) == ["one run in an arm"] * 3 + ["one run in a cell"]
     # The other view of the same runs: augmentation compared within each loss
     page = build_report(campaign="loss_aug", axis="augment")
     for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",

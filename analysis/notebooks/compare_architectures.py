@@ -22,7 +22,10 @@
 # %%
 import os
 
+import pandas as pd
+
 from analysis import plots
+from analysis.overview import campaign_names, campaign_rows, forest, readable
 from analysis.report import compare_axis, paired_frames, summary_table, verdict
 from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
@@ -77,3 +80,15 @@ gaps  # empty when there is a single setting
 
 # %%
 plots.time_to_score(history)
+
+# %% [markdown]
+# ## Every campaign in the store
+# The same comparison for every campaign (what `make overview` writes): pooled over settings,
+# within each setting, and the change of the gap between settings, each with its verdict.
+
+# %%
+overview = pd.DataFrame([row for name in campaign_names() for row in campaign_rows(name)])
+forest(overview)
+
+# %%
+readable(overview)

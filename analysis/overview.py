@@ -1,0 +1,169 @@
+"""Every campaign in the store in one table: what was compared, under which settings, and is it real.
+
+    python -m analysis.overview [--campaign NAME ...] [--out reports/overview]
+
+Reads MLflow only. For each campaign (the `campaign` tag of finished runs) the compared axis is
+the one `analysis.report` compares (model.arch when varied, else the first varied field). Each of
+its levels is compared with the first level, pooled over the settings of the campaign's other axes
+and, when there are several, within each setting: the same statistics and verdicts as the
+campaign's report, one row per comparison, and whether the gap changes between settings (the
+interaction). Written as Markdown (also printed), CSV and a forest plot (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from tqdm import tqdm
+
+from analysis import plots
+from analysis.report import compare_axis, paired_frames, setting_labels
+from analysis.runs import load_campaign, tracking_uri
+from analysis.stats import VERDICTS, bootstrap_ci, compare_arms, compare_gaps, evidence
+
+
+def campaign_names(uri: str | None = None) -> list[str]:
+    """Names of the campaigns with finished runs, oldest first."""
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    raw = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
+    if raw.empty or "tags.campaign" not in raw:
+        return []
+    return list(dict.fromkeys(raw.sort_values("start_time")["tags.campaign"].dropna()))
+
+
+def _stats(result: dict) -> dict:
+    """compare_arms' / compare_gaps' figures under the table's column names (NaN where absent)."""
+    return {"diff": result["mean_diff"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+            "seed_ci_low": result.get("seed_ci_low", float("nan")),
+            "seed_ci_high": result.get("seed_ci_high", float("nan")),
+            "p_wilcoxon": result["p_wilcoxon"], "verdict": VERDICTS[evidence(result)]}
+
+
+def _arm(side: str, runs: pd.DataFrame) -> dict:
+    """An arm's run count and test Dice: mean over its runs with a 95% bootstrap CI over them."""
+    mean, low, high = bootstrap_ci(runs["test/dice"])
+    return {f"runs_{side}": len(runs), f"dice_{side}": mean, f"dice_{side}_low": low, f"dice_{side}_high": high}
+
+
+def _row(campaign: str, axis: str, setting: str, a, b, runs: pd.DataFrame, result: dict) -> dict:
+    """One comparison: `runs` are the runs in its scope (both levels); `result` is compare_arms'."""
+    return {"campaign": campaign, "compared": axis, "setting": setting, "A": a, "B": b,
+            **_arm("a", runs[runs[axis] == a]), **_arm("b", runs[runs[axis] == b]), **_stats(result),
+            "b_better": result["b_better"], "n_images": result["n"],
+            "commits": " ".join(sorted(runs["git.commit"].dropna().str[:7].unique()))}
+
+
+def _gap_row(campaign: str, axis: str, first: str, setting: str, a, b, result: dict) -> dict:
+    """Does B - A change from the first setting to `setting`? `result` is compare_gaps'."""
+    return {"campaign": campaign, "compared": axis, "setting": f"change of the gap: {first} -> {setting}",
+            "A": a, "B": b, **_stats(result), "n_images": result["n"]}
+
+
+def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
+    """The campaign's comparisons (see the module docstring), then, with several settings, whether
+    the B - A gap changes from the first setting to each other one (an interaction, as in the
+    report); [] while no setting has finished runs of two levels. Per-image test Dice is averaged
+    over each arm's seeds, as in the report."""
+    runs, axes = load_campaign(campaign, uri=uri)
+    axis = compare_axis(axes)
+    strata = [x for x in axes if x not in ("seed", axis)]
+    paired = paired_frames(runs, axis, uri, strata)
+    settings, cells = paired.complete_settings(), paired.cells
+    if len(paired.levels) < 2 or not settings:
+        return []
+    labels = setting_labels(runs, strata)
+    pooled = f"pooled over {len(settings)} settings" if len(settings) > 1 else (settings[0] or "-")
+    scopes = [(pooled, settings)] + ([(s, [s]) for s in settings] if len(settings) > 1 else [])
+    a, *others = paired.levels
+    rows = []
+    for b in others:
+        for name, chosen in scopes:
+            result = compare_arms([cells[(s, a)] for s in chosen], [cells[(s, b)] for s in chosen])
+            rows.append(_row(campaign, axis, name, a, b, runs[labels.isin(chosen)], result))
+        first = settings[0]
+        rows += [_gap_row(campaign, axis, first, s, a, b,
+                          compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)]))
+                 for s in settings[1:]]
+    return rows
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading: intervals as '[low, high]', counts as 'k of n', rounded figures."""
+    def interval(low, high, fmt="+.4f"):
+        return [f"[{lo:{fmt}}, {hi:{fmt}}]" if pd.notna(lo) else "" for lo, hi in zip(table[low], table[high])]
+
+    def dice(side):
+        return [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(m) else "" for m, lo, hi in
+                zip(table[f"dice_{side}"], table[f"dice_{side}_low"], table[f"dice_{side}_high"])]
+
+    comparison = table["runs_a"].notna()
+    seeds = interval("seed_ci_low", "seed_ci_high")
+    return pd.DataFrame({
+        "campaign": table["campaign"], "compared": table["compared"], "setting": table["setting"],
+        "A": table["A"], "B": table["B"],
+        "runs": [f"{x:.0f} / {y:.0f}" if ok else "" for x, y, ok in zip(table["runs_a"], table["runs_b"], comparison)],
+        "test Dice A": dice("a"), "test Dice B": dice("b"), "B - A": [f"{d:+.4f}" for d in table["diff"]],
+        "CI over images": interval("ci_low", "ci_high"),
+        "CI over runs and images": [s or ("one run in an arm" if ok else "one run in a cell")
+                                    for s, ok in zip(seeds, comparison)],
+        "Wilcoxon p": [f"{p:.2g}" for p in table["p_wilcoxon"]],
+        "images better with B": [f"{k:.0f} of {n:.0f}" if ok else "" for k, n, ok in
+                                 zip(table["b_better"], table["n_images"], comparison)],
+        "verdict": table["verdict"], "commits": table["commits"].fillna("")})
+
+
+def forest(table: pd.DataFrame):
+    """Every comparison row (not the gap changes) as a forest plot: B - A with the CI over runs and
+    images where every arm has two or more runs, else the CI over images."""
+    rows = table[table["runs_a"].notna()]
+    frame = pd.DataFrame({"level": rows["campaign"] + " | " + rows["setting"].replace("-", "") + " | "
+                                   + rows["B"].astype(str) + " vs " + rows["A"].astype(str),
+                          "mean_diff": rows["diff"], "ci_low": rows["seed_ci_low"].fillna(rows["ci_low"]),
+                          "ci_high": rows["seed_ci_high"].fillna(rows["ci_high"])})
+    return plots.effect_forest(frame.iloc[::-1], "A", title="B - A, every campaign (first row at the top)")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs tabulate, which is not a dependency)."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="One table over every campaign in the MLflow store: each comparison "
+                                            "of the compared axis, pooled and within each setting, with its verdict.")
+    p.add_argument("--campaign", nargs="+", metavar="NAME", help="only these campaigns (default: every one)")
+    p.add_argument("--out", type=Path, default=Path("reports/overview"),
+                   help="path without suffix: <out>.md, <out>.csv and <out>.png (forest plot) are written "
+                        "(default reports/overview)")
+    args = p.parse_args(argv)
+    known = campaign_names()
+    unknown = sorted(set(args.campaign or ()) - set(known))
+    if unknown or not known:
+        print(f"error: no finished runs for campaign(s) {', '.join(unknown) or '(any)'} in {tracking_uri()}; "
+              f"campaigns there: {', '.join(known) or 'none'}", file=sys.stderr)
+        return 2
+    rows = [row for name in tqdm(args.campaign or known, desc="campaigns", unit="campaign", leave=False)
+            for row in campaign_rows(name)]
+    table = pd.DataFrame(rows)
+    table = table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})  # NA on gap rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(readable(table)) if rows else "no campaign has finished runs of two levels in one setting yet"
+    args.out.with_suffix(".md").write_text(text + "\n")
+    table.to_csv(args.out.with_suffix(".csv"), index=False)
+    written = [args.out.with_suffix(".md"), args.out.with_suffix(".csv")]
+    if rows:
+        forest(table).savefig(args.out.with_suffix(".png"), dpi=90, bbox_inches="tight")
+        written.append(args.out.with_suffix(".png"))
+    print(text, end="\n\n")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
