@@ -93,8 +93,8 @@ def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: intervals as '[low, high]', counts as 'k of n', rounded figures."""
-    def interval(low, high, fmt="+.4f"):
-        return [f"[{lo:{fmt}}, {hi:{fmt}}]" if pd.notna(lo) else "" for lo, hi in zip(table[low], table[high])]
+    def interval(low, high):
+        return [f"[{lo:+.4f}, {hi:+.4f}]" if pd.notna(lo) else "" for lo, hi in zip(table[low], table[high])]
 
     def dice(side):
         return [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(m) else "" for m, lo, hi in
