@@ -91,6 +91,15 @@ def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
     return rows
 
 
+def overview_table(campaigns: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
+    """campaign_rows of `campaigns` (default: every campaign in the store) as one frame; the counts
+    are nullable integers, NA on the gap rows."""
+    names = campaign_names(uri) if campaigns is None else campaigns
+    table = pd.DataFrame([row for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
+                          for row in campaign_rows(name, uri)])
+    return table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})
+
+
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: intervals as '[low, high]', counts as 'k of n', rounded figures."""
     def interval(low, high):
@@ -148,10 +157,8 @@ def main(argv=None) -> int:
         print(f"error: no finished runs for campaign(s) {', '.join(unknown) or '(any)'} in {tracking_uri()}; "
               f"campaigns there: {', '.join(known) or 'none'}", file=sys.stderr)
         return 2
-    rows = [row for name in tqdm(args.campaign or known, desc="campaigns", unit="campaign", leave=False)
-            for row in campaign_rows(name)]
-    table = pd.DataFrame(rows)
-    table = table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})  # NA on gap rows
+    table = overview_table(args.campaign or known)
+    rows = not table.empty
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(readable(table)) if rows else "no campaign has finished runs of two levels in one setting yet"
     args.out.with_suffix(".md").write_text(text + "\n")

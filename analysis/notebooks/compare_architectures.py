@@ -22,10 +22,8 @@
 # %%
 import os
 
-import pandas as pd
-
 from analysis import plots
-from analysis.overview import campaign_names, campaign_rows, forest, readable
+from analysis.overview import forest, overview_table, readable
 from analysis.report import compare_axis, paired_frames, summary_table, verdict
 from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
@@ -87,7 +85,7 @@ plots.time_to_score(history)
 # within each setting, and the change of the gap between settings, each with its verdict.
 
 # %%
-overview = pd.DataFrame([row for name in campaign_names() for row in campaign_rows(name)])
+overview = overview_table()
 forest(overview)
 
 # %%
