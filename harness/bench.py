@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint
-from harness.data import build_data, make_loader
+from harness.data import make_loader
 from harness.data.loaders import start_epoch
+from harness.measure import checkpoint_times, data_times, flops_per_image, saved_activation_mib, sync
 from harness.models import count_parameters, list_models
-from harness.parts import Parts, build_parts, data_kwargs
+from harness.parts import Parts, build_parts
 from harness.spec import SpecError, load_spec
 from harness.train import StepConfig, compile_model, evaluate, resolve_amp, select_device, train_one_epoch
 
@@ -43,15 +43,10 @@ SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def minimal_epoch(model, batches, optimizer, cfg: StepConfig, loss_fn) -> float:
     """The reference: nothing but transfer, forward, loss, backward and step. Returns seconds."""
     model.train()
-    _sync(cfg.device)
+    sync(cfg.device)
     start = time.perf_counter()
     for images, masks in batches:
         x = images.to(cfg.device, non_blocking=True).float().div_(255.0)
@@ -65,56 +60,8 @@ def minimal_epoch(model, batches, optimizer, cfg: StepConfig, loss_fn) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(cfg.device)
+    sync(cfg.device)
     return time.perf_counter() - start
-
-
-def flops_per_image(model, images: torch.Tensor, cfg: StepConfig) -> float:
-    """Forward + backward FLOPs of one training step, per image (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
-    with FlopCounterMode(display=False) as counter:
-        with cfg.autocast():
-            out = model(x)
-        out.float().mean().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / images.shape[0]
-
-
-def saved_activation_mib(model, images: torch.Tensor, cfg: StepConfig) -> float:
-    """MiB of tensors the forward pass keeps for the backward pass, per batch: the activation
-    memory that train.grad_checkpointing trades for recomputation (device-independent)."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cfg.autocast():
-        out = model(x)
-    out.float().mean().backward()
-    model.zero_grad(set_to_none=True)
-    return total[0] / 2**20
-
-
-def data_times(spec) -> dict:
-    """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
-    d = spec.data
-    kwargs = data_kwargs(spec)
-    with tempfile.TemporaryDirectory() as cache:
-        start = time.perf_counter()
-        data = build_data(d.dataset, cache_dir=cache, **kwargs)
-        cold = time.perf_counter() - start
-        warm = None
-        if d.dataset != "synthetic":  # generated, never cached: a second build would only cost time
-            start = time.perf_counter()
-            build_data(d.dataset, cache_dir=cache, **kwargs)
-            warm = time.perf_counter() - start
-    return {"data": data, "cold_cache_s": round(cold, 2),
-            "warm_cache_s": round(warm, 2) if warm is not None else None}
 
 
 def _training_parts(spec, data, device: torch.device, setting: str) -> Parts:
@@ -166,22 +113,6 @@ def _tracker(tmp: str):
     from harness.tracking import MlflowTracker
 
     return MlflowTracker("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-
-
-def checkpoint_times(model: torch.nn.Module, optimizer) -> tuple[float, float]:
-    """(s for a synchronous write of last.pt, s the loop is blocked by the background writer)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        start = time.perf_counter()
-        checkpoint.save_last(state, Path(tmp))
-        sync_s = time.perf_counter() - start
-        writer = checkpoint.AsyncWriter()
-        for _ in range(2):  # the second epoch's copy reuses the first's host buffers, as every later one does
-            start = time.perf_counter()
-            writer.submit(Path(tmp), state, best=True)
-            block_s = time.perf_counter() - start
-            writer.wait()
-    return sync_s, block_s
 
 
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:

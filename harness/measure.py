@@ -1,0 +1,85 @@
+"""Measurements behind `make bench`, each on its own: FLOPs and saved activations of one training
+step, the seconds a checkpoint costs, and the dataset's cold- and warm-cache build times."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from harness import checkpoint
+from harness.data import build_data
+from harness.parts import data_kwargs
+from harness.train import StepConfig
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a wall-clock interval covers it (no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flops_per_image(model, images: torch.Tensor, cfg: StepConfig) -> float:
+    """Forward + backward FLOPs of one training step, per image (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
+    with FlopCounterMode(display=False) as counter:
+        with cfg.autocast():
+            out = model(x)
+        out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / images.shape[0]
+
+
+def saved_activation_mib(model, images: torch.Tensor, cfg: StepConfig) -> float:
+    """MiB of tensors the forward pass keeps for the backward pass, per batch: the activation
+    memory that train.grad_checkpointing trades for recomputation (device-independent)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    x, _ = cfg.to_device(images, torch.zeros(1, 1, 1, 1, dtype=torch.uint8))
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cfg.autocast():
+        out = model(x)
+    out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return total[0] / 2**20
+
+
+def data_times(spec) -> dict:
+    """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
+    d = spec.data
+    kwargs = data_kwargs(spec)
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        data = build_data(d.dataset, cache_dir=cache, **kwargs)
+        cold = time.perf_counter() - start
+        warm = None
+        if d.dataset != "synthetic":  # generated, never cached: a second build would only cost time
+            start = time.perf_counter()
+            build_data(d.dataset, cache_dir=cache, **kwargs)
+            warm = time.perf_counter() - start
+    return {"data": data, "cold_cache_s": round(cold, 2),
+            "warm_cache_s": round(warm, 2) if warm is not None else None}
+
+
+def checkpoint_times(model: torch.nn.Module, optimizer) -> tuple[float, float]:
+    """(s for a synchronous write of last.pt, s the loop is blocked by the background writer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = {"epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        start = time.perf_counter()
+        checkpoint.save_last(state, Path(tmp))
+        sync_s = time.perf_counter() - start
+        writer = checkpoint.AsyncWriter()
+        for _ in range(2):  # the second epoch's copy reuses the first's host buffers, as every later one does
+            start = time.perf_counter()
+            writer.submit(Path(tmp), state, best=True)
+            block_s = time.perf_counter() - start
+            writer.wait()
+    return sync_s, block_s
