@@ -104,6 +104,19 @@ class AsyncWriter:
                 del err  # no frame <-> traceback cycle keeping the run's frames (and its lock) alive
 
 
+def drop_resume_state(folder: Path) -> int:
+    """Delete last.pt and prev.pt of a FINISHED run: they serve only to resume it, and hold the
+    optimizer state (ResNet34-UNet with AdamW: 0.29 GB each, against 0.1 GB for best.pt), so a
+    campaign of 30 runs would otherwise keep ~18 GB. best.pt stays. Returns the bytes freed."""
+    freed = 0
+    for name in (LAST, PREV):
+        path = folder / name
+        if path.exists():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
+
+
 def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
     """(state, messages): the newest checkpoint that loads, trying last.pt then prev.pt."""
     messages = []

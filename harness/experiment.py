@@ -52,7 +52,8 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
 
     If the tracker's run already has a checkpoint (a resumed run), training continues from it.
     `resumable=False` (Optuna trials, which are retried as new trials, never resumed) writes
-    only best.pt: no per-epoch last.pt with the optimizer state.
+    only best.pt: no per-epoch last.pt with the optimizer state. Once the run has finished, its
+    last.pt and prev.pt are deleted too; best.pt stays.
     """
     run_start = time.perf_counter()
     world = distributed.init(spec.train.device)
@@ -79,7 +80,9 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         total = time.perf_counter() - run_start  # overhead = everything that is not an epoch (test included)
         tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - sum(h["time/epoch_s"] for h in history),
                              "time/setup_s": setup}, step=len(history))
-        return result
+    if world.is_main:  # the run is FINISHED now: never resumed again, so only best.pt is worth its space
+        checkpoint.drop_resume_state(folder)
+    return result
 
 
 def _train(spec: ExperimentSpec, p: Parts, tracker, folder: Path, on_epoch,

@@ -138,10 +138,19 @@ def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tm
     assert MlflowClient(store).get_run(run_id).data.tags["early_stopped_epoch"] == "4"
 
 
-def test_finished_run_is_not_resumed(store, tmp_path):
-    _run(store, tmp_path / "ck")
+def test_finished_run_is_not_resumed_and_keeps_only_best_weights(store, tmp_path):
+    result, _ = _run(store, tmp_path / "ck")
     spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
     assert find_resumable(spec.tracking, spec.spec_hash(), tmp_path / "ck") is None
+    # last.pt and prev.pt (the optimizer state, for resuming) are gone; the best weights stay
+    assert sorted(p.name for p in (tmp_path / "ck" / result.run_id).glob("*.pt")) == ["best.pt"]
+
+
+def test_interrupted_run_keeps_its_resume_checkpoints(store, tmp_path):
+    with pytest.raises(Crash):
+        _run(store, tmp_path / "ck", crash_at=2)
+    (folder,) = (tmp_path / "ck").iterdir()
+    assert {"best.pt", "last.pt", "prev.pt"} <= {p.name for p in folder.glob("*.pt")}
 
 
 @pytest.mark.slow

@@ -92,12 +92,12 @@ def test_nan_loss_with_skip_batch_skips_and_counts(store, tmp_path, monkeypatch)
     skipped = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/skipped_batches"),
                                        key=lambda m: m.step)]
     assert skipped == [1.0, 1.0]
-    assert all(torch.isfinite(p).all() for p in _final_weights(tmp_path, run.info.run_id).values())
+    assert all(torch.isfinite(p).all() for p in _best_weights(tmp_path, run.info.run_id).values())
     assert result.best_val_dice > 0
 
 
-def _final_weights(tmp_path, run_id):
-    return torch.load(tmp_path / "ckpt" / run_id / "last.pt", weights_only=True)["model"]
+def _best_weights(tmp_path, run_id):
+    return torch.load(tmp_path / "ckpt" / run_id / "best.pt", weights_only=True)["model"]
 
 
 def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
