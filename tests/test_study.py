@@ -8,6 +8,7 @@ import sys
 
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS
@@ -143,9 +144,9 @@ def postgres():
         yield url
 
 
-def _study_cli(args, cwd, uri, **popen):
+def _study_cli(args, cwd, uri, spec=DEBUG_STUDY, **popen):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "harness", "study", str(DEBUG_STUDY), *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "harness", "study", str(spec), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -170,9 +171,16 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     import time
 
     storage, mlflow_uri = f"{postgres}/optuna", f"{postgres}/mlflow"
+    # A debug trial of 2 epochs lasts under a second, so the 0.5 s poll below could miss both trials
+    # (flaky in CI, stop 19); 30 epochs keep a trial running for seconds. Epochs are not a study override.
+    spec = tmp_path / "long_trials.yaml"
+    study_file = yaml.safe_load(DEBUG_STUDY.read_text())
+    study_file["base"] = str((DEBUG_STUDY.parent / study_file["base"]).resolve())
+    study_file["set"]["train.epochs"] = 30
+    spec.write_text(yaml.safe_dump(study_file))
     args = ["n_trials=2", "name=killed_study", "heartbeat_interval=1", "grace_period=3", "pruner=none",
             "--storage", storage]
-    proc = _study_cli(args, tmp_path, mlflow_uri, start_new_session=True)
+    proc = _study_cli(args, tmp_path, mlflow_uri, spec, start_new_session=True)
     # One storage (one connection pool) for all the polling: a new one per poll leaves connections
     # open until garbage collection, and a slow machine ran the server out of them (CI, stop 10).
     polled = optuna.storages.RDBStorage(storage)
@@ -185,11 +193,14 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
             continue
         if any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
             break
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("no trial was seen RUNNING with an MLflow run within 300 s:\n" + proc.communicate()[0][-3000:])
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     polled.engine.dispose()
     time.sleep(4)  # past the grace period: the trial's heartbeat is stale
-    proc = _study_cli(args, tmp_path, mlflow_uri)
+    proc = _study_cli(args, tmp_path, mlflow_uri, spec)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
     study = optuna.load_study(study_name="killed_study", storage=storage)
