@@ -172,7 +172,8 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
 
     storage, mlflow_uri = f"{postgres}/optuna", f"{postgres}/mlflow"
     # A debug trial of 2 epochs lasts under a second, so the 0.5 s poll below could miss both trials
-    # (flaky in CI, stop 19); 30 epochs keep a trial running for seconds. Epochs are not a study override.
+    # (it failed 1 run in 5 at 3d357e6); 30 epochs keep a trial running for ~10 s. Epochs are not a study
+    # override, hence a study file of its own.
     spec = tmp_path / "long_trials.yaml"
     study_file = yaml.safe_load(DEBUG_STUDY.read_text())
     study_file["base"] = str((DEBUG_STUDY.parent / study_file["base"]).resolve())
@@ -195,6 +196,7 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
             break
     else:
         os.killpg(proc.pid, signal.SIGKILL)
+        polled.engine.dispose()
         pytest.fail("no trial was seen RUNNING with an MLflow run within 300 s:\n" + proc.communicate()[0][-3000:])
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
