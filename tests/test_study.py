@@ -185,22 +185,18 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     # One storage (one connection pool) for all the polling: a new one per poll leaves connections
     # open until garbage collection, and a slow machine ran the server out of them (CI, stop 10).
     polled = optuna.storages.RDBStorage(storage)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait for a trial that has reached its first epoch
+    deadline, running = time.monotonic() + 300, False
+    while not running and time.monotonic() < deadline:  # wait for a trial that has reached its first epoch
         time.sleep(0.5)
         try:
             trials = optuna.load_study(study_name="killed_study", storage=polled).trials
         except KeyError:
             continue
-        if any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
-            break
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        polled.engine.dispose()
-        pytest.fail("no trial was seen RUNNING with an MLflow run within 300 s:\n" + proc.communicate()[0][-3000:])
+        running = any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    first_out, _ = proc.communicate(timeout=60)
     polled.engine.dispose()
+    assert running, "no trial was seen RUNNING with an MLflow run within 300 s:\n" + first_out[-3000:]
     time.sleep(4)  # past the grace period: the trial's heartbeat is stale
     proc = _study_cli(args, tmp_path, mlflow_uri, spec)
     out, _ = proc.communicate(timeout=900)
