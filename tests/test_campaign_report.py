@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, REPO
 from harness.campaign import run_campaign
 from harness.plans import load_campaign_spec
 
@@ -18,6 +18,24 @@ DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
 def test_shipped_campaigns_load(path):
     spec, base = load_campaign_spec(path)
     assert len(spec.cells()) >= 2 and base.is_file()
+
+
+def test_shipped_campaigns_are_listed_in_the_readme():
+    # The README's table of shipped campaigns is how a newcomer finds them: every file gets a row, and
+    # the row's run count follows the file when its matrix grows.
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("Shipped in `experiments/campaigns/`")
+    rows = [r.split("|")[1:-1] for r in readme[start:readme.index("\n\n", readme.index("| campaign |", start))].splitlines()
+            if r.startswith("| `")]
+    runs = {}
+    for names, _, counts, _ in rows:
+        names = [n.strip(" `") for n in names.split(",")]
+        counts = [int(c) for c in counts.replace(" each", "").split(",")]  # "12 each" or "9, 6, 6"
+        runs.update(zip(names, counts * len(names) if len(counts) == 1 else counts, strict=True))
+    shipped = {p.stem: p for p in sorted((EXPERIMENTS / "campaigns").glob("*.yaml"))}
+    assert sorted(runs) == sorted(shipped), "the README's campaign table and experiments/campaigns/ differ"
+    wrong = {n: runs[n] for n, p in shipped.items() if len(load_campaign_spec(p)[0].cells()) != runs[n]}
+    assert not wrong, f"run counts in the README's campaign table are wrong for {wrong}"
 
 
 def test_unknown_matrix_field_is_a_spec_error(tmp_path):
