@@ -50,7 +50,7 @@ dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 
 campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped)
 	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET)
 
-report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> or EXPERIMENT=<name> [AXIS=<field> to compare]
+report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> (or "a b": pooled) or EXPERIMENT=<name> [AXIS=<field> to compare]
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
 	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT)) $(if $(AXIS),--axis $(AXIS))
 

@@ -2,6 +2,7 @@
 
     python -m analysis.report --campaign unet_vs_resnet34 [--out reports/unet_vs_resnet34.html]
     python -m analysis.report --experiment oxford_pet
+    python -m analysis.report --campaign unet_vs_resnet34_full arch_by_augment_full   # pooled: augment becomes an axis
 
 Reads MLflow only. Numbers come with their definition: test Dice per image (mean over images)
 and dataset-level (micro), foreground rule as recorded in each run's params.
@@ -182,7 +183,7 @@ def _paired_section(paired: Paired, comparisons: list, axis: str, seeds, strata:
     return parts
 
 
-def build_report(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
+def build_report(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,
                  loaded: tuple[pd.DataFrame, list[str]] | None = None, axis: str | None = None) -> str:
     """The report as an HTML string. Raises LookupError when there are no finished runs, or when
     `axis` (the field whose levels are compared; default: see compare_axis) is not varied.
@@ -191,7 +192,8 @@ def build_report(campaign: str | None = None, experiment: str | None = None, uri
     """
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
     axis = compare_axis(axes, axis)
-    title = f"Campaign {campaign}" if campaign else f"Experiment {experiment}"
+    title = (f"Campaign {campaign}" if isinstance(campaign, str) else f"Campaigns {' + '.join(campaign)}" if campaign
+             else f"Experiment {experiment}")
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
     history = runs[["run_id", "arm"]].merge(history, on="run_id")  # keeps the runs' (matrix) order
@@ -248,7 +250,8 @@ def conclusion_text(page: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write a campaign comparison report (HTML) and log it to MLflow.")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--campaign", help="campaign name (the runs' `campaign` tag)")
+    who.add_argument("--campaign", nargs="+", help="campaign name (the runs' `campaign` tag); several names pool "
+                     "their runs as one campaign, the params they differ in becoming axes")
     who.add_argument("--experiment", help="MLflow experiment: every finished run, arms by model.arch")
     p.add_argument("--out", type=Path,
                    help="HTML file, or a folder (existing, or a path without suffix) to write <name>.html into "
@@ -258,14 +261,15 @@ def main(argv=None) -> int:
                                   "<name>-by-<axis>.html")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
-    name = (args.campaign or args.experiment) + (f"-by-{args.axis}" if args.axis else "")
+    campaign = args.campaign[0] if args.campaign and len(args.campaign) == 1 else args.campaign
+    name = ("+".join(args.campaign) if args.campaign else args.experiment) + (f"-by-{args.axis}" if args.axis else "")
     out = args.out or Path("reports")
     if out.is_dir() or not out.suffix:  # a folder, existing or to be made
         out = out / f"{name}.html"
     try:
-        runs, axes = load_campaign(args.campaign, args.experiment)
+        runs, axes = load_campaign(campaign, args.experiment)
         axis = compare_axis(axes, args.axis)
-        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis)
+        page = build_report(campaign, args.experiment, loaded=(runs, axes), axis=axis)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -277,7 +281,7 @@ def main(argv=None) -> int:
     if not args.no_log:
         experiment = args.experiment or experiment_name(runs.run_id.iloc[0])
         run_id = log_report(out, f"report-{name}", experiment,
-                            {"report.of": args.campaign or args.experiment, "report.axis": axis})
+                            {"report.of": " ".join(args.campaign or [args.experiment]), "report.axis": axis})
         print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
     return 0
 

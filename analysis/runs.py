@@ -24,7 +24,7 @@ KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding
               "model.activation", "model.dropout", "model.deep_supervision", "train.loss", "train.lr",
               "train.optimizer", "train.epochs", "data.dataset", "data.image_size", "data.foreground",
               "data.num_classes", "data.target", "seed"]
-KEY_TAGS = ["spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
+KEY_TAGS = ["campaign", "spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -64,32 +64,70 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
     return _tidy(raw, KEY_PARAMS)
 
 
-def load_campaign(campaign: str | None = None, experiment: str | None = None, uri: str | None = None,
+# Params that cannot change a result: campaigns that differ only in these are not different settings.
+NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "data.cache", "data.cache_dir", "data.download", "data.num_workers"}
+
+
+def load_campaign(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,
                   status: str = "FINISHED") -> tuple[pd.DataFrame, list[str]]:
     """Runs of a campaign (by tag, in any experiment), or all runs of an experiment.
 
     Returns (runs, axes): one row per run with the key params, tags and test metrics, plus an
     `arm` column naming the cell without its seed; axes are the campaign's matrix fields.
+
+    Several campaigns (a list) are pooled as one: their axes, preceded by every param that is
+    constant within each campaign but differs between them (so `unet_vs_resnet34_full` and
+    `arch_by_augment_full` become one campaign over `augment`). A cell run in more than one of them
+    is counted once, the run of the campaign named first.
     """
     mlflow.set_tracking_uri(tracking_uri(uri))
-    clauses = [f"attributes.status = '{status}'"]
-    if campaign:
-        clauses.append(f"tags.campaign = '{campaign}'")
-        raw = mlflow.search_runs(search_all_experiments=True, filter_string=" and ".join(clauses))
-    else:
-        raw = mlflow.search_runs(experiment_names=[experiment], filter_string=" and ".join(clauses))
-    if raw.empty:
-        raise LookupError(f"no {status} runs for {'campaign ' + repr(campaign) if campaign else 'experiment ' + repr(experiment)}")
-    axes = (raw["tags.campaign.axes"].dropna().iloc[0].split(",") if campaign and "tags.campaign.axes" in raw
-            else ["model.arch", "seed"])
-    raw = raw.sort_values("start_time")  # cells ran in matrix order
+    clause = f"attributes.status = '{status}'"
+    if not campaign:
+        raw = mlflow.search_runs(experiment_names=[experiment], filter_string=clause)
+        if raw.empty:
+            raise LookupError(f"no {status} runs for experiment {experiment!r}")
+        return _with_arms(raw.sort_values("start_time"), ["model.arch", "seed"]), ["model.arch", "seed"]
+    names = [campaign] if isinstance(campaign, str) else list(campaign)
+    frames = [mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.campaign = '{name}'")
+              for name in names]
+    if missing := [name for name, raw in zip(names, frames) if raw.empty]:
+        raise LookupError(f"no {status} runs for campaign {', '.join(map(repr, missing))}")
+    axes = list(dict.fromkeys(a for raw in frames for a in _axes(raw)))
+    if len(frames) > 1:
+        differ = _differing_params(frames)
+        axes = [*differ, *[a for a in axes if a not in differ]]
+    runs = _with_arms(pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True), axes)
+    if len(frames) > 1:
+        if absent := [a for a in axes if runs[a].isna().any()]:
+            raise LookupError(f"campaigns {', '.join(names)} cannot be pooled: {', '.join(absent)} is not recorded "
+                              "for every run")
+        runs = runs.drop_duplicates(subset=axes, keep="first").reset_index(drop=True)
+    return runs, axes
+
+
+def _axes(raw: pd.DataFrame) -> list[str]:
+    """A campaign's matrix fields, from the tag its newest run carries (cells ran in matrix order)."""
+    tagged = raw["tags.campaign.axes"].dropna() if "tags.campaign.axes" in raw else []
+    return tagged.iloc[0].split(",") if len(tagged) else ["model.arch", "seed"]
+
+
+def _differing_params(frames: list[pd.DataFrame]) -> list[str]:
+    """Params recorded by every campaign, constant within each, with different values between them."""
+    common = set.intersection(*({c[len("params."):] for c in raw if c.startswith("params.")} for raw in frames))
+    values = {name: [raw[f"params.{name}"].dropna().unique() for raw in frames] for name in sorted(common - NO_EFFECT_PARAMS)}
+    return [name for name, per in values.items()
+            if all(len(v) == 1 for v in per) and len({v[0] for v in per}) > 1]
+
+
+def _with_arms(raw: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """_tidy's frame with each axis's column and the `arm` column (the cell without its seed)."""
     runs = _tidy(raw, [*KEY_PARAMS, *axes])
     for axis in axes:  # an axis that is no spec field (a campaign's 'variant') lives in the cell tags
         if runs[axis].isna().all() and f"tags.cell.{axis}" in raw:
             runs[axis] = raw[f"tags.cell.{axis}"].to_numpy()
     arm_axes = [a for a in axes if a != "seed"] or ["model.arch"]
     runs["arm"] = runs[arm_axes].astype(str).agg(" / ".join, axis=1)
-    return runs, axes
+    return runs
 
 
 def log_report(path: str | Path, name: str, experiment: str, tags: dict[str, str], uri: str | None = None) -> str:

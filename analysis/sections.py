@@ -59,7 +59,7 @@ def _fmt_ci(values) -> str:
     return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def loss_stability(runs: pd.DataFrame, campaign: str | None, uri: str | None, png: Callable) -> list[str]:
+def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: str | None, png: Callable) -> list[str]:
     """BCE on sigmoid vs BCEWithLogits: final Dice, and how each behaved under autocast."""
     try:
         failed, _ = load_campaign(campaign, None, uri, status="FAILED") if campaign else (None, None)

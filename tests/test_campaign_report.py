@@ -125,6 +125,39 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["debug_campaign.html"]
 
 
+def test_campaigns_pool_into_one_report_over_the_param_they_differ_in(store, tmp_path):
+    from analysis.report import build_report, main
+    from analysis.runs import load_campaign
+
+    def campaign(name, lr, seeds, archs="[unet, resnet34_unet]"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                        f"set: {{train.epochs: 1, train.lr: {lr}, log_model: false, model.base_width: 4, "
+                        "data.synthetic_size: [32, 8]}\n"
+                        f"matrix:\n  model.arch: {archs}\n  seed: {seeds}\n")
+        assert {r.status for r in run_campaign(*load_campaign_spec(path))} == {"FINISHED"}
+
+    campaign("slow", 0.001, [0, 1])
+    campaign("fast", 0.01, [0])
+    campaign("slow_more", 0.001, [1, 2], archs="[unet]")  # unet seed 1 repeats a cell of `slow`
+    runs, axes = load_campaign(["slow", "fast"])
+    assert axes == ["train.lr", "model.arch", "seed"] and len(runs) == 6
+    assert list(runs.groupby("campaign", sort=False)["train.lr"].first().items()) == [("slow", 0.001), ("fast", 0.01)]
+    page = build_report(campaign=["slow", "fast"])
+    for text in ("Campaigns slow + fast", "Under which settings (model.arch within each setting)",
+                 "With train.lr=0.001: resnet34_unet", "mean over train.lr=0.001; train.lr=0.01"):
+        assert text in page, text
+    # No param differs: the seeds are pooled, and the cell both ran is counted once (the first named campaign's)
+    runs, axes = load_campaign(["slow", "slow_more"])
+    assert axes == ["model.arch", "seed"] and len(runs) == 5
+    assert sorted(runs[runs["model.arch"] == "unet"].seed) == [0, 1, 2]
+    assert set(runs[runs.seed == 1].campaign) == {"slow"}
+    with pytest.raises(LookupError, match="no FINISHED runs for campaign 'nope'"):
+        load_campaign(["slow", "nope"])
+    assert main(["--campaign", "slow", "fast", "--out", str(tmp_path), "--no-log"]) == 0
+    assert (tmp_path / "slow+fast.html").is_file()
+
+
 def test_overview_tabulates_every_campaign(campaign_store, capsys):
     from analysis.overview import main
     from analysis.report import build_report
