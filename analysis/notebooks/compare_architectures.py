@@ -13,7 +13,8 @@
 #
 # Reads one campaign from MLflow through the `analysis` package (never the training code) and
 # asks: which arm has the higher test Dice, and is the difference real? Set `CAMPAIGN` (and
-# `MLFLOW_TRACKING_URI`) in the environment, or edit the cell below; `AXIS` (e.g. `train.lr`)
+# `MLFLOW_TRACKING_URI`) in the environment, or edit the cell below; several names separated by spaces
+# pool those campaigns into one (the params they differ in become axes). `AXIS` (e.g. `train.lr`)
 # compares another varied field than the architecture.
 #
 # Dice definitions: per-image = Dice of each test image, averaged; micro = TP/FP/FN summed
@@ -29,9 +30,9 @@ from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
 from analysis.stats import compare_arms
 
-CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34")
+CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34").split()
 AXIS = os.environ.get("AXIS") or None  # None: model.arch when varied, else the first varied field
-runs, axes = load_campaign(CAMPAIGN)
+runs, axes = load_campaign(CAMPAIGN[0] if len(CAMPAIGN) == 1 else CAMPAIGN)
 print(f"{len(runs)} finished runs, axes {axes}")
 summary_table(runs)
 
