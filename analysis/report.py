@@ -192,8 +192,8 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     """
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
     axis = compare_axis(axes, axis)
-    title = (f"Campaign {campaign}" if isinstance(campaign, str) else f"Campaigns {' + '.join(campaign)}" if campaign
-             else f"Experiment {experiment}")
+    names = [campaign] if isinstance(campaign, str) else campaign or []
+    title = f"Campaign{'s' * (len(names) > 1)} {' + '.join(names)}" if names else f"Experiment {experiment}"
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
     history = runs[["run_id", "arm"]].merge(history, on="run_id")  # keeps the runs' (matrix) order
@@ -261,15 +261,14 @@ def main(argv=None) -> int:
                                   "<name>-by-<axis>.html")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
-    campaign = args.campaign[0] if args.campaign and len(args.campaign) == 1 else args.campaign
     name = ("+".join(args.campaign) if args.campaign else args.experiment) + (f"-by-{args.axis}" if args.axis else "")
     out = args.out or Path("reports")
     if out.is_dir() or not out.suffix:  # a folder, existing or to be made
         out = out / f"{name}.html"
     try:
-        runs, axes = load_campaign(campaign, args.experiment)
+        runs, axes = load_campaign(args.campaign, args.experiment)
         axis = compare_axis(axes, args.axis)
-        page = build_report(campaign, args.experiment, loaded=(runs, axes), axis=axis)
+        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

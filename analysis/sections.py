@@ -61,10 +61,13 @@ def _fmt_ci(values) -> str:
 
 def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: str | None, png: Callable) -> list[str]:
     """BCE on sigmoid vs BCEWithLogits: final Dice, and how each behaved under autocast."""
-    try:
-        failed, _ = load_campaign(campaign, None, uri, status="FAILED") if campaign else (None, None)
-    except LookupError:
-        failed = None
+    failed = []  # per campaign: a pooled campaign without failures must not hide another's
+    for name in [campaign] if isinstance(campaign, str) else campaign or []:
+        try:
+            failed.append(load_campaign(name, None, uri, status="FAILED")[0])
+        except LookupError:
+            pass
+    failed = pd.concat(failed) if failed else None
     history = load_history(list(runs.run_id), uri, metrics=["train/loss", "train/skipped_batches"])
     history = runs[["run_id", "train.loss"]].merge(history, on="run_id")
     loss = history[history.metric == "train/loss"].sort_values(["run_id", "epoch"])

@@ -32,7 +32,7 @@ from analysis.stats import compare_arms
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34").split()
 AXIS = os.environ.get("AXIS") or None  # None: model.arch when varied, else the first varied field
-runs, axes = load_campaign(CAMPAIGN[0] if len(CAMPAIGN) == 1 else CAMPAIGN)
+runs, axes = load_campaign(CAMPAIGN)
 print(f"{len(runs)} finished runs, axes {axes}")
 summary_table(runs)
 
