@@ -363,3 +363,34 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",
                  "With train.loss=bce: flip", "mean over train.loss=bce; train.loss=bce_with_logits"):
         assert text in page, text
+
+
+def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, monkeypatch):
+    """A campaign without failures must not hide another's: the loss section loads FAILED runs per campaign."""
+    import re
+
+    import torch
+
+    import harness.parts as parts_module
+    from analysis.report import build_report
+
+    def campaign(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                        "set: {train.epochs: 1, log_model: false, model.base_width: 4, data.synthetic_size: [32, 8]}\n"
+                        "matrix:\n  train.loss: [bce, bce_with_logits]\n  seed: [0]\n")
+        return [r.status for r in run_campaign(*load_campaign_spec(path))]
+
+    assert campaign("clean") == ["FINISHED"] * 2
+    real = parts_module.get_loss  # from here on `bce` gives a NaN loss: its run fails (train.on_nan: fail)
+    monkeypatch.setattr(parts_module, "get_loss", lambda name, **kw: (lambda logits, target: real(name, **kw)(
+        logits, target) * (torch.nan if name == "bce" else 1)))
+    assert campaign("broken") == ["FAILED", "FINISHED"]
+    for names, expected in ((["clean"], 0), (["clean", "broken"], 1), (["broken", "clean"], 1)):
+        page = build_report(campaign=names)
+        section = page[page.index("BCE on sigmoid vs BCEWithLogits"):]
+        table = section[:section.index("</table>")]
+        header = re.findall(r"<th>(.*?)</th>", table)
+        rows = [re.findall(r"<td>(.*?)</td>", row) for row in table.split("<tbody>")[1].split("<tr>")[1:]]
+        failed = {row[0]: int(row[header.index("failed runs")]) for row in rows}
+        assert failed == {"bce": expected, "bce_with_logits": 0}, (names, failed)
