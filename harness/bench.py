@@ -198,9 +198,9 @@ def main(argv=None) -> int:
     p.add_argument("--archs", nargs="+", default=None, choices=list_models(),
                    help="default: every registered model that takes the spec's model knobs")
     p.add_argument("--settings", nargs="+", default=["off", "auto"], choices=SETTINGS,
-                   help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last); "
-                        "auto+compile = auto with torch.compile in train.compile_mode (give train.compile=true "
-                        "train.compile_mode=reduce-overhead for CUDA graphs)")
+                   help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last on CUDA and "
+                        "on CPUs with native bf16, else float32); auto+compile = auto with torch.compile in "
+                        "train.compile_mode (give train.compile=true train.compile_mode=reduce-overhead for CUDA graphs)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("bench/bench.json"))
