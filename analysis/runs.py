@@ -111,11 +111,20 @@ def _axes(raw: pd.DataFrame) -> list[str]:
     return tagged.iloc[0].split(",") if len(tagged) else ["model.arch", "seed"]
 
 
+# Tags that can change a result though the spec is the same: `amp: auto` trains in bf16 on one
+# machine and float32 on another (a CPU without native bf16), so campaigns run on the two differ.
+RESULT_TAGS = ["amp.dtype"]
+
+
 def _differing_params(frames: list[pd.DataFrame]) -> list[str]:
-    """Params recorded by every campaign, constant within each, with different values between them."""
-    common = set.intersection(*({c[len("params."):] for c in raw if c.startswith("params.")} for raw in frames))
-    values = {name: [raw[f"params.{name}"].dropna().unique() for raw in frames] for name in sorted(common - NO_EFFECT_PARAMS)}
-    return [name for name, per in values.items()
+    """Params (and RESULT_TAGS) recorded by every campaign, constant within each, with different
+    values between them."""
+    def columns(raw):
+        return ({c for c in raw if c.startswith("params.")} | {f"tags.{t}" for t in RESULT_TAGS if f"tags.{t}" in raw})
+    common = set.intersection(*(columns(raw) for raw in frames))
+    effective = sorted(c for c in common if c.split(".", 1)[1] not in NO_EFFECT_PARAMS)
+    values = {c: [raw[c].dropna().unique() for raw in frames] for c in effective}
+    return [c.split(".", 1)[1] for c, per in values.items()
             if all(len(v) == 1 for v in per) and len({v[0] for v in per}) > 1]
 
 

@@ -152,6 +152,16 @@ def test_campaigns_pool_into_one_report_over_the_param_they_differ_in(store, tmp
     assert axes == ["model.arch", "seed"] and len(runs) == 5
     assert sorted(runs[runs["model.arch"] == "unet"].seed) == [0, 1, 2]
     assert set(runs[runs.seed == 1].campaign) == {"slow"}
+    # The same spec trained in another precision (`amp: auto` on a machine with or without native bf16)
+    # is another setting: the autocast dtype becomes the leading axis and no cell is dropped as a repeat
+    client = MlflowClient(store)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "tags.campaign = 'slow_more'"):
+        other = "bfloat16" if run.data.tags["amp.dtype"] != "bfloat16" else "float32"
+        client.set_tag(run.info.run_id, "amp.dtype", other)
+    runs, axes = load_campaign(["slow", "slow_more"])
+    assert axes == ["amp.dtype", "model.arch", "seed"] and len(runs) == 6
+    assert runs.groupby("campaign")["amp.dtype"].nunique().to_dict() == {"slow": 1, "slow_more": 1}
     with pytest.raises(LookupError, match="no FINISHED runs for campaign 'nope'"):
         load_campaign(["slow", "nope"])
     assert main(["--campaign", "slow", "fast", "--out", str(tmp_path), "--no-log"]) == 0
