@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis import plots, sections
-from analysis.runs import experiment_name, load_campaign, load_history, load_per_image, log_report
+from analysis.runs import campaign_names, experiment_name, load_campaign, load_history, load_per_image, log_report
 from analysis.stats import bootstrap_ci, compare_arms, evidence
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
@@ -192,7 +192,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     """
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
     axis = compare_axis(axes, axis)
-    names = [campaign] if isinstance(campaign, str) else campaign or []
+    names = campaign_names(campaign)
     title = f"Campaign{'s' * (len(names) > 1)} {' + '.join(names)}" if names else f"Experiment {experiment}"
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
     history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])

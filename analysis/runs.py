@@ -68,6 +68,11 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
 NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "data.cache", "data.cache_dir", "data.download", "data.num_workers"}
 
 
+def campaign_names(campaign: str | list[str] | None) -> list[str]:
+    """One name, several, or none (an experiment's runs) -> a list of campaign names."""
+    return [campaign] if isinstance(campaign, str) else list(campaign or [])
+
+
 def load_campaign(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,
                   status: str = "FINISHED") -> tuple[pd.DataFrame, list[str]]:
     """Runs of a campaign (by tag, in any experiment), or all runs of an experiment.
@@ -87,7 +92,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         if raw.empty:
             raise LookupError(f"no {status} runs for experiment {experiment!r}")
         return _with_arms(raw.sort_values("start_time"), ["model.arch", "seed"]), ["model.arch", "seed"]
-    names = [campaign] if isinstance(campaign, str) else list(campaign)
+    names = campaign_names(campaign)
     frames = [mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.campaign = '{name}'")
               for name in names]
     if missing := [name for name, raw in zip(names, frames) if raw.empty]:

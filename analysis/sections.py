@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from analysis import plots
-from analysis.runs import load_campaign, load_history, load_per_image, load_predictions
+from analysis.runs import campaign_names, load_campaign, load_history, load_per_image, load_predictions
 from analysis.stats import VERDICTS, bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
@@ -62,7 +62,7 @@ def _fmt_ci(values) -> str:
 def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: str | None, png: Callable) -> list[str]:
     """BCE on sigmoid vs BCEWithLogits: final Dice, and how each behaved under autocast."""
     failed = []  # per campaign: a pooled campaign without failures must not hide another's
-    for name in [campaign] if isinstance(campaign, str) else campaign or []:
+    for name in campaign_names(campaign):
         try:
             failed.append(load_campaign(name, None, uri, status="FAILED")[0])
         except LookupError:
