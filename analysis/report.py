@@ -201,7 +201,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
              f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; compared: "
              f"<b>{html.escape(axis)}</b>; generated "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-             f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>']
+             f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>', *precision_note(runs, axes)]
 
     strata = _others(axes, axis)
     scores = load_scores(runs, uri)
@@ -237,6 +237,17 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
              "img{max-width:100%}.def{background:#f4f4f4;padding:.6em;font-size:13px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def precision_note(runs: pd.DataFrame, axes: list[str]) -> list[str]:
+    """A paragraph when the runs trained in more than one precision (`amp: auto` is bf16 on one
+    machine and float32 on another): load_campaign made it an axis, so nothing pools them."""
+    if "amp.dtype" not in axes:
+        return []
+    counts = ", ".join(f"{n} in {html.escape(str(dtype))}" for dtype, n in runs["amp.dtype"].value_counts().items())
+    return [f"<p><b>Mixed precision:</b> these runs trained in more than one autocast dtype ({counts}), as "
+            "<code>amp: auto</code> does on machines with and without native bf16. <code>amp.dtype</code> is "
+            "therefore an axis: every comparison below is made within one precision.</p>"]
 
 
 def conclusion_text(page: str) -> str:

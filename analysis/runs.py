@@ -83,7 +83,8 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     Several campaigns (a list) are pooled as one: their axes, preceded by every param that is
     constant within each campaign but differs between them (so `unet_vs_resnet34_full` and
     `arch_by_augment_full` become one campaign over `augment`). A cell run in more than one of them
-    is counted once, the run of the campaign named first.
+    is counted once, the run of the campaign named first. Runs that trained in more than one
+    precision (tag amp.dtype) have it as their first axis.
     """
     mlflow.set_tracking_uri(tracking_uri(uri))
     clause = f"attributes.status = '{status}'"
@@ -91,7 +92,8 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         raw = mlflow.search_runs(experiment_names=[experiment], filter_string=clause)
         if raw.empty:
             raise LookupError(f"no {status} runs for experiment {experiment!r}")
-        return _with_arms(raw.sort_values("start_time"), ["model.arch", "seed"]), ["model.arch", "seed"]
+        axes = [*_mixed_result_tags(raw), "model.arch", "seed"]
+        return _with_arms(raw.sort_values("start_time"), axes), axes
     names = campaign_names(campaign)
     frames = [mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.campaign = '{name}'")
               for name in names]
@@ -101,7 +103,9 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     if len(frames) > 1:
         differ = _differing_params(frames)
         axes = [*differ, *[a for a in axes if a not in differ]]
-    runs = _with_arms(pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True), axes)
+    raw = pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True)
+    axes = [*_mixed_result_tags(raw), *axes]
+    runs = _with_arms(raw, axes)
     if len(frames) > 1:
         if absent := [a for a in axes if runs[a].isna().any()]:
             raise LookupError(f"campaigns {', '.join(names)} cannot be pooled: {', '.join(absent)} is not recorded "
@@ -117,16 +121,23 @@ def _axes(raw: pd.DataFrame) -> list[str]:
 
 
 # Tags that can change a result though the spec is the same: `amp: auto` trains in bf16 on one
-# machine and float32 on another (a CPU without native bf16), so campaigns run on the two differ.
+# machine and float32 on another (a CPU without native bf16). Runs of one spec in two precisions
+# are two cells (a campaign re-runs a cell finished in the other precision), never more seeds.
 RESULT_TAGS = ["amp.dtype"]
 
 
+def _mixed_result_tags(raw: pd.DataFrame) -> list[str]:
+    """RESULT_TAGS with more than one value among the runs: leading axes, so that every comparison
+    is made within one precision. A run that predates the tag is 'unrecorded' there."""
+    mixed = [t for t in RESULT_TAGS if f"tags.{t}" in raw and raw[f"tags.{t}"].nunique() > 1]
+    for tag in mixed:
+        raw[f"tags.{tag}"] = raw[f"tags.{tag}"].fillna("unrecorded")
+    return mixed
+
+
 def _differing_params(frames: list[pd.DataFrame]) -> list[str]:
-    """Params (and RESULT_TAGS) recorded by every campaign, constant within each, with different
-    values between them."""
-    def columns(raw):
-        return ({c for c in raw if c.startswith("params.")} | {f"tags.{t}" for t in RESULT_TAGS if f"tags.{t}" in raw})
-    common = set.intersection(*(columns(raw) for raw in frames))
+    """Params recorded by every campaign, constant within each, with different values between them."""
+    common = set.intersection(*({c for c in raw if c.startswith("params.")} for raw in frames))
     effective = sorted(c for c in common if c.split(".", 1)[1] not in NO_EFFECT_PARAMS)
     values = {c: [raw[c].dropna().unique() for raw in frames] for c in effective}
     return [c.split(".", 1)[1] for c, per in values.items()

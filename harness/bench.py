@@ -37,7 +37,8 @@ from harness.measure import checkpoint_times, data_times, flops_per_image, saved
 from harness.models import count_parameters, list_models
 from harness.parts import Parts, build_parts
 from harness.spec import SpecError, load_spec
-from harness.train import StepConfig, compile_model, evaluate, resolve_amp, select_device, train_one_epoch
+from harness.train import (StepConfig, compile_model, dtype_name, evaluate, resolve_amp, select_device,
+                           train_one_epoch)
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
@@ -154,7 +155,7 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     achieved = flops * n_train / minimal / 1e12
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return {
-        "arch": arch, "setting": setting, "amp_dtype": str(dtype).replace("torch.", "") if dtype else "float32",
+        "arch": arch, "setting": setting, "amp_dtype": dtype_name(dtype),
         "channels_last": channels_last, "compile_mode": t.compile_mode if setting.endswith("+compile") else None,
         "params": count_parameters(model), "image_size": d.image_size,
         "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),

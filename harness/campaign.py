@@ -1,8 +1,9 @@
 """Campaigns: a matrix of experiment runs, re-runnable until complete, never repeating work.
 
 Every cell is an ordinary experiment run tagged `campaign`, `campaign.axes` and `cell.<field>`.
-A cell whose spec hash already has a FINISHED run in the campaign is skipped, and an interrupted
-cell resumes its run from its last checkpoint, so re-running a campaign completes it. A failed cell does not stop the others; it is reported at the end.
+A cell whose spec hash already has a FINISHED run in the campaign, in the precision the cell
+would train in here (`amp: auto` differs between machines), is skipped, and an interrupted cell
+resumes its run from its last checkpoint, so re-running a campaign completes it. A failed cell does not stop the others; it is reported at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from harness import tracking
 from harness.experiment import run_experiment
 from harness.plans import CampaignSpec
 from harness.spec import load_spec
+from harness.train import planned_precision
 
 CHECKPOINTS = Path("mlruns/checkpoints")
 
@@ -44,12 +46,18 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
         exp.name = f"{spec.name}[{_label(cell)}]"
         tags = {"campaign": spec.name, "campaign.axes": axes, "campaign.cell": json.dumps(cell, sort_keys=True),
                 **{f"cell.{k}": v for k, v in cell.items()}}
-        done = tracking.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED")
+        same = {"campaign": spec.name, "spec_hash": exp.spec_hash()}
+        precision = planned_precision(exp.train.amp, exp.train.device)
+        done = tracking.find_runs(experiment, same, "FINISHED", where_set={"amp.dtype": precision} if precision else None)
         if done:
             print(f"[{i}/{len(cells)}] {exp.name}: already finished as run {done[0]}, skipped", flush=True)
             results.append(CellResult(cell, "SKIPPED", done[0]))
             continue
-        resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS)  # an interrupted cell
+        if other := tracking.find_runs(experiment, same, "FINISHED"):
+            print(f"[{i}/{len(cells)}] {exp.name}: run {other[0]} finished it in another precision (tag amp.dtype); "
+                  f"here amp: {exp.train.amp} trains in {precision}, so the cell runs again and the report "
+                  "compares the two precisions apart", flush=True)
+        resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS, precision)  # an interrupted cell
         print(f"[{i}/{len(cells)}] {exp.name}" + (f" (resuming run {resume})" if resume else ""), flush=True)
         made: list[tracking.MlflowTracker] = []
 

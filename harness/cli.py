@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("campaign", help="run every cell of a campaign matrix (finished cells are skipped)",
                        description="Run a matrix of experiments. Each cell is an ordinary run tagged with the "
-                                   "campaign; cells already FINISHED with the same spec hash are skipped.")
+                                   "campaign; cells already FINISHED with the same spec hash, in the precision "
+                                   "`amp` resolves to on this machine (tag amp.dtype), are skipped.")
     s.add_argument("spec", type=Path, help="campaign YAML (base experiment spec + matrix)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign-level overrides, e.g. name=x")
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
@@ -146,11 +147,10 @@ def _experiment(args) -> int:
     from harness.data import DataError
     from harness.experiment import run_experiment
     from harness.models import WeightsUnavailable
-    from harness.tracking import MlflowTracker, default_tracking_uri, find_resumable
+    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri
+    from harness.train import planned_precision
 
-    resume = None if args.restart else find_resumable(spec.tracking, spec.spec_hash(), Path("mlruns/checkpoints"))
-    if resume:
-        print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
+    resume = None if args.restart else _resumable(spec, planned_precision(spec.train.amp, spec.train.device))
 
     def make_tracker(params, tags):
         return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
@@ -159,7 +159,7 @@ def _experiment(args) -> int:
 
     try:
         result = run_experiment(spec, make_tracker)
-    except (DataError, WeightsUnavailable) as err:
+    except (DataError, WeightsUnavailable, ResumeMismatch) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the tracker has already marked the run FAILED with its traceback
@@ -170,6 +170,20 @@ def _experiment(args) -> int:
     if result.run_id != "none":  # under torchrun, ranks other than 0 have no run
         print(f"run {result.run_id} FINISHED in experiment '{spec.tracking}' ({default_tracking_uri()})")
     return 0
+
+
+def _resumable(spec, precision: str | None) -> str | None:
+    """The unfinished run of this spec to resume, if one trained in the precision it would train in here."""
+    from harness.tracking import find_resumable
+
+    folder = Path("mlruns/checkpoints")
+    resume = find_resumable(spec.tracking, spec.spec_hash(), folder, precision)
+    if resume:
+        print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
+    elif other := find_resumable(spec.tracking, spec.spec_hash(), folder):
+        print(f"not resuming unfinished run {other}: it trained in another precision (tag amp.dtype), and here "
+              f"amp: {spec.train.amp} trains in {precision}; starting a new run", flush=True)
+    return resume
 
 
 def _study(args) -> int:

@@ -24,7 +24,7 @@ from harness.parts import Parts, freeze_encoder, build_parts, seed_everything
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
 from harness.tracking import NullTracker
-from harness.train import evaluate, select_device, train_one_epoch
+from harness.train import dtype_name, evaluate, select_device, train_one_epoch
 
 
 class _StopRequest:
@@ -63,7 +63,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     seed_everything(spec.seed, device)
     parts = build_parts(spec, device, world)
     tags = {"spec_hash": spec.spec_hash(), "data.fingerprint": parts.data.fingerprint,
-            "amp.dtype": str(parts.cfg.amp_dtype).replace("torch.", "") if parts.cfg.amp_dtype else "float32",
+            "amp.dtype": dtype_name(parts.cfg.amp_dtype),
             **{f"data.{k}": v for k, v in parts.data.info.items()},
             **{f"data.audit.{k}": v for k, v in parts.data.audit.get("counts", {}).items()},
             **git_state(), **environment(device), "dist.world_size": world.size}

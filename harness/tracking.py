@@ -90,6 +90,25 @@ class NullTracker:
         return -1
 
 
+# What a resumed run must share with the process continuing it: the spec, and the precision
+# `amp: auto` resolved to (bf16 on one machine, float32 on another; the spec hash says only `auto`).
+RUN_IDENTITY_TAGS = ("spec_hash", "amp.dtype")
+
+
+class ResumeMismatch(ValueError):
+    pass
+
+
+def _check_same_run(run, tags: dict[str, Any]) -> None:
+    """Refuse to continue `run` with `tags` that say it would train differently; checked before the
+    run is reopened, so its record stays as it was."""
+    differ = [f"{key} {run.data.tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
+              if key in run.data.tags and key in tags and str(tags[key]) != run.data.tags[key]]
+    if differ:
+        raise ResumeMismatch(f"run {run.info.run_id} cannot be resumed here: it trained with {', '.join(differ)}; "
+                             "a run is continued only as it began. Start a new run instead (experiment --restart).")
+
+
 class MlflowTracker:
     """One MLflow run. As a context manager it ends the run FINISHED, KILLED or FAILED, never RUNNING.
 
@@ -113,6 +132,7 @@ class MlflowTracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment_id = _experiment_id(self.experiment, self.tracking_uri)
         if self.resume_id:
+            _check_same_run(MlflowClient(self.tracking_uri).get_run(self.resume_id), self.tags)
             run = mlflow.start_run(run_id=self.resume_id)
             mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
         else:
@@ -232,8 +252,10 @@ def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str
     return run.info.run_id
 
 
-def find_runs(experiment: str, tags: dict[str, str], status: str | None = None) -> list[str]:
-    """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first."""
+def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
+              where_set: dict[str, str] | None = None) -> list[str]:
+    """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first. `where_set`:
+    tags a run must match if it has them (runs made before the harness recorded one still count)."""
     client = _client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -242,16 +264,18 @@ def find_runs(experiment: str, tags: dict[str, str], status: str | None = None) 
     if status:
         clauses.append(f"attributes.status = '{status}'")
     runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
-    return [r.info.run_id for r in runs]
+    return [r.info.run_id for r in runs if all(r.data.tags.get(k, v) == v for k, v in (where_set or {}).items())]
 
 
-def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path) -> str | None:
+def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path, amp_dtype: str | None = None) -> str | None:
     """Newest unfinished run (RUNNING, KILLED, FAILED) of this spec hash that has a checkpoint
-    and is not held by a live process; None if there is none."""
+    and is not held by a live process; None if there is none. With `amp_dtype`, only a run that
+    trained in that precision (see `MlflowTracker`: a run never changes precision)."""
     from harness.checkpoint import LAST, PREV, is_active
 
+    same = {"amp.dtype": amp_dtype} if amp_dtype else None
     for status in ("RUNNING", "KILLED", "FAILED"):
-        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status):
+        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status, where_set=same):
             folder = checkpoint_root / run_id
             if ((folder / LAST).exists() or (folder / PREV).exists()) and not is_active(folder):
                 return run_id

@@ -193,6 +193,22 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The `amp.dtype` tag: 'bfloat16', 'float16', or 'float32' when there is no autocast."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def planned_precision(amp: str, device: str = "auto") -> str | None:
+    """The `amp.dtype` a run of this spec would train in on this machine, before building it; None
+    when the device is absent (the run itself then fails with that error). `amp: auto` is bf16
+    on one machine and float32 on another, so what identifies a run's cell is the spec hash and
+    this, not the spec hash alone."""
+    try:
+        return dtype_name(resolve_amp(amp, select_device(device)))
+    except RuntimeError:
+        return None
+
+
 def compile_model(model: nn.Module, mode: str = "default") -> None:
     """torch.compile `model` in place, so its state_dict keys stay those of the plain model
     (checkpoints, MLflow). `reduce-overhead` also records CUDA graphs: one replay per step instead

@@ -404,3 +404,35 @@ def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, m
         rows = [re.findall(r"<td>(.*?)</td>", row) for row in table.split("<tbody>")[1].split("<tr>")[1:]]
         failed = {row[0]: int(row[header.index("failed runs")]) for row in rows}
         assert failed == {"bce": expected, "bce_with_logits": 0}, (names, failed)
+
+
+def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(store, tmp_path, capsys):
+    # A campaign begun where `amp: auto` is bf16 and continued where it is float32 (or the reverse):
+    # the spec hash is the same, but a run in the other precision is not this cell's result.
+    from analysis.report import build_report
+    from analysis.runs import load_campaign
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: precisions\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                    "set: {train.epochs: 1, log_model: false}\nmatrix:\n  model.arch: [unet, resnet34_unet]\n")
+    spec, base = load_campaign_spec(path)
+    first = run_campaign(spec, base)
+    client = MlflowClient(store)
+    here = client.get_run(first[0].run_id).data.tags["amp.dtype"]
+    other = "bfloat16" if here != "bfloat16" else "float32"
+    for result in first:
+        client.set_tag(result.run_id, "amp.dtype", other)
+    capsys.readouterr()
+    again = run_campaign(spec, base)
+    assert [r.status for r in again] == ["FINISHED", "FINISHED"]
+    assert not {r.run_id for r in again} & {r.run_id for r in first}
+    assert f"run {first[0].run_id} finished it in another precision" in capsys.readouterr().out
+    assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED", "SKIPPED"]  # now done in this precision
+
+    runs, axes = load_campaign("precisions")
+    assert axes[0] == "amp.dtype" and len(runs) == 4
+    assert runs.groupby("amp.dtype")["model.arch"].apply(sorted).to_dict() == {
+        here: ["resnet34_unet", "unet"], other: ["resnet34_unet", "unet"]}
+    assert runs["arm"].nunique() == 4  # never two precisions as seeds of one arm
+    page = build_report("precisions", loaded=(runs, axes))
+    assert "Mixed precision" in page and f"2 in {here}" in page and f"2 in {other}" in page

@@ -272,3 +272,43 @@ def test_sigkill_at_a_fault_point_then_resume_matches_uninterrupted(point, tmp_p
     final = _weights(run_dir / "best.pt")
     assert all(torch.equal(final[k], weights[k]) for k in weights)
     assert client.get_run(run_dir.name).info.status == "FINISHED"
+
+
+def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, capsys):
+    # `amp: auto` is bf16 on a CPU with native bf16 and float32 on one without: a run killed on the one
+    # machine must not be continued on the other, or its epochs would mix precisions under one tag.
+    from harness.cli import main
+    from harness.tracking import ResumeMismatch
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
+    root = tmp_path / "mlruns" / "checkpoints"  # where the CLI looks, from the store's folder
+    with pytest.raises(Crash):
+        _run(store, root, crash_at=1)
+    spec = load_spec(EXPERIMENTS / "debug.yaml", OVERRIDES)
+    client = MlflowClient(store)
+    (killed,) = client.search_runs([client.get_experiment_by_name(spec.tracking).experiment_id])
+    here = killed.data.tags["amp.dtype"]
+    other = "bfloat16" if here != "bfloat16" else "float32"
+    client.set_tag(killed.info.run_id, "amp.dtype", other)  # as if it began on the other kind of machine
+    assert find_resumable(spec.tracking, spec.spec_hash(), root, here) is None
+    assert find_resumable(spec.tracking, spec.spec_hash(), root, other) == killed.info.run_id
+    assert find_resumable(spec.tracking, spec.spec_hash(), root) == killed.info.run_id  # precision not asked
+
+    # Asked to continue it anyway, the tracker refuses before reopening the run: its record is untouched.
+    with pytest.raises(ResumeMismatch, match=rf"amp.dtype {other} \(now {here}\)"):
+        _run(store, root, run_id=killed.info.run_id)
+    run = client.get_run(killed.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["amp.dtype"] == other
+    assert "resumed_from_epoch" not in run.data.tags
+
+    # The same command a user would re-run starts a new run, and says why it did not resume.
+    try:
+        assert main(["experiment", str(EXPERIMENTS / "debug.yaml"), *OVERRIDES]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert f"not resuming unfinished run {killed.info.run_id}: it trained in another precision" in capsys.readouterr().out
+    runs = {r.info.run_id: r for r in client.search_runs([run.info.experiment_id])}
+    (new,) = set(runs) - {killed.info.run_id}
+    assert runs[new].info.status == "FINISHED" and runs[new].data.tags["amp.dtype"] == here
+    assert runs[killed.info.run_id].info.status == "KILLED"
