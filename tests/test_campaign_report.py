@@ -436,3 +436,29 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
     assert runs["arm"].nunique() == 4  # never two precisions as seeds of one arm
     page = build_report("precisions", loaded=(runs, axes))
     assert "Mixed precision" in page and f"2 in {here}" in page and f"2 in {other}" in page
+
+
+def test_precision_is_an_axis_unless_a_train_amp_axis_decides_it():
+    from analysis.runs import _mixed_precision
+
+    def raw(amp, dtypes):
+        return pd.DataFrame({"params.train.amp": amp, "params.model.arch": ["unet", "resnet34_unet"] * 2,
+                             "tags.amp.dtype": dtypes})
+
+    one_machine = raw(["auto"] * 4, ["float32"] * 4)
+    assert _mixed_precision(one_machine, ["model.arch", "seed"]) == []
+    two_machines = raw(["auto"] * 4, ["bfloat16", "bfloat16", "float32", "float32"])
+    assert _mixed_precision(two_machines, ["model.arch", "seed"]) == ["amp.dtype"]
+    # The arms split by machine (UNet on one, ResNet34-UNet on the other): still an axis, so the
+    # architecture comparison finds no setting with both, rather than comparing precisions.
+    by_arch = raw(["auto"] * 4, ["bfloat16", "float32"] * 2)
+    assert _mixed_precision(by_arch, ["model.arch", "seed"]) == ["amp.dtype"]
+    # A campaign over train.amp compares precisions on purpose: its levels decide the dtype.
+    over_amp = raw(["off", "off", "bf16", "bf16"], ["float32", "float32", "bfloat16", "bfloat16"])
+    assert _mixed_precision(over_amp, ["train.amp", "model.arch", "seed"]) == []
+    # ... unless its `auto` level itself ran on two kinds of machine.
+    auto_mixed = raw(["off", "off", "auto", "auto"], ["float32", "float32", "bfloat16", "float32"])
+    assert _mixed_precision(auto_mixed, ["train.amp", "model.arch", "seed"]) == ["amp.dtype"]
+    legacy = raw(["auto"] * 4, [None, "float32", "bfloat16", "bfloat16"])  # one run predates the tag
+    assert _mixed_precision(legacy, ["model.arch", "seed"]) == ["amp.dtype"]
+    assert list(legacy["tags.amp.dtype"]) == ["unrecorded", "float32", "bfloat16", "bfloat16"]
