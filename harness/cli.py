@@ -190,7 +190,7 @@ def _study(args) -> int:
     from harness.plans import load_study_spec
 
     spec, base = load_study_spec(args.spec, args.overrides)
-    from harness.study import run_study, run_worker, storage_for
+    from harness.study import StudyMismatch, run_study, run_worker, storage_for
 
     if args.worker_index is not None:
         run_worker(spec, base, storage_for(spec, args.storage), args.worker_index)
@@ -198,7 +198,12 @@ def _study(args) -> int:
     cmd = [sys.executable, "-m", "harness", "study", str(args.spec), *args.overrides]
     if args.storage:
         cmd += ["--storage", args.storage]
-    study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage, worker_cmd=cmd)
+    try:
+        study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage,
+                          worker_cmd=cmd)
+    except StudyMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"study '{spec.name}': {len(study.trials)} trials in storage")
     return 0
 

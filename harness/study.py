@@ -21,6 +21,7 @@ from harness import tracking
 from harness.experiment import run_experiment
 from harness.spec import flatten, load_spec
 from harness.plans import StudySpec
+from harness.train import planned_precision
 
 GENERATED = Path("experiments/generated")
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -142,16 +143,39 @@ def run_worker(spec: StudySpec, base: Path, storage, worker: int) -> None:
                    callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
 
 
+class StudyMismatch(ValueError):
+    pass
+
+
+def planned_study_precision(spec: StudySpec, base: Path) -> str | None:
+    """The `amp.dtype` the study's trials train in on this machine; None when a trial's own
+    settings decide it (train.amp or train.device searched) or the device is absent."""
+    if {"train.amp", "train.device"} & set(spec.search_space):
+        return None
+    exp = load_spec(base, spec.overrides({}))
+    return planned_precision(exp.train.amp, exp.train.device)
+
+
 def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1, storage_url: str | None = None,
               worker_cmd: list[str] | None = None) -> optuna.Study:
     """Create or resume the study and its MLflow parent run, run the workers, then summarise."""
     storage = storage_for(spec, storage_url)
     study = open_study(spec, storage)  # created once here, before any worker starts
     experiment = spec.tracking or load_spec(base).tracking
+    precision = planned_study_precision(spec, base)
     if "mlflow_parent_run_id" not in study.user_attrs:
         params = {**flatten(spec.model_dump(mode="json")), "spec_path": str(spec_path)}
-        study.set_user_attr("mlflow_parent_run_id", tracking.create_parent_run(experiment, spec.name, params))
+        parent = tracking.create_parent_run(experiment, spec.name, params)
+        tracking.set_run_tags(parent, {"amp.dtype": precision or "per trial"})
+        study.set_user_attr("mlflow_parent_run_id", parent)
         study.set_user_attr("mlflow_experiment", experiment)
+        study.set_user_attr("amp_dtype", precision)
+    elif precision and study.user_attrs.get("amp_dtype", precision) != precision:
+        raise StudyMismatch(
+            f"study '{spec.name}' cannot be continued here: its trials trained in {study.user_attrs['amp_dtype']}, "
+            f"and here amp: {load_spec(base, spec.overrides({})).train.amp} trains in {precision}, so the sampler "
+            "and the pruner would compare trials across precisions. Continue it where it began, or start a new "
+            f"study (name=<new name>).")
     parent = study.user_attrs["mlflow_parent_run_id"]
     tracking.reopen_run(parent)
     try:  # every path ends the parent run: FINISHED, or KILLED/FAILED with the error raised
