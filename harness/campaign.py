@@ -62,7 +62,8 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
         made: list[tracking.MlflowTracker] = []
 
         def make_tracker(params, run_tags):
-            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
+            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
+                                               run_id=tracking.resume_if_same(resume, run_tags)))
             return made[-1]
 
         try:

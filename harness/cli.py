@@ -147,13 +147,13 @@ def _experiment(args) -> int:
     from harness.data import DataError
     from harness.experiment import run_experiment
     from harness.models import WeightsUnavailable
-    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri
+    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri, resume_if_same
     from harness.train import planned_precision
 
     resume = None if args.restart else _resumable(spec, planned_precision(spec.train.amp, spec.train.device))
 
-    def make_tracker(params, tags):
-        return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
+    def make_tracker(params, tags):  # tags carry the data fingerprint, known once the data is read
+        return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume_if_same(resume, tags))
 
     from harness import distributed
 

@@ -90,23 +90,39 @@ class NullTracker:
         return -1
 
 
-# What a resumed run must share with the process continuing it: the spec, and the precision
-# `amp: auto` resolved to (bf16 on one machine, float32 on another; the spec hash says only `auto`).
-RUN_IDENTITY_TAGS = ("spec_hash", "amp.dtype")
+# What a resumed run must share with the process continuing it: the spec, the precision `amp: auto`
+# resolved to (bf16 on one machine, float32 on another; the spec hash says only `auto`) and the
+# data's content (a file edited since the run began changes the fingerprint, not the spec).
+RUN_IDENTITY_TAGS = ("spec_hash", "amp.dtype", "data.fingerprint")
 
 
 class ResumeMismatch(ValueError):
     pass
 
 
+def _differences(run, tags: dict[str, Any]) -> list[str]:
+    return [f"{key} {run.data.tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
+            if key in run.data.tags and key in tags and str(tags[key]) != run.data.tags[key]]
+
+
 def _check_same_run(run, tags: dict[str, Any]) -> None:
     """Refuse to continue `run` with `tags` that say it would train differently; checked before the
     run is reopened, so its record stays as it was."""
-    differ = [f"{key} {run.data.tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
-              if key in run.data.tags and key in tags and str(tags[key]) != run.data.tags[key]]
-    if differ:
+    if differ := _differences(run, tags):
         raise ResumeMismatch(f"run {run.info.run_id} cannot be resumed here: it trained with {', '.join(differ)}; "
                              "a run is continued only as it began. Start a new run instead (experiment --restart).")
+
+
+def resume_if_same(run_id: str | None, tags: dict[str, Any]) -> str | None:
+    """`run_id` when the run can be continued with `tags` (see RUN_IDENTITY_TAGS), else None, saying
+    why: for callers that found the run themselves and start a new one instead."""
+    if not run_id:
+        return None
+    if differ := _differences(_client().get_run(run_id), tags):
+        print(f"not resuming unfinished run {run_id}: it trained with {', '.join(differ)}; starting a new run",
+              flush=True)
+        return None
+    return run_id
 
 
 class MlflowTracker:

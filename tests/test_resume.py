@@ -312,3 +312,43 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
     (new,) = set(runs) - {killed.info.run_id}
     assert runs[new].info.status == "FINISHED" and runs[new].data.tags["amp.dtype"] == here
     assert runs[killed.info.run_id].info.status == "KILLED"
+
+
+def test_a_run_whose_data_changed_is_not_resumed(store, tmp_path, capsys):
+    # The spec is the same, but an image was replaced after the run was killed: continuing it would
+    # train its last epochs on other data than its first, under the new fingerprint alone.
+    from conftest import write_pet_layout
+    from harness.cli import main
+    from harness.parts import cached_data
+
+    root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
+    args = ["experiment", str(EXPERIMENTS / "debug.yaml"), "data.dataset=oxford_pet", f"data.root={root}",
+            "train.epochs=3", "log_model=false", "data.val_fraction=0.25"]
+    spec = load_spec(EXPERIMENTS / "debug.yaml", args[2:])
+
+    def crash(epoch, metrics):
+        raise Crash("killed after epoch 1")
+
+    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store)  # noqa: E731
+    with pytest.raises(Crash):
+        run_experiment(spec, make, checkpoint_root=tmp_path / "mlruns" / "checkpoints", on_epoch=crash)
+    client = MlflowClient(store)
+    (killed,) = client.search_runs([client.get_experiment_by_name(spec.tracking).experiment_id])
+    (root / "images" / "pet_3.jpg").write_bytes((root / "images" / "pet_4.jpg").read_bytes())
+    cached_data.cache_clear()  # the decoded data is memoised per process; the user's command is a new one
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
+    try:
+        assert main(args) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    old_fp = killed.data.tags["data.fingerprint"]
+    out = capsys.readouterr().out
+    assert f"not resuming unfinished run {killed.info.run_id}: it trained with data.fingerprint {old_fp}" in out
+    runs = {r.info.run_id: r for r in client.search_runs([killed.info.experiment_id])}
+    (new,) = set(runs) - {killed.info.run_id}
+    assert runs[new].info.status == "FINISHED" and runs[new].data.tags["data.fingerprint"] != old_fp
+    assert "resumed_from_epoch" not in runs[new].data.tags
+    assert runs[killed.info.run_id].info.status == "KILLED"
+    assert runs[killed.info.run_id].data.tags["data.fingerprint"] == old_fp  # its record is as it was
