@@ -201,7 +201,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
              f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; compared: "
              f"<b>{html.escape(axis)}</b>; generated "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-             f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>', *precision_note(runs, axes)]
+             f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>', *provenance_notes(runs, axes)]
 
     strata = _others(axes, axis)
     scores = load_scores(runs, uri)
@@ -239,15 +239,20 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def precision_note(runs: pd.DataFrame, axes: list[str]) -> list[str]:
-    """A paragraph when the runs trained in more than one precision (`amp: auto` is bf16 on one
-    machine and float32 on another): load_campaign made it an axis, so nothing pools them."""
-    if "amp.dtype" not in axes:
-        return []
-    counts = ", ".join(f"{n} in {html.escape(str(dtype))}" for dtype, n in runs["amp.dtype"].value_counts().items())
-    return [f"<p><b>Mixed precision:</b> these runs trained in more than one autocast dtype ({counts}), as "
-            "<code>amp: auto</code> does on machines with and without native bf16. <code>amp.dtype</code> is "
-            "therefore an axis: every comparison below is made within one precision.</p>"]
+def provenance_notes(runs: pd.DataFrame, axes: list[str]) -> list[str]:
+    """A paragraph for each of amp.dtype and data.fingerprint that load_campaign made an axis: the
+    runs trained in more than one precision, or on more than one version of the data."""
+    what = {"amp.dtype": ("Mixed precision", "autocast dtype", "as <code>amp: auto</code> does on machines with "
+                          "and without native bf16"),
+            "data.fingerprint": ("Data changed", "data fingerprint", "so the files under the same data settings "
+                                 "changed between runs")}
+    notes = []
+    for tag, (title, noun, why) in what.items():
+        if tag in axes:
+            counts = ", ".join(f"{n} with {html.escape(str(v))}" for v, n in runs[tag].value_counts().items())
+            notes.append(f"<p><b>{title}:</b> these runs trained with more than one {noun} ({counts}), {why}. "
+                         f"<code>{tag}</code> is therefore an axis: every comparison below is made within one.</p>")
+    return notes
 
 
 def conclusion_text(page: str) -> str:

@@ -84,7 +84,8 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     constant within each campaign but differs between them (so `unet_vs_resnet34_full` and
     `arch_by_augment_full` become one campaign over `augment`). A cell run in more than one of them
     is counted once, the run of the campaign named first. Runs that trained in more than one
-    precision (tag amp.dtype) have it as their first axis, unless a train.amp axis accounts for it.
+    precision (tag amp.dtype) or on more than one version of the data (data.fingerprint) have it as
+    their first axis, unless an axis accounts for it (train.amp; data.image_size, data.root, ...).
     """
     mlflow.set_tracking_uri(tracking_uri(uri))
     clause = f"attributes.status = '{status}'"
@@ -92,7 +93,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         raw = mlflow.search_runs(experiment_names=[experiment], filter_string=clause)
         if raw.empty:
             raise LookupError(f"no {status} runs for experiment {experiment!r}")
-        axes = [*_mixed_precision(raw, []), "model.arch", "seed"]
+        axes = [*_unexplained_tags(raw, []), "model.arch", "seed"]
         return _with_arms(raw.sort_values("start_time"), axes), axes
     names = campaign_names(campaign)
     frames = [mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.campaign = '{name}'")
@@ -104,7 +105,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         differ = _differing_params(frames)
         axes = [*differ, *[a for a in axes if a not in differ]]
     raw = pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True)
-    axes = [*_mixed_precision(raw, axes), *axes]
+    axes = [*_unexplained_tags(raw, axes), *axes]
     runs = _with_arms(raw, axes)
     if len(frames) > 1:
         if absent := [a for a in axes if runs[a].isna().any()]:
@@ -120,25 +121,29 @@ def _axes(raw: pd.DataFrame) -> list[str]:
     return tagged.iloc[0].split(",") if len(tagged) else ["model.arch", "seed"]
 
 
-# `amp: auto` trains in bf16 on one machine and float32 on another (a CPU without native bf16), so
-# runs of one spec in two precisions are two cells (a campaign re-runs a cell finished in the other
-# precision), never more seeds. Only these spec fields decide the precision by themselves.
-PRECISION_FIELDS = ["train.amp", "train.device"]
+# What a run trained with beyond its spec, as tags, and the spec fields that decide each. `amp: auto`
+# trains in bf16 on one machine and float32 on another (a CPU without native bf16); the data's
+# content can change under the same data.root. Runs of one spec that differ in one of these are two
+# cells (a campaign re-runs a cell finished in the other precision), never more seeds.
+RESULT_TAGS = {"amp.dtype": ("train.amp", "train.device"), "data.fingerprint": ("data.",)}
 
 
-def _mixed_precision(raw: pd.DataFrame, axes: list[str]) -> list[str]:
-    """["amp.dtype"] when the runs trained in more than one precision that their train.amp and
-    train.device axes (if any) do not account for, else []: a leading axis, so that every comparison
-    is made within one precision, while a campaign over `train.amp` itself still compares its
-    levels. A run that predates the tag is 'unrecorded' there."""
-    tag = "tags.amp.dtype"
-    if tag not in raw or raw[tag].nunique() < 2:
-        return []
-    by = [f"params.{a}" for a in axes if a in PRECISION_FIELDS and f"params.{a}" in raw]
-    if by and (raw.groupby(by)[tag].nunique() < 2).all():
-        return []
-    raw[tag] = raw[tag].fillna("unrecorded")
-    return ["amp.dtype"]
+def _unexplained_tags(raw: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The RESULT_TAGS with more than one value among the runs that the axes deciding them (if any)
+    do not account for: leading axes, so that every comparison is made within one precision and one
+    version of the data, while a campaign over `train.amp` or `data.image_size` still compares its
+    levels. A run that predates a tag is 'unrecorded' there."""
+    found = []
+    for name, deciders in RESULT_TAGS.items():
+        tag = f"tags.{name}"
+        if tag not in raw or raw[tag].nunique() < 2:
+            continue
+        by = [f"params.{a}" for a in axes if a.startswith(deciders) and f"params.{a}" in raw]
+        if by and (raw.groupby(by)[tag].nunique() < 2).all():
+            continue
+        raw[tag] = raw[tag].fillna("unrecorded")
+        found.append(name)
+    return found
 
 
 def _differing_params(frames: list[pd.DataFrame]) -> list[str]:

@@ -435,30 +435,48 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
         here: ["resnet34_unet", "unet"], other: ["resnet34_unet", "unet"]}
     assert runs["arm"].nunique() == 4  # never two precisions as seeds of one arm
     page = build_report("precisions", loaded=(runs, axes))
-    assert "Mixed precision" in page and f"2 in {here}" in page and f"2 in {other}" in page
+    assert "Mixed precision" in page and f"2 with {here}" in page and f"2 with {other}" in page
 
 
 def test_precision_is_an_axis_unless_a_train_amp_axis_decides_it():
-    from analysis.runs import _mixed_precision
+    from analysis.runs import _unexplained_tags
 
     def raw(amp, dtypes):
         return pd.DataFrame({"params.train.amp": amp, "params.model.arch": ["unet", "resnet34_unet"] * 2,
                              "tags.amp.dtype": dtypes})
 
     one_machine = raw(["auto"] * 4, ["float32"] * 4)
-    assert _mixed_precision(one_machine, ["model.arch", "seed"]) == []
+    assert _unexplained_tags(one_machine, ["model.arch", "seed"]) == []
     two_machines = raw(["auto"] * 4, ["bfloat16", "bfloat16", "float32", "float32"])
-    assert _mixed_precision(two_machines, ["model.arch", "seed"]) == ["amp.dtype"]
+    assert _unexplained_tags(two_machines, ["model.arch", "seed"]) == ["amp.dtype"]
     # The arms split by machine (UNet on one, ResNet34-UNet on the other): still an axis, so the
     # architecture comparison finds no setting with both, rather than comparing precisions.
     by_arch = raw(["auto"] * 4, ["bfloat16", "float32"] * 2)
-    assert _mixed_precision(by_arch, ["model.arch", "seed"]) == ["amp.dtype"]
+    assert _unexplained_tags(by_arch, ["model.arch", "seed"]) == ["amp.dtype"]
     # A campaign over train.amp compares precisions on purpose: its levels decide the dtype.
     over_amp = raw(["off", "off", "bf16", "bf16"], ["float32", "float32", "bfloat16", "bfloat16"])
-    assert _mixed_precision(over_amp, ["train.amp", "model.arch", "seed"]) == []
+    assert _unexplained_tags(over_amp, ["train.amp", "model.arch", "seed"]) == []
     # ... unless its `auto` level itself ran on two kinds of machine.
     auto_mixed = raw(["off", "off", "auto", "auto"], ["float32", "float32", "bfloat16", "float32"])
-    assert _mixed_precision(auto_mixed, ["train.amp", "model.arch", "seed"]) == ["amp.dtype"]
+    assert _unexplained_tags(auto_mixed, ["train.amp", "model.arch", "seed"]) == ["amp.dtype"]
     legacy = raw(["auto"] * 4, [None, "float32", "bfloat16", "bfloat16"])  # one run predates the tag
-    assert _mixed_precision(legacy, ["model.arch", "seed"]) == ["amp.dtype"]
+    assert _unexplained_tags(legacy, ["model.arch", "seed"]) == ["amp.dtype"]
     assert list(legacy["tags.amp.dtype"]) == ["unrecorded", "float32", "bfloat16", "bfloat16"]
+
+
+def test_data_version_is_an_axis_unless_a_data_axis_decides_it():
+    from analysis.runs import _unexplained_tags
+
+    def raw(sizes, prints, dtypes=("float32",) * 4):
+        return pd.DataFrame({"params.data.image_size": sizes, "params.model.arch": ["unet", "resnet34_unet"] * 2,
+                             "tags.data.fingerprint": prints, "tags.amp.dtype": list(dtypes)})
+
+    assert _unexplained_tags(raw(["128"] * 4, ["a"] * 4), ["model.arch", "seed"]) == []
+    # Files edited between the seeds: two versions of the data under one spec.
+    edited = raw(["128"] * 4, ["a", "a", "b", "b"])
+    assert _unexplained_tags(edited, ["model.arch", "seed"]) == ["data.fingerprint"]
+    # The image size is in the fingerprint: a campaign over it has one fingerprint per level.
+    over_size = raw(["96", "96", "128", "128"], ["a", "a", "b", "b"])
+    assert _unexplained_tags(over_size, ["data.image_size", "model.arch", "seed"]) == []
+    both = raw(["128"] * 4, ["a", "b"] * 2, ["bfloat16", "bfloat16", "float32", "float32"])
+    assert _unexplained_tags(both, ["model.arch", "seed"]) == ["amp.dtype", "data.fingerprint"]
