@@ -2,8 +2,9 @@
 
 Every cell is an ordinary experiment run tagged `campaign`, `campaign.axes` and `cell.<field>`.
 A cell whose spec hash already has a FINISHED run in the campaign, in the precision the cell
-would train in here (`amp: auto` differs between machines), is skipped, and an interrupted cell
-resumes its run from its last checkpoint, so re-running a campaign completes it. A failed cell does not stop the others; it is reported at the end.
+would train in here (`amp: auto` differs between machines) and on the data as it is now, is
+skipped, and an interrupted cell resumes its run from its last checkpoint, so re-running a
+campaign completes it. A failed cell does not stop the others; it is reported at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from harness import tracking
 from harness.experiment import run_experiment
+from harness.parts import spec_data
 from harness.plans import CampaignSpec
 from harness.spec import load_spec
 from harness.train import planned_precision
@@ -46,27 +48,18 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
         exp.name = f"{spec.name}[{_label(cell)}]"
         tags = {"campaign": spec.name, "campaign.axes": axes, "campaign.cell": json.dumps(cell, sort_keys=True),
                 **{f"cell.{k}": v for k, v in cell.items()}}
-        same = {"campaign": spec.name, "spec_hash": exp.spec_hash()}
-        precision = planned_precision(exp.train.amp, exp.train.device)
-        done = tracking.find_runs(experiment, same, "FINISHED", where_set={"amp.dtype": precision} if precision else None)
-        if done:
-            print(f"[{i}/{len(cells)}] {exp.name}: already finished as run {done[0]}, skipped", flush=True)
-            results.append(CellResult(cell, "SKIPPED", done[0]))
-            continue
-        if other := tracking.find_runs(experiment, same, "FINISHED"):
-            print(f"[{i}/{len(cells)}] {exp.name}: run {other[0]} finished it in another precision (tag amp.dtype); "
-                  f"here amp: {exp.train.amp} trains in {precision}, so the cell runs again and the report "
-                  "compares the two precisions apart", flush=True)
-        resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS, precision)  # an interrupted cell
-        print(f"[{i}/{len(cells)}] {exp.name}" + (f" (resuming run {resume})" if resume else ""), flush=True)
         made: list[tracking.MlflowTracker] = []
+        try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
+            done, resume = _earlier_runs(experiment, spec.name, exp, f"[{i}/{len(cells)}] {exp.name}")
+            if done:
+                results.append(CellResult(cell, "SKIPPED", done))
+                continue
 
-        def make_tracker(params, run_tags):
-            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
-                                               run_id=tracking.resume_if_same(resume, run_tags)))
-            return made[-1]
+            def make_tracker(params, run_tags):
+                made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
+                                                   run_id=tracking.resume_if_same(resume, run_tags)))
+                return made[-1]
 
-        try:
             result = run_experiment(exp, make_tracker)
             results.append(CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"]))
         except KeyboardInterrupt:
@@ -76,6 +69,27 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
             results.append(CellResult(cell, "FAILED", run_id, error=f"{type(err).__name__}: {err}"))
             print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     return results
+
+
+def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str | None, str | None]:
+    """(the run that already finished this cell, or None; the interrupted run to resume, or None).
+
+    A cell is its spec as trained here: a run counts only if it trained in the precision `amp`
+    resolves to on this machine and on the data as it is now (its fingerprint; the data is read
+    through the per-process memo, so the run that follows does not read it again)."""
+    here = {"data.fingerprint": spec_data(exp).fingerprint}
+    if precision := planned_precision(exp.train.amp, exp.train.device):
+        here["amp.dtype"] = precision
+    same = {"campaign": campaign, "spec_hash": exp.spec_hash()}
+    if done := tracking.find_runs(experiment, same, "FINISHED", where_set=here):
+        print(f"{head}: already finished as run {done[0]}, skipped", flush=True)
+        return done[0], None
+    if other := tracking.find_runs(experiment, same, "FINISHED"):
+        print(f"{head}: run {other[0]} finished it with {', '.join(tracking.identity_differences(other[0], here))}, "
+              "so the cell runs again; the report compares the two apart", flush=True)
+    resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS, here)
+    print(head + (f" (resuming run {resume})" if resume else ""), flush=True)
+    return None, resume
 
 
 def print_summary(spec: CampaignSpec, results: list[CellResult]) -> None:

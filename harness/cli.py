@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("campaign", help="run every cell of a campaign matrix (finished cells are skipped)",
                        description="Run a matrix of experiments. Each cell is an ordinary run tagged with the "
-                                   "campaign; cells already FINISHED with the same spec hash, in the precision "
+                                   "campaign; cells already FINISHED with the same spec hash, on the same data and in the precision "
                                    "`amp` resolves to on this machine (tag amp.dtype), are skipped.")
     s.add_argument("spec", type=Path, help="campaign YAML (base experiment spec + matrix)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign-level overrides, e.g. name=x")
@@ -177,7 +177,7 @@ def _resumable(spec, precision: str | None) -> str | None:
     from harness.tracking import find_resumable
 
     folder = Path("mlruns/checkpoints")
-    resume = find_resumable(spec.tracking, spec.spec_hash(), folder, precision)
+    resume = find_resumable(spec.tracking, spec.spec_hash(), folder, {"amp.dtype": precision} if precision else None)
     if resume:
         print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
     elif other := find_resumable(spec.tracking, spec.spec_hash(), folder):

@@ -48,6 +48,13 @@ def cached_data(dataset: str, **kwargs):
     return build_data(dataset, **kwargs)
 
 
+def spec_data(spec: ExperimentSpec):
+    """The spec's data, decoded once per process (`cached_data`) through the on-disk cache."""
+    d = spec.data
+    cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
+    return cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
+
+
 def _print_audit(report: dict) -> None:
     """One line when the audit found something; the full list is the run's audit.json."""
     c = report.get("counts", {})
@@ -113,8 +120,7 @@ def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.W
     parts it times here too (passing the `data` it decoded once), so it measures what runs train."""
     d, t = spec.data, spec.train
     if data is None:
-        cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
-        data = cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
+        data = spec_data(spec)
         _print_audit(data.audit)
     model = build_model(spec).to(device)
     cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes)

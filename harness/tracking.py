@@ -105,6 +105,11 @@ def _differences(run, tags: dict[str, Any]) -> list[str]:
             if key in run.data.tags and key in tags and str(tags[key]) != run.data.tags[key]]
 
 
+def identity_differences(run_id: str, tags: dict[str, Any]) -> list[str]:
+    """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value the run has and `tags` change."""
+    return _differences(_client().get_run(run_id), tags)
+
+
 def _check_same_run(run, tags: dict[str, Any]) -> None:
     """Refuse to continue `run` with `tags` that say it would train differently; checked before the
     run is reopened, so its record stays as it was."""
@@ -118,7 +123,7 @@ def resume_if_same(run_id: str | None, tags: dict[str, Any]) -> str | None:
     why: for callers that found the run themselves and start a new one instead."""
     if not run_id:
         return None
-    if differ := _differences(_client().get_run(run_id), tags):
+    if differ := identity_differences(run_id, tags):
         print(f"not resuming unfinished run {run_id}: it trained with {', '.join(differ)}; starting a new run",
               flush=True)
         return None
@@ -283,15 +288,15 @@ def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
     return [r.info.run_id for r in runs if all(r.data.tags.get(k, v) == v for k, v in (where_set or {}).items())]
 
 
-def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path, amp_dtype: str | None = None) -> str | None:
+def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path,
+                   where_set: dict[str, str] | None = None) -> str | None:
     """Newest unfinished run (RUNNING, KILLED, FAILED) of this spec hash that has a checkpoint
-    and is not held by a live process; None if there is none. With `amp_dtype`, only a run that
-    trained in that precision (see `MlflowTracker`: a run never changes precision)."""
+    and is not held by a live process; None if there is none. `where_set`: identity tags
+    (RUN_IDENTITY_TAGS) the run must match where it has them, e.g. the precision it trained in."""
     from harness.checkpoint import LAST, PREV, is_active
 
-    same = {"amp.dtype": amp_dtype} if amp_dtype else None
     for status in ("RUNNING", "KILLED", "FAILED"):
-        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status, where_set=same):
+        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status, where_set=where_set):
             folder = checkpoint_root / run_id
             if ((folder / LAST).exists() or (folder / PREV).exists()) and not is_active(folder):
                 return run_id

@@ -426,7 +426,7 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
     again = run_campaign(spec, base)
     assert [r.status for r in again] == ["FINISHED", "FINISHED"]
     assert not {r.run_id for r in again} & {r.run_id for r in first}
-    assert f"run {first[0].run_id} finished it in another precision" in capsys.readouterr().out
+    assert f"run {first[0].run_id} finished it with amp.dtype {other} (now {here})" in capsys.readouterr().out
     assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED", "SKIPPED"]  # now done in this precision
 
     runs, axes = load_campaign("precisions")
@@ -480,3 +480,28 @@ def test_data_version_is_an_axis_unless_a_data_axis_decides_it():
     assert _unexplained_tags(over_size, ["data.image_size", "model.arch", "seed"]) == []
     both = raw(["128"] * 4, ["a", "b"] * 2, ["bfloat16", "bfloat16", "float32", "float32"])
     assert _unexplained_tags(both, ["model.arch", "seed"]) == ["amp.dtype", "data.fingerprint"]
+
+
+def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, tmp_path, capsys):
+    # A mask fixed (or an image replaced) after a campaign ran: the spec is the same, the data is not.
+    from analysis.runs import load_campaign
+    from conftest import write_pet_layout
+    from harness.parts import cached_data
+
+    root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: data_versions\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
+                    f"set: {{train.epochs: 1, log_model: false, data.dataset: oxford_pet, data.root: {root}, "
+                    "data.val_fraction: 0.25}\nmatrix:\n  seed: [0, 1]\n")
+    spec, base = load_campaign_spec(path)
+    first = run_campaign(spec, base)
+    (root / "images" / "pet_3.jpg").write_bytes((root / "images" / "pet_4.jpg").read_bytes())
+    cached_data.cache_clear()  # the decoded data is memoised per process; the user's command is a new one
+    capsys.readouterr()
+    again = run_campaign(spec, base)
+    assert [r.status for r in again] == ["FINISHED", "FINISHED"]
+    old_fp = MlflowClient(store).get_run(first[0].run_id).data.tags["data.fingerprint"]
+    assert f"run {first[0].run_id} finished it with data.fingerprint {old_fp} (now " in capsys.readouterr().out
+    assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED", "SKIPPED"]
+    runs, axes = load_campaign("data_versions")
+    assert axes == ["data.fingerprint", "seed"] and runs.groupby("data.fingerprint").size().tolist() == [2, 2]

@@ -290,8 +290,8 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
     here = killed.data.tags["amp.dtype"]
     other = "bfloat16" if here != "bfloat16" else "float32"
     client.set_tag(killed.info.run_id, "amp.dtype", other)  # as if it began on the other kind of machine
-    assert find_resumable(spec.tracking, spec.spec_hash(), root, here) is None
-    assert find_resumable(spec.tracking, spec.spec_hash(), root, other) == killed.info.run_id
+    assert find_resumable(spec.tracking, spec.spec_hash(), root, {"amp.dtype": here}) is None
+    assert find_resumable(spec.tracking, spec.spec_hash(), root, {"amp.dtype": other}) == killed.info.run_id
     assert find_resumable(spec.tracking, spec.spec_hash(), root) == killed.info.run_id  # precision not asked
 
     # Asked to continue it anyway, the tracker refuses before reopening the run: its record is untouched.
