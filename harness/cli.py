@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("campaign", help="run every cell of a campaign matrix (finished cells are skipped)",
                        description="Run a matrix of experiments. Each cell is an ordinary run tagged with the "
-                                   "campaign; cells already FINISHED with the same spec hash, on the same data and in the precision "
-                                   "`amp` resolves to on this machine (tag amp.dtype), are skipped.")
+                                   "campaign; cells already FINISHED with the same spec hash, on the same data "
+                                   "and in the precision `amp` resolves to on this machine (tag amp.dtype), are "
+                                   "skipped.")
     s.add_argument("spec", type=Path, help="campaign YAML (base experiment spec + matrix)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign-level overrides, e.g. name=x")
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
