@@ -192,6 +192,7 @@ def _study(args) -> int:
 
     spec, base = load_study_spec(args.spec, args.overrides)
     from harness.study import StudyMismatch, run_study, run_worker, storage_for
+    from harness.data import DataError
 
     if args.worker_index is not None:
         run_worker(spec, base, storage_for(spec, args.storage), args.worker_index)
@@ -202,7 +203,7 @@ def _study(args) -> int:
     try:
         study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage,
                           worker_cmd=cmd)
-    except StudyMismatch as err:
+    except (StudyMismatch, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"study '{spec.name}': {len(study.trials)} trials in storage")

@@ -19,6 +19,7 @@ import yaml
 
 from harness import tracking
 from harness.experiment import run_experiment
+from harness.parts import spec_data
 from harness.spec import flatten, load_spec
 from harness.plans import StudySpec
 from harness.train import planned_precision
@@ -147,35 +148,40 @@ class StudyMismatch(ValueError):
     pass
 
 
-def planned_study_precision(spec: StudySpec, base: Path) -> str | None:
-    """The `amp.dtype` the study's trials train in on this machine; None when a trial's own
-    settings decide it (train.amp or train.device searched) or the device is absent."""
-    if {"train.amp", "train.device"} & set(spec.search_space):
-        return None
+def study_identity(spec: StudySpec, base: Path) -> dict[str, str]:
+    """What every trial trains with on this machine, as run tags, unless a searched field decides it:
+    the precision `amp` resolves to (amp.dtype) and the data's content (data.fingerprint)."""
+    searched = set(spec.search_space)
     exp = load_spec(base, spec.overrides({}))
-    return planned_precision(exp.train.amp, exp.train.device)
+    identity = {}
+    if not {"train.amp", "train.device"} & searched and (precision := planned_precision(exp.train.amp, exp.train.device)):
+        identity["amp.dtype"] = precision
+    if not any(field.startswith("data.") for field in searched):
+        identity["data.fingerprint"] = spec_data(exp).fingerprint  # memoised: the trials do not read it again
+    return identity
 
 
 def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1, storage_url: str | None = None,
               worker_cmd: list[str] | None = None) -> optuna.Study:
     """Create or resume the study and its MLflow parent run, run the workers, then summarise."""
+    identity = study_identity(spec, base)  # reads the data: a bad file stops here, before a study is made
     storage = storage_for(spec, storage_url)
     study = open_study(spec, storage)  # created once here, before any worker starts
     experiment = spec.tracking or load_spec(base).tracking
-    precision = planned_study_precision(spec, base)
     if "mlflow_parent_run_id" not in study.user_attrs:
         params = {**flatten(spec.model_dump(mode="json")), "spec_path": str(spec_path)}
         parent = tracking.create_parent_run(experiment, spec.name, params)
-        tracking.set_run_tags(parent, {"amp.dtype": precision or "per trial"})
+        tracking.set_run_tags(parent, identity)
         study.set_user_attr("mlflow_parent_run_id", parent)
         study.set_user_attr("mlflow_experiment", experiment)
-        study.set_user_attr("amp_dtype", precision)
-    elif precision and study.user_attrs.get("amp_dtype", precision) != precision:
+        study.set_user_attr("identity", identity)
+    recorded = study.user_attrs.get("identity", {})
+    if differ := [f"{k} {recorded[k]} (now {v})" for k, v in identity.items() if recorded.get(k, v) != v]:
         raise StudyMismatch(
-            f"study '{spec.name}' cannot be continued here: its trials trained in {study.user_attrs['amp_dtype']}, "
-            f"and here amp: {load_spec(base, spec.overrides({})).train.amp} trains in {precision}, so the sampler "
-            "and the pruner would compare trials across precisions. Continue it where it began, or start a new "
-            f"study (name=<new name>).")
+            f"study '{spec.name}' cannot be continued here: its trials trained with {', '.join(differ)}, so the "
+            "sampler and the pruner would compare trials across them (amp: auto is bf16 on one machine and "
+            "float32 on another). Continue it where, and on the data, it began, or start a new study "
+            "(name=<new name>).")
     parent = study.user_attrs["mlflow_parent_run_id"]
     tracking.reopen_run(parent)
     try:  # every path ends the parent run: FINISHED, or KILLED/FAILED with the error raised

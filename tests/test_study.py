@@ -256,25 +256,30 @@ def test_prune_after_must_not_be_negative():
         load_study_spec(DEBUG_STUDY, ["prune_after=-1"])
 
 
-def test_study_is_continued_only_in_the_precision_it_began_in(store, tmp_path, capsys):
+def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
     # TPE and the pruner compare trials: trials in bf16 (one machine's `amp: auto`) and in float32
-    # (another's) must not meet in one study.
+    # (another's), or on two versions of the data, must not meet in one study.
     import signal
 
     from harness.cli import main
-    from harness.study import StudyMismatch, planned_study_precision
+    from harness.study import StudyMismatch, study_identity
 
     spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=1"])
     study = run_study(spec, base, DEBUG_STUDY)
-    here = study.user_attrs["amp_dtype"]
+    identity = study.user_attrs["identity"]
+    here = identity["amp.dtype"]
     client = MlflowClient(store)
     parent_id = study.user_attrs["mlflow_parent_run_id"]
-    assert here in ("float32", "bfloat16") and client.get_run(parent_id).data.tags["amp.dtype"] == here
+    tags = client.get_run(parent_id).data.tags
+    assert here in ("float32", "bfloat16") and tags["amp.dtype"] == here
+    assert tags["data.fingerprint"] == identity["data.fingerprint"] == _children(client, parent_id)[0].data.tags[
+        "data.fingerprint"]
     other = "bfloat16" if here != "bfloat16" else "float32"
-    optuna.load_study(study_name=spec.name, storage=study_module.storage_for(spec)).set_user_attr("amp_dtype", other)
+    storage = study_module.storage_for(spec)
+    optuna.load_study(study_name=spec.name, storage=storage).set_user_attr("identity", {**identity, "amp.dtype": other})
 
     more, _ = load_study_spec(DEBUG_STUDY, ["n_trials=2"])
-    with pytest.raises(StudyMismatch, match=f"its trials trained in {other}, and here amp: auto trains in {here}"):
+    with pytest.raises(StudyMismatch, match=rf"its trials trained with amp.dtype {other} \(now {here}\)"):
         run_study(more, base, DEBUG_STUDY)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
     try:
@@ -283,12 +288,16 @@ def test_study_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert "start a new study (name=<new name>)" in capsys.readouterr().err
-    assert len(optuna.load_study(study_name=spec.name, storage=study_module.storage_for(spec)).trials) == 1
+    assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 1
     assert client.get_run(parent_id).info.status == "FINISHED"  # not reopened
     assert len(_children(client, parent_id)) == 1
+    optuna.load_study(study_name=spec.name, storage=storage).set_user_attr("identity", {**identity, "data.fingerprint": "x"})
+    with pytest.raises(StudyMismatch, match=r"data.fingerprint x \(now "):
+        run_study(more, base, DEBUG_STUDY)
 
-    # A study that searches train.amp compares precisions on purpose: no single precision to hold it to.
+    # A study that searches train.amp (or a data field) compares those on purpose: nothing to hold it to.
     path = tmp_path / "amp_study.yaml"
-    path.write_text(f"name: amp_study\nbase: {EXPERIMENTS / 'debug.yaml'}\nn_trials: 1\n"
-                    "search_space:\n  train.amp: {type: categorical, choices: [off, auto]}\n")
-    assert planned_study_precision(*load_study_spec(path)) is None
+    path.write_text(f"name: amp_study\nbase: {EXPERIMENTS / 'debug.yaml'}\nn_trials: 1\nsearch_space:\n"
+                    "  train.amp: {type: categorical, choices: [off, auto]}\n"
+                    "  data.image_size: {type: categorical, choices: [32, 48]}\n")
+    assert study_identity(*load_study_spec(path)) == {}
