@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS, REPO
@@ -12,6 +13,16 @@ from harness.campaign import run_campaign
 from harness.plans import load_campaign_spec
 
 DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
+TINY = {"model.base_width": 4, "data.synthetic_size": [32, 8]}  # for campaigns whose runs only feed a report
+
+
+def debug_campaign(folder, name: str, matrix: dict, overrides: dict | None = None):
+    """(spec, base) of a campaign over the debug spec: one epoch and no model export, then `overrides`."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": str(EXPERIMENTS / "debug.yaml"), "matrix": matrix,
+                                    "set": {"train.epochs": 1, "log_model": False, **(overrides or {})}},
+                                   sort_keys=False))  # the matrix order is the axes order
+    return load_campaign_spec(path)
 
 
 @pytest.mark.parametrize("path", sorted((EXPERIMENTS / "campaigns").glob("*.yaml")), ids=lambda p: p.name)
@@ -78,11 +89,8 @@ def test_rerun_skips_finished_cells(campaign_store):
 
 
 def test_failed_cell_is_reported_and_others_finish(store, tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(f"name: partly_broken\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                    f"set: {{train.epochs: 1, log_model: false, data.root: {tmp_path / 'nowhere'}}}\n"
-                    "matrix:\n  data.dataset: [synthetic, folder]\n")
-    spec, base = load_campaign_spec(path)
+    spec, base = debug_campaign(tmp_path, "partly_broken", {"data.dataset": ["synthetic", "folder"]},
+                                {"data.root": str(tmp_path / "nowhere")})
     results = run_campaign(spec, base)
     assert [r.status for r in results] == ["FINISHED", "FAILED"]
     assert "nowhere" in results[1].error
@@ -129,17 +137,13 @@ def test_campaigns_pool_into_one_report_over_the_param_they_differ_in(store, tmp
     from analysis.report import build_report, main
     from analysis.runs import load_campaign
 
-    def campaign(name, lr, seeds, archs="[unet, resnet34_unet]"):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(f"name: {name}\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                        f"set: {{train.epochs: 1, train.lr: {lr}, log_model: false, model.base_width: 4, "
-                        "data.synthetic_size: [32, 8]}\n"
-                        f"matrix:\n  model.arch: {archs}\n  seed: {seeds}\n")
-        assert {r.status for r in run_campaign(*load_campaign_spec(path))} == {"FINISHED"}
+    def campaign(name, lr, seeds, archs=("unet", "resnet34_unet")):
+        spec = debug_campaign(tmp_path, name, {"model.arch": list(archs), "seed": seeds}, {"train.lr": lr, **TINY})
+        assert {r.status for r in run_campaign(*spec)} == {"FINISHED"}
 
     campaign("slow", 0.001, [0, 1])
     campaign("fast", 0.01, [0])
-    campaign("slow_more", 0.001, [1, 2], archs="[unet]")  # unet seed 1 repeats a cell of `slow`
+    campaign("slow_more", 0.001, [1, 2], archs=("unet",))  # unet seed 1 repeats a cell of `slow`
     runs, axes = load_campaign(["slow", "fast"])
     assert axes == ["train.lr", "model.arch", "seed"] and len(runs) == 6
     assert list(runs.groupby("campaign", sort=False)["train.lr"].first().items()) == [("slow", 0.001), ("fast", 0.01)]
@@ -307,10 +311,7 @@ def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
     from harness import campaign as campaign_module
     from harness.experiment import run_experiment as real_run
 
-    path = tmp_path / "c.yaml"
-    path.write_text(f"name: resumable\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                    "set: {train.epochs: 3, log_model: false}\nmatrix:\n  seed: [0]\n")
-    spec, base = load_campaign_spec(path)
+    spec, base = debug_campaign(tmp_path, "resumable", {"seed": [0]}, {"train.epochs": 3})
 
     def crash_after_epoch_1(exp, make_tracker, **kwargs):
         def on_epoch(epoch, metrics):
@@ -348,11 +349,8 @@ def test_predictions_artifact_matches_per_image_scores(campaign_store):
 def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     from analysis.report import build_report
 
-    path = tmp_path / "c.yaml"
-    path.write_text(f"name: loss_aug\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                    "set: {train.epochs: 1, log_model: false, model.base_width: 4, data.synthetic_size: [32, 8]}\n"
-                    "matrix:\n  train.loss: [bce, bce_with_logits]\n  augment: [none, flip]\n  seed: [0]\n")
-    spec, base = load_campaign_spec(path)
+    spec, base = debug_campaign(tmp_path, "loss_aug", {"train.loss": ["bce", "bce_with_logits"],
+                                                       "augment": ["none", "flip"], "seed": [0]}, TINY)
     assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
     page = build_report(campaign="loss_aug")
     for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
@@ -385,11 +383,8 @@ def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, m
     from analysis.report import build_report
 
     def campaign(name):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(f"name: {name}\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                        "set: {train.epochs: 1, log_model: false, model.base_width: 4, data.synthetic_size: [32, 8]}\n"
-                        "matrix:\n  train.loss: [bce, bce_with_logits]\n  seed: [0]\n")
-        return [r.status for r in run_campaign(*load_campaign_spec(path))]
+        return [r.status for r in run_campaign(*debug_campaign(
+            tmp_path, name, {"train.loss": ["bce", "bce_with_logits"], "seed": [0]}, TINY))]
 
     assert campaign("clean") == ["FINISHED"] * 2
     real = parts_module.get_loss  # from here on `bce` gives a NaN loss: its run fails (train.on_nan: fail)
@@ -412,10 +407,7 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
     from analysis.report import build_report
     from analysis.runs import load_campaign
 
-    path = tmp_path / "c.yaml"
-    path.write_text(f"name: precisions\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                    "set: {train.epochs: 1, log_model: false}\nmatrix:\n  model.arch: [unet, resnet34_unet]\n")
-    spec, base = load_campaign_spec(path)
+    spec, base = debug_campaign(tmp_path, "precisions", {"model.arch": ["unet", "resnet34_unet"]}, TINY)
     first = run_campaign(spec, base)
     client = MlflowClient(store)
     here = client.get_run(first[0].run_id).data.tags["amp.dtype"]
@@ -489,11 +481,8 @@ def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, t
     from harness.parts import cached_data
 
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
-    path = tmp_path / "c.yaml"
-    path.write_text(f"name: data_versions\nbase: {EXPERIMENTS / 'debug.yaml'}\n"
-                    f"set: {{train.epochs: 1, log_model: false, data.dataset: oxford_pet, data.root: {root}, "
-                    "data.val_fraction: 0.25}\nmatrix:\n  seed: [0, 1]\n")
-    spec, base = load_campaign_spec(path)
+    spec, base = debug_campaign(tmp_path, "data_versions", {"seed": [0, 1]},
+                                {"data.dataset": "oxford_pet", "data.root": str(root), "data.val_fraction": 0.25})
     first = run_campaign(spec, base)
     (root / "images" / "pet_3.jpg").write_bytes((root / "images" / "pet_4.jpg").read_bytes())
     cached_data.cache_clear()  # the decoded data is memoised per process; the user's command is a new one
