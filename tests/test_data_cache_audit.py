@@ -91,6 +91,7 @@ def test_near_duplicates_matches_brute_force():
     assert {(i, j) for i, j, _ in near_duplicates(thumbs, chunk=7)} == brute == {(3, 7), (3, 20), (7, 20)}
 
 
+@pytest.mark.slow  # 20 s on 2 cores: decodes all 7,349 images when the cache is cold
 def test_audit_of_the_full_shared_set():
     """The known defects of the official release: 14 empty trimaps, 38 near-duplicate pairs, 21 across splits."""
     if not (PET_128 / "annotations" / "trainval.txt").is_file():

@@ -120,6 +120,7 @@ def test_bad_variant_names_the_variant(tmp_path):
         load_campaign_spec(path)
 
 
+@pytest.mark.slow  # 45 s on a 2-core CPU without native bf16
 def test_trimap3_run_end_to_end_on_the_mini_set_then_predict(tmp_path):
     root = require_pet_mini()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
