@@ -85,8 +85,8 @@ def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str |
         print(f"{head}: already finished as run {done[0]}, skipped", flush=True)
         return done[0], None
     if other := tracking.find_runs(experiment, same, "FINISHED"):
-        print(f"{head}: run {other[0]} finished it with {', '.join(tracking.identity_differences(other[0], here))}, "
-              "so the cell runs again; the report compares the two apart", flush=True)
+        head += (f": run {other[0]} finished it with {', '.join(tracking.identity_differences(other[0], here))}, "
+                 "so the cell runs again; the report compares the two apart")
     resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS, here)
     print(head + (f" (resuming run {resume})" if resume else ""), flush=True)
     return None, resume
