@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import tracking
-from harness.experiment import run_experiment
-from harness.parts import spec_data
+from harness.experiment import run_experiment, run_identity
 from harness.plans import CampaignSpec
 from harness.spec import load_spec
-from harness.train import planned_precision
 
 CHECKPOINTS = Path("mlruns/checkpoints")
 
@@ -75,11 +73,8 @@ def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str |
     """(the run that already finished this cell, or None; the interrupted run to resume, or None).
 
     A cell is its spec as trained here: a run counts only if it trained in the precision `amp`
-    resolves to on this machine and on the data as it is now (its fingerprint; the data is read
-    through the per-process memo, so the run that follows does not read it again)."""
-    here = {"data.fingerprint": spec_data(exp).fingerprint}
-    if precision := planned_precision(exp.train.amp, exp.train.device):
-        here["amp.dtype"] = precision
+    resolves to on this machine and on the data as it is now (`run_identity`)."""
+    here = run_identity(exp)
     same = {"campaign": campaign, "spec_hash": exp.spec_hash()}
     if done := tracking.find_runs(experiment, same, "FINISHED", where_set=here):
         print(f"{head}: already finished as run {done[0]}, skipped", flush=True)

@@ -145,20 +145,18 @@ def _audit(args) -> int:
 
 def _experiment(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate before importing torch-heavy modules
+    from harness import distributed
     from harness.data import DataError
     from harness.experiment import run_experiment
     from harness.models import WeightsUnavailable
     from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri, resume_if_same
-    from harness.train import planned_precision
-
-    resume = None if args.restart else _resumable(spec, planned_precision(spec.train.amp, spec.train.device))
-
-    def make_tracker(params, tags):  # tags carry the data fingerprint, known once the data is read
-        return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume_if_same(resume, tags))
-
-    from harness import distributed
 
     try:
+        resume = None if args.restart else _resumable(spec)
+
+        def make_tracker(params, tags):  # resume_if_same: a backstop, should the data change meanwhile
+            return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume_if_same(resume, tags))
+
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable, ResumeMismatch) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -173,17 +171,18 @@ def _experiment(args) -> int:
     return 0
 
 
-def _resumable(spec, precision: str | None) -> str | None:
-    """The unfinished run of this spec to resume, if one trained in the precision it would train in here."""
-    from harness.tracking import find_resumable
+def _resumable(spec) -> str | None:
+    """The unfinished run of this spec to resume: one that trained in the precision and on the data
+    it would train with here (`run_identity`); if there is only another, say why it is not resumed."""
+    from harness.experiment import run_identity
+    from harness.tracking import find_resumable, identity_differences
 
-    folder = Path("mlruns/checkpoints")
-    resume = find_resumable(spec.tracking, spec.spec_hash(), folder, {"amp.dtype": precision} if precision else None)
-    if resume:
+    folder, here = Path("mlruns/checkpoints"), run_identity(spec)
+    if resume := find_resumable(spec.tracking, spec.spec_hash(), folder, here):
         print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
     elif other := find_resumable(spec.tracking, spec.spec_hash(), folder):
-        print(f"not resuming unfinished run {other}: it trained in another precision (tag amp.dtype), and here "
-              f"amp: {spec.train.amp} trains in {precision}; starting a new run", flush=True)
+        print(f"not resuming unfinished run {other}: it trained with {', '.join(identity_differences(other, here))}; "
+              "starting a new run", flush=True)
     return resume
 
 

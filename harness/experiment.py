@@ -20,11 +20,11 @@ from harness import artifacts, checkpoint, distributed
 from harness.data.loaders import order_generator, start_epoch
 from harness.metrics import per_image_scores
 from harness.models import count_parameters
-from harness.parts import Parts, freeze_encoder, build_parts, seed_everything
+from harness.parts import Parts, build_parts, freeze_encoder, seed_everything, spec_data
 from harness.provenance import environment, git_state
 from harness.spec import ExperimentSpec, flatten
 from harness.tracking import NullTracker
-from harness.train import dtype_name, evaluate, select_device, train_one_epoch
+from harness.train import dtype_name, evaluate, planned_precision, select_device, train_one_epoch
 
 
 class _StopRequest:
@@ -44,6 +44,18 @@ class RunResult:
     test: dict[str, float]
     best_epoch: int
     best_val_dice: float
+
+
+def run_identity(spec: ExperimentSpec) -> dict[str, str]:
+    """What a run of `spec` trains with here beyond the spec, as the tags it will carry: the data's
+    content (data.fingerprint) and the precision `amp` resolves to on this machine (amp.dtype; absent
+    when the device is). An earlier run counts as this spec's only if it has the same
+    (tracking.RUN_IDENTITY_TAGS). The data is read through the per-process memo, so the run that
+    follows does not read it again."""
+    identity = {"data.fingerprint": spec_data(spec).fingerprint}
+    if precision := planned_precision(spec.train.amp, spec.train.device):
+        identity["amp.dtype"] = precision
+    return identity
 
 
 def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path = Path("mlruns/checkpoints"),

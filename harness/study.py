@@ -18,11 +18,9 @@ import optuna
 import yaml
 
 from harness import tracking
-from harness.experiment import run_experiment
-from harness.parts import spec_data
+from harness.experiment import run_experiment, run_identity
 from harness.spec import flatten, load_spec
 from harness.plans import StudySpec
-from harness.train import planned_precision
 
 GENERATED = Path("experiments/generated")
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -152,12 +150,11 @@ def study_identity(spec: StudySpec, base: Path) -> dict[str, str]:
     """What every trial trains with on this machine, as run tags, unless a searched field decides it:
     the precision `amp` resolves to (amp.dtype) and the data's content (data.fingerprint)."""
     searched = set(spec.search_space)
-    exp = load_spec(base, spec.overrides({}))
-    identity = {}
-    if not {"train.amp", "train.device"} & searched and (precision := planned_precision(exp.train.amp, exp.train.device)):
-        identity["amp.dtype"] = precision
-    if not any(field.startswith("data.") for field in searched):
-        identity["data.fingerprint"] = spec_data(exp).fingerprint  # memoised: the trials do not read it again
+    identity = run_identity(load_spec(base, spec.overrides({})))  # memoised: the trials do not read it again
+    if {"train.amp", "train.device"} & searched:
+        identity.pop("amp.dtype", None)
+    if any(field.startswith("data.") for field in searched):
+        identity.pop("data.fingerprint")
     return identity
 
 

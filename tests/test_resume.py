@@ -307,7 +307,8 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    assert f"not resuming unfinished run {killed.info.run_id}: it trained in another precision" in capsys.readouterr().out
+    assert f"not resuming unfinished run {killed.info.run_id}: it trained with amp.dtype {other} (now {here})" \
+        in capsys.readouterr().out
     runs = {r.info.run_id: r for r in client.search_runs([run.info.experiment_id])}
     (new,) = set(runs) - {killed.info.run_id}
     assert runs[new].info.status == "FINISHED" and runs[new].data.tags["amp.dtype"] == here
