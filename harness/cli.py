@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("experiment", "train and test one spec, logging a run to MLflow; re-running the same "
-                                      "command after a crash resumes the unfinished run from its last checkpoint"),
+                                      "command after a crash resumes the unfinished run from its last checkpoint "
+                                      "(when it began in the same precision and on the same data)"),
                        ("validate", "check a spec (with overrides) and print the resolved YAML")):
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("spec", type=Path, help="experiment YAML (may name a base: spec)")
