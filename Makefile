@@ -47,8 +47,8 @@ dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 
 	$(VENV)/bin/optuna-dashboard --host $(HOST) --port 8080 \
 		$(or $(STORAGE),mlruns/optuna/$(or $(STUDY),$(basename $(notdir $(STUDY_SPEC)))).journal)
 
-campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped)
-	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET)
+campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped; DRY_RUN=1: list what would run)
+	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET) $(if $(DRY_RUN),--dry-run)
 
 report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> (or "a b": pooled) or EXPERIMENT=<name> [AXIS=<field> to compare]
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }

@@ -25,7 +25,7 @@ CHECKPOINTS = Path("mlruns/checkpoints")
 @dataclass
 class CellResult:
     cell: dict
-    status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED
+    status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED | TO RUN, TO RESUME (dry run)
     run_id: str = ""
     test_dice: float | None = None
     error: str = ""
@@ -35,8 +35,9 @@ def _label(cell: dict) -> str:
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
 
 
-def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
-    """Run every missing cell of the matrix. Returns one result per cell, in matrix order."""
+def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[CellResult]:
+    """Run every missing cell of the matrix. Returns one result per cell, in matrix order.
+    `dry_run`: train nothing; each cell that would run is TO RUN (or TO RESUME, with the run id)."""
     experiment = spec.tracking or load_spec(base).tracking
     axes = ",".join(spec.axis_names())
     results = []
@@ -49,8 +50,9 @@ def run_campaign(spec: CampaignSpec, base: Path) -> list[CellResult]:
         made: list[tracking.MlflowTracker] = []
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
             done, resume = _earlier_runs(experiment, spec.name, exp, f"[{i}/{len(cells)}] {exp.name}")
-            if done:
-                results.append(CellResult(cell, "SKIPPED", done))
+            if done or dry_run:
+                results.append(CellResult(cell, "SKIPPED", done) if done else
+                               CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
                 continue
 
             def make_tracker(params, run_tags):
@@ -92,6 +94,8 @@ def print_summary(spec: CampaignSpec, results: list[CellResult]) -> None:
     for r in results:
         dice = f"test/dice {r.test_dice:.4f}" if r.test_dice is not None else ""
         print(f"  {r.status:<9} {_label(r.cell):<45} {r.run_id:<34} {dice}{r.error}")
+    if planned := [r for r in results if r.status.startswith("TO ")]:
+        print(f"dry run: {len(planned)} cell(s) would run, {len(results) - len(planned)} would not; nothing trained")
     failed = [r for r in results if r.status == "FAILED"]
     if failed:
         print(f"{len(failed)} cell(s) FAILED; re-run the same command to retry them (finished cells are skipped)")

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "skipped.")
     s.add_argument("spec", type=Path, help="campaign YAML (base experiment spec + matrix)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="campaign-level overrides, e.g. name=x")
+    s.add_argument("--dry-run", action="store_true",
+                   help="train nothing: list each cell as SKIPPED (finished), TO RESUME or TO RUN, with the reason "
+                        "a finished cell runs again (another precision or other data)")
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
     s.add_argument("--run", required=True, help="MLflow run id whose model to use")
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
@@ -216,7 +219,7 @@ def _campaign(args) -> int:
     spec, base = load_campaign_spec(args.spec, args.overrides)
     from harness.campaign import print_summary, run_campaign
 
-    results = run_campaign(spec, base)
+    results = run_campaign(spec, base, dry_run=args.dry_run)
     print_summary(spec, results)
     return 1 if any(r.status == "FAILED" for r in results) else 0
 

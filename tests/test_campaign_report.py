@@ -323,6 +323,9 @@ def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_campaign(spec, base)
     monkeypatch.setattr(campaign_module, "run_experiment", real_run)
+    (planned,) = run_campaign(spec, base, dry_run=True)
+    (killed,) = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("debug").experiment_id])
+    assert (planned.status, planned.run_id) == ("TO RESUME", killed.info.run_id) and killed.info.status == "KILLED"
     (result,) = run_campaign(spec, base)
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
@@ -415,6 +418,10 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
     for result in first:
         client.set_tag(result.run_id, "amp.dtype", other)
     capsys.readouterr()
+    planned = run_campaign(spec, base, dry_run=True)  # what a campaign continued here would do, first
+    assert [r.status for r in planned] == ["TO RUN", "TO RUN"]
+    assert f"run {first[0].run_id} finished it with amp.dtype {other} (now {here})" in capsys.readouterr().out
+    assert len(client.search_runs([client.get_experiment_by_name("debug").experiment_id])) == 2  # nothing trained
     again = run_campaign(spec, base)
     assert [r.status for r in again] == ["FINISHED", "FINISHED"]
     assert not {r.run_id for r in again} & {r.run_id for r in first}
