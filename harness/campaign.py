@@ -56,8 +56,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
                 continue
 
             def make_tracker(params, run_tags):
-                made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
-                                                   run_id=tracking.resume_if_same(resume, run_tags)))
+                made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
                 return made[-1]
 
             result = run_experiment(exp, make_tracker)
@@ -84,7 +83,7 @@ def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str |
     if other := tracking.find_runs(experiment, same, "FINISHED"):
         head += (f": run {other[0]} finished it with {', '.join(tracking.identity_differences(other[0], here))}, "
                  "so the cell runs again; the report compares the two apart")
-    resume = tracking.find_resumable(experiment, exp.spec_hash(), CHECKPOINTS, here)
+    resume = tracking.pick_resumable(experiment, exp.spec_hash(), CHECKPOINTS, here)
     print(head + (f" (resuming run {resume})" if resume else ""), flush=True)
     return None, resume
 

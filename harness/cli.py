@@ -153,13 +153,13 @@ def _experiment(args) -> int:
     from harness.data import DataError
     from harness.experiment import run_experiment
     from harness.models import WeightsUnavailable
-    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri, resume_if_same
+    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri
 
     try:
         resume = None if args.restart else _resumable(spec)
 
-        def make_tracker(params, tags):  # resume_if_same: a backstop, should the data change meanwhile
-            return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume_if_same(resume, tags))
+        def make_tracker(params, tags):
+            return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
 
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable, ResumeMismatch) as err:
@@ -177,16 +177,12 @@ def _experiment(args) -> int:
 
 def _resumable(spec) -> str | None:
     """The unfinished run of this spec to resume: one that trained in the precision and on the data
-    it would train with here (`run_identity`); if there is only another, say why it is not resumed."""
+    it would train with here (`run_identity`)."""
     from harness.experiment import run_identity
-    from harness.tracking import find_resumable, identity_differences
+    from harness.tracking import pick_resumable
 
-    folder, here = Path("mlruns/checkpoints"), run_identity(spec)
-    if resume := find_resumable(spec.tracking, spec.spec_hash(), folder, here):
+    if resume := pick_resumable(spec.tracking, spec.spec_hash(), Path("mlruns/checkpoints"), run_identity(spec)):
         print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
-    elif other := find_resumable(spec.tracking, spec.spec_hash(), folder):
-        print(f"not resuming unfinished run {other}: it trained with {', '.join(identity_differences(other, here))}; "
-              "starting a new run", flush=True)
     return resume
 
 

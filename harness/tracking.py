@@ -118,18 +118,6 @@ def _check_same_run(run, tags: dict[str, Any]) -> None:
                              "a run is continued only as it began. Start a new run instead (experiment --restart).")
 
 
-def resume_if_same(run_id: str | None, tags: dict[str, Any]) -> str | None:
-    """`run_id` when the run can be continued with `tags` (see RUN_IDENTITY_TAGS), else None, saying
-    why: for callers that found the run themselves and start a new one instead."""
-    if not run_id:
-        return None
-    if differ := identity_differences(run_id, tags):
-        print(f"not resuming unfinished run {run_id}: it trained with {', '.join(differ)}; starting a new run",
-              flush=True)
-        return None
-    return run_id
-
-
 class MlflowTracker:
     """One MLflow run. As a context manager it ends the run FINISHED, KILLED or FAILED, never RUNNING.
 
@@ -300,6 +288,17 @@ def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path,
             folder = checkpoint_root / run_id
             if ((folder / LAST).exists() or (folder / PREV).exists()) and not is_active(folder):
                 return run_id
+    return None
+
+
+def pick_resumable(experiment: str, spec_hash: str, checkpoint_root: Path, identity: dict[str, str]) -> str | None:
+    """find_resumable for a run with this `identity` (RUN_IDENTITY_TAGS); when only a run with
+    another one could be resumed, say why it is not (a new run starts instead)."""
+    if resume := find_resumable(experiment, spec_hash, checkpoint_root, identity):
+        return resume
+    if other := find_resumable(experiment, spec_hash, checkpoint_root):
+        differ = ", ".join(identity_differences(other, identity))
+        print(f"not resuming unfinished run {other}: it trained with {differ}; starting a new run", flush=True)
     return None
 
 
