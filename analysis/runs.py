@@ -148,10 +148,10 @@ def _unexplained_tags(raw: pd.DataFrame, axes: list[str]) -> list[str]:
 
 def _differing_params(frames: list[pd.DataFrame]) -> list[str]:
     """Params recorded by every campaign, constant within each, with different values between them."""
-    common = set.intersection(*({c for c in raw if c.startswith("params.")} for raw in frames))
-    effective = sorted(c for c in common if c.split(".", 1)[1] not in NO_EFFECT_PARAMS)
-    values = {c: [raw[c].dropna().unique() for raw in frames] for c in effective}
-    return [c.split(".", 1)[1] for c, per in values.items()
+    common = set.intersection(*({c[len("params."):] for c in raw if c.startswith("params.")} for raw in frames))
+    values = {name: [raw[f"params.{name}"].dropna().unique() for raw in frames]
+              for name in sorted(common - NO_EFFECT_PARAMS)}
+    return [name for name, per in values.items()
             if all(len(v) == 1 for v in per) and len({v[0] for v in per}) > 1]
 
 
