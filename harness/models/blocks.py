@@ -79,9 +79,55 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor, size) -> torch.Tensor:
         if self.up is not None:
             return resize_to(self.up(x), size)
-        if self.mode == "nearest":
-            return F.interpolate(x, size=size, mode="nearest")
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return interpolate(x, tuple(size), self.mode)
+
+
+# Devices whose autocast lists upsample_* as float32 ops (CUDA's AT_FORALL_FP32, which XPU shares).
+# CPU autocast keeps them in the input's dtype already, so CPU runs are untouched.
+AUTOCAST_UPCASTS_RESIZE = ("cuda", "xpu")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(N, c, h, w) -> (N, c, *size), 'bilinear' (align_corners=False) or 'nearest'.
+
+    Under CUDA autocast a bf16 map would be cast up to float32, interpolated at twice the bytes,
+    joined to the bf16 skip by the slow mixed-dtype `cat`, and cast back to bf16 by the next
+    conv: about half of a ResNet34-UNet step is such memory-bound work on an H200. Here the
+    forward runs in x's dtype instead. The kernel accumulates in float32 and rounds once, the
+    same rounding the conv applied to the float32 map, so the conv sees the same values; the
+    backward stays in float32, as autocast had it (see _LowPrecisionResize).
+    """
+    if (x.dtype in (torch.bfloat16, torch.float16) and x.device.type in AUTOCAST_UPCASTS_RESIZE
+            and torch.is_autocast_enabled(x.device.type)):
+        return _LowPrecisionResize.apply(x, size, mode)
+    return _resize(x, size, mode)
+
+
+class _LowPrecisionResize(torch.autograd.Function):
+    """Forward: interpolate in x's own low-precision dtype, outside autocast. Backward: the
+    float32 adjoint, rounded once to x's dtype, which is what autocast's float32 op and its
+    casts gave (the bf16 backward kernels accumulate with atomics in bf16, so are not used)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+        ctx.input_size, ctx.size, ctx.mode, ctx.dtype = tuple(x.shape), size, mode, x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return _resize(x, size, mode)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.float()
+        if ctx.mode == "nearest":
+            g = torch.ops.aten.upsample_nearest2d_backward(grad, ctx.size, ctx.input_size)
+        else:
+            g = torch.ops.aten.upsample_bilinear2d_backward(grad, ctx.size, ctx.input_size, False)
+        return g.to(ctx.dtype), None, None
 
 
 class Up(nn.Module):
