@@ -5,8 +5,8 @@
 #   1. the decoder's float32 upsample (what CUDA autocast does; the code before 63b5448),
 #   2. the bf16 upsample (the code now), 3. the same with --profile, 4. batch 256 auto+compile.
 # Each step has its own cap and is skipped when the deadline is near; each writes $OUT/<step>.json.
-# Locally, as a smoke test: PY=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/gpu ARGS="--device cpu
-#   --repeats 1" SET="data.root=<set> data.image_size=64 train.batch_size=8 data.limit=32" bash .gpu/check.sh
+# STEPS="name ..." runs only those steps. tests/test_bench.py runs two of them on CPU, on tiny
+# synthetic data (PY=.venv/bin/python SKIP_INSTALL=1 ARGS="--device cpu --repeats 1" SET=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEADLINE=${DEADLINE:-520}; OUT=${OUT:-bench}; PY=${PY:-python3}; SET=${SET:-}; ARGS=${ARGS:-}
@@ -29,6 +29,7 @@ runpy.run_module("harness.bench", run_name="__main__")'
 
 step() {  # step NAME CAP_S BATCH SETTING [python args...]
   local name=$1 cap=$2 batch=$3 setting=$4; shift 4
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi
   local left=$((DEADLINE - ($(date +%s) - START)))
   if [ "$left" -lt 40 ]; then echo "== $name: skipped, $left s left"; return; fi
   [ "$cap" -gt "$left" ] && cap=$left

@@ -56,3 +56,29 @@ def test_bench_profile_of_a_compile_setting_profiles_a_compiled_model(tmp_path, 
     assert main(["--spec", str(EXPERIMENTS / "debug.yaml"), "data.synthetic_size=[24, 8]", "--archs", "unet",
                  "--settings", "auto+compile", "--repeats", "1", "--profile", "--out", str(tmp_path / "b.json")]) == 0
     assert compiled == ["default", "default"]  # the benched model, then the profiled one (before: only the first)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path):
+    """.gpu/check.sh is what a scarce GPU session runs in one call; a bench CLI change that breaks
+    it (as argument order once did) must show up here, not there. Two of its steps, on CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    steps = ["b128_float32_upsample", "b128_bf16_upsample_profile"]
+    env = {**os.environ, "PY": sys.executable, "SKIP_INSTALL": "1", "OUT": str(tmp_path), "DEADLINE": "500",
+           "STEPS": " ".join(steps), "ARGS": "--device cpu --repeats 1",
+           "SET": "data.dataset=synthetic data.synthetic_size=[16,8] data.image_size=32 train.batch_size=8 "
+                  "data.num_workers=0"}
+    done = subprocess.run(["bash", str(REPO / ".gpu" / "check.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(steps)
+    for name in steps:
+        (row,) = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+        assert row["arch"] == "resnet34_unet" and row["train_img_s"] > 0
+        assert f"{name:32s} batch    8" in done.stdout  # the summary line
+    assert json.loads((tmp_path / f"{steps[1]}.json").read_text())["profile"]["steps"] > 0
