@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, REPO
 from harness.bench import main
 
 KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
@@ -62,12 +65,6 @@ def test_bench_profile_of_a_compile_setting_profiles_a_compiled_model(tmp_path, 
 def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path):
     """.gpu/check.sh is what a scarce GPU session runs in one call; a bench CLI change that breaks
     it (as argument order once did) must show up here, not there. Two of its steps, on CPU."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     steps = ["b128_float32_upsample", "b128_bf16_upsample_profile"]
     env = {**os.environ, "PY": sys.executable, "SKIP_INSTALL": "1", "OUT": str(tmp_path), "DEADLINE": "500",
            "STEPS": " ".join(steps), "ARGS": "--device cpu --repeats 1",
