@@ -18,7 +18,8 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
 fi
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null
-$PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no cuda")'
+$PY -c 'import torch; c = torch.cuda.is_available()
+print("torch", torch.__version__, torch.cuda.get_device_name() if c else "no cuda")'
 
 COMMON="--spec experiments/resnet34_unet.yaml data.root=.gpudata/pet-sub data.image_size=256
 train.channels_last=true data.num_workers=8"

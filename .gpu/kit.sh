@@ -33,4 +33,5 @@ awk 'NR%10==1' "$SRC/annotations/test.txt" > "$D/annotations/test.txt"
 cat "$D"/annotations/{trainval,test}.txt | awk '{print $1}' | while read -r n; do
   cp "$SRC/images/$n.jpg" "$D/images/"; cp "$SRC/annotations/trimaps/$n.png" "$D/annotations/trimaps/"
 done
-echo "kit: $(ls .whl | wc -l) wheels ($(du -sh --apparent-size .whl | cut -f1)), $(ls $D/images | wc -l) images ($(du -sh --apparent-size $D | cut -f1))"
+size() { du -sh --apparent-size "$1" | cut -f1; }
+echo "kit: $(ls .whl | wc -l) wheels ($(size .whl)), $(ls "$D/images" | wc -l) images ($(size "$D"))"

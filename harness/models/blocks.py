@@ -99,9 +99,10 @@ def interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
     Under CUDA autocast a bf16 map would be cast up to float32, interpolated at twice the bytes,
     joined to the bf16 skip by the slow mixed-dtype `cat`, and cast back to bf16 by the next
     conv (on an H200 the upsample and the `cat` alone took a fifth of a ResNet34-UNet step's
-    kernel time, with more in the casts). Here the forward runs in x's dtype instead. The kernel accumulates in float32 and rounds once, the
-    same rounding the conv applied to the float32 map, so the conv sees the same values; the
-    backward stays in float32, as autocast had it (see _LowPrecisionResize).
+    kernel time, with more in the casts). Here the forward runs in x's dtype instead. The kernel
+    accumulates in float32 and rounds once, the same rounding the conv applied to the float32
+    map, so the conv sees the same values; the backward stays in float32, as autocast had it
+    (see _LowPrecisionResize).
     """
     if (x.dtype in (torch.bfloat16, torch.float16) and x.device.type in AUTOCAST_UPCASTS_RESIZE
             and torch.is_autocast_enabled(x.device.type)):
