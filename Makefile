@@ -58,7 +58,7 @@ overview: $(VENV)/.installed  ## one table over every campaign in the store: eac
 	$(PY) -m analysis.overview $(if $(CAMPAIGN),--campaign $(CAMPAIGN)) $(if $(OUT),--out $(OUT))
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
-	$(PY) -m harness.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)
+	$(PY) -m harness.tools.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)
 
 test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -26,7 +26,7 @@ train.channels_last=true data.num_workers=8"
 # The code before the change, without checking it out: the decoder's low-precision path switched off.
 FLOAT32_UPSAMPLE='import runpy, harness.models.blocks as b
 b.AUTOCAST_UPCASTS_RESIZE = ()
-runpy.run_module("harness.bench", run_name="__main__")'
+runpy.run_module("harness.tools.bench", run_name="__main__")'
 
 step() {  # step NAME CAP_S BATCH SETTING [python args...]
   local name=$1 cap=$2 batch=$3 setting=$4; shift 4
@@ -43,9 +43,9 @@ step() {  # step NAME CAP_S BATCH SETTING [python args...]
   { echo "== $name"; cat /tmp/step.log; } >> "$OUT/check.log"
 }
 step b128_float32_upsample 110 128 auto $PY -c "$FLOAT32_UPSAMPLE"
-step b128_bf16_upsample 110 128 auto $PY -m harness.bench
-step b128_bf16_upsample_profile 130 128 auto $PY -m harness.bench --profile
-step b256_bf16_upsample_compile 170 256 auto+compile $PY -m harness.bench
+step b128_bf16_upsample 110 128 auto $PY -m harness.tools.bench
+step b128_bf16_upsample_profile 130 128 auto $PY -m harness.tools.bench --profile
+step b256_bf16_upsample_compile 170 256 auto+compile $PY -m harness.tools.bench
 echo "done in $(( $(date +%s) - START )) s"
 $PY - "$OUT" <<'PY'
 import json, pathlib, sys

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.spec import SpecError, load_spec
+from harness.config.load import SpecError, load_spec
 
 EXAMPLES = """examples:
   python -m harness experiment experiments/quickstart.yaml
@@ -79,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 def _terminate(signum, frame):
     """First SIGINT/SIGTERM: finish the epoch, write its checkpoint, then stop (run KILLED).
     A second one stops at once; the run resumes from the last completed epoch either way."""
-    from harness import experiment
+    from harness import run as experiment
 
-    if signum == signal.SIGINT and "harness.experiment" not in sys.modules:
+    if signum == signal.SIGINT and "harness.run" not in sys.modules:
         raise KeyboardInterrupt("interrupted")
     if experiment.STOP.requested:
         raise KeyboardInterrupt(f"signal {signum} (second): stopping now")
@@ -149,11 +149,11 @@ def _audit(args) -> int:
 
 def _experiment(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate before importing torch-heavy modules
-    from harness import distributed
+    from harness.engine import distributed
     from harness.data import DataError
-    from harness.experiment import run_experiment
+    from harness.run import run_experiment
     from harness.models import WeightsUnavailable
-    from harness.tracking import MlflowTracker, ResumeMismatch, default_tracking_uri
+    from harness.tracking.mlflow import MlflowTracker, ResumeMismatch, default_tracking_uri
 
     try:
         resume = None if args.restart else _resumable(spec)
@@ -178,8 +178,8 @@ def _experiment(args) -> int:
 def _resumable(spec) -> str | None:
     """The unfinished run of this spec to resume: one that trained in the precision and on the data
     it would train with here (`run_identity`)."""
-    from harness.experiment import run_identity
-    from harness.tracking import pick_resumable
+    from harness.run import run_identity
+    from harness.tracking.mlflow import pick_resumable
 
     if resume := pick_resumable(spec.tracking, spec.spec_hash(), Path("mlruns/checkpoints"), run_identity(spec)):
         print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
@@ -187,10 +187,10 @@ def _resumable(spec) -> str | None:
 
 
 def _study(args) -> int:
-    from harness.plans import load_study_spec
+    from harness.config.sweeps import load_study_spec
 
     spec, base = load_study_spec(args.spec, args.overrides)
-    from harness.study import StudyMismatch, run_study, run_worker, storage_for
+    from harness.sweeps.study import StudyMismatch, run_study, run_worker, storage_for
     from harness.data import DataError
 
     if args.worker_index is not None:
@@ -210,10 +210,10 @@ def _study(args) -> int:
 
 
 def _campaign(args) -> int:
-    from harness.plans import load_campaign_spec
+    from harness.config.sweeps import load_campaign_spec
 
     spec, base = load_campaign_spec(args.spec, args.overrides)
-    from harness.campaign import print_summary, run_campaign
+    from harness.sweeps.campaign import print_summary, run_campaign
 
     results = run_campaign(spec, base, dry_run=args.dry_run)
     print_summary(spec, results)
@@ -221,8 +221,8 @@ def _campaign(args) -> int:
 
 
 def _predict(args) -> int:
-    from harness.predict import list_inputs, predict_paths
-    from harness.tracking import load_model, run_params
+    from harness.tools.predict import list_inputs, predict_paths
+    from harness.tracking.mlflow import load_model, run_params
 
     try:
         inputs = list_inputs(args.input)

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from harness import experiment
+from harness import run as experiment
 
 
 def die() -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import write_pet_layout
 from test_specs import BAD
 from harness.data import DataError, build_data
-from harness.spec import SpecError, load_spec
+from harness.config.load import SpecError, load_spec
 
 # (yaml text, overrides, words the message must contain); merged below with test_specs.BAD.
 MORE_SPECS = {

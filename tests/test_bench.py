@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import EXPERIMENTS, REPO
-from harness.bench import main
+from harness.tools.bench import main
 
 KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
         "checkpoint_s", "checkpoint_block_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
@@ -52,7 +52,7 @@ def test_bench_auto_compile_setting_runs(tmp_path):
 def test_bench_profile_of_a_compile_setting_profiles_a_compiled_model(tmp_path, monkeypatch):
     """`--profile` with `auto+compile` last must profile the compiled model, not an eager one.
     compile_model is replaced by a recorder: this checks who gets compiled, not inductor."""
-    import harness.bench as bench
+    import harness.tools.bench as bench
 
     compiled = []
     monkeypatch.setattr(bench, "compile_model", lambda model, mode="default": compiled.append(mode))

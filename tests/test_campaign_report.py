@@ -9,8 +9,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS, REPO
-from harness.campaign import run_campaign
-from harness.plans import load_campaign_spec
+from harness.sweeps.campaign import run_campaign
+from harness.config.sweeps import load_campaign_spec
 
 DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
 TINY = {"model.base_width": 4, "data.synthetic_size": [32, 8]}  # for campaigns whose runs only feed a report
@@ -50,7 +50,7 @@ def test_shipped_campaigns_are_listed_in_the_readme():
 
 
 def test_unknown_matrix_field_is_a_spec_error(tmp_path):
-    from harness.spec import SpecError
+    from harness.config.load import SpecError
 
     path = tmp_path / "c.yaml"
     path.write_text(f"name: c\nbase: {EXPERIMENTS / 'debug.yaml'}\nmatrix:\n  model.archh: [unet]\n")
@@ -289,8 +289,8 @@ def _execute_notebook(path, tmp, env, monkeypatch):
 
 @pytest.mark.slow
 def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
-    from harness.plans import load_study_spec
-    from harness.study import run_study
+    from harness.config.sweeps import load_study_spec
+    from harness.sweeps.study import run_study
 
     tmp, _, _, _ = campaign_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
@@ -308,8 +308,8 @@ def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
 
 
 def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
-    from harness import campaign as campaign_module
-    from harness.experiment import run_experiment as real_run
+    from harness.sweeps import campaign as campaign_module
+    from harness.run import run_experiment as real_run
 
     spec, base = debug_campaign(tmp_path, "resumable", {"seed": [0]}, {"train.epochs": 3})
 
@@ -382,7 +382,7 @@ def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, m
 
     import torch
 
-    import harness.parts as parts_module
+    import harness.build as parts_module
     from analysis.report import build_report
 
     def campaign(name):
@@ -485,7 +485,7 @@ def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, t
     # A mask fixed (or an image replaced) after a campaign ran: the spec is the same, the data is not.
     from analysis.runs import load_campaign
     from conftest import write_pet_layout
-    from harness.parts import cached_data
+    from harness.build import cached_data
 
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
     spec, base = debug_campaign(tmp_path, "data_versions", {"seed": [0, 1]},

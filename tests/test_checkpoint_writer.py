@@ -7,7 +7,7 @@ import errno
 import pytest
 import torch
 
-from harness import checkpoint
+from harness.engine import checkpoint
 
 
 def _state(weight: torch.Tensor, epoch: int) -> dict:

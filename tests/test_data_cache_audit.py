@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import REPO, write_pet_layout
 from harness.data import build_data, readers
 from harness.data.audit import near_duplicates
-from harness.spec import SpecError, load_spec
+from harness.config.load import SpecError, load_spec
 
 PET_128 = (REPO.parent / "shared" / "data" / "oxford-pet-128").resolve()
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import EXPERIMENTS
-from harness.spec import load_spec
+from harness.config.load import load_spec
 
 EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "val/iou_micro", "val/pixel_acc",
               "lr", "time/epoch_s", "throughput/train_img_s"}
@@ -146,7 +146,7 @@ def test_analysis_reads_the_run_without_harness(finished_run):
 
 
 def test_prediction_grid_holds_the_exact_pixels(tmp_path):
-    from harness import plots
+    from harness.tracking import plots
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import EXPERIMENTS
-from harness.experiment import run_experiment
-from harness.parts import build_parts
-from harness.spec import load_spec
-from harness.tracking import NullTracker
-from harness.train import cpu_supports_bf16, resolve_amp, select_device
+from harness.run import run_experiment
+from harness.build import build_parts
+from harness.config.load import load_spec
+from harness.tracking.mlflow import NullTracker
+from harness.engine.step import cpu_supports_bf16, resolve_amp, select_device
 
 
 def _run(tmp_path, *overrides):
@@ -36,7 +36,7 @@ def test_results_do_not_depend_on_num_workers(tmp_path):
 
 
 def test_early_stopping_stops_when_val_dice_stalls(tmp_path, monkeypatch):
-    from harness import experiment
+    from harness import run as experiment
 
     scripted = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.7])
     real = experiment.evaluate

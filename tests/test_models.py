@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from harness.archs import ARCH_KNOBS, DEFAULTS
+from harness.config.catalog import ARCH_KNOBS, DEFAULTS
 from harness.models import MODELS, count_parameters, create_model, list_models
-from harness.spec import SpecError, load_spec
+from harness.config.load import SpecError, load_spec
 
 SIZES = [(64, 64), (96, 80), (128, 128), (50, 70)]  # 50x70: not divisible by 32, nor even by 4
 # The values each enumerable knob can take; combinations are taken over the knobs an arch allows.
@@ -186,7 +186,7 @@ def test_unet_refuses_pretrained_weights():
 
 def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
     """encoder_freeze_epochs: while frozen, an optimizer step changes the decoder only."""
-    from harness.parts import freeze_encoder
+    from harness.build import freeze_encoder
 
     torch.manual_seed(0)
     model = create_model("resnet34_unet", decoder_widths=(16, 16, 8, 8, 8)).train()

@@ -17,8 +17,8 @@ from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
 from harness.data import DataError, build_data
 from harness.losses import get_loss
 from harness.metrics import confusion_multiclass, summarise_multiclass
-from harness.plans import load_campaign_spec
-from harness.spec import SpecError, load_spec
+from harness.config.sweeps import load_campaign_spec
+from harness.config.load import SpecError, load_spec
 
 
 def test_trimap3_keeps_all_three_classes(tmp_path):

@@ -14,9 +14,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS
-from harness.experiment import run_experiment
-from harness.spec import load_spec
-from harness.tracking import MlflowTracker, find_resumable
+from harness.run import run_experiment
+from harness.config.load import load_spec
+from harness.tracking.mlflow import MlflowTracker, find_resumable
 
 OVERRIDES = ["train.epochs=4", "augment=flip", "log_model=false"]
 
@@ -107,7 +107,7 @@ def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
 
 
 def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tmp_path, monkeypatch, capsys):
-    from harness import experiment
+    from harness import run as experiment
 
     spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=6", "train.early_stopping_patience=2",
                                                   "log_model=false"])
@@ -200,7 +200,7 @@ def test_sigkill_then_same_command_resumes_the_same_run(tmp_path):
 def test_disk_full_during_checkpoint_write_keeps_previous_usable(store, tmp_path, monkeypatch, uninterrupted):
     import errno
 
-    from harness import checkpoint
+    from harness.engine import checkpoint
 
     real_save = torch.save
 
@@ -222,7 +222,7 @@ def test_disk_full_during_checkpoint_write_keeps_previous_usable(store, tmp_path
 
 
 def test_crash_during_validation_resumes_identically(store, tmp_path, monkeypatch, uninterrupted):
-    from harness import experiment
+    from harness import run as experiment
 
     real_evaluate, calls = experiment.evaluate, []
 
@@ -278,7 +278,7 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
     # `amp: auto` is bf16 on a CPU with native bf16 and float32 on one without: a run killed on the one
     # machine must not be continued on the other, or its epochs would mix precisions under one tag.
     from harness.cli import main
-    from harness.tracking import ResumeMismatch
+    from harness.tracking.mlflow import ResumeMismatch
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
     root = tmp_path / "mlruns" / "checkpoints"  # where the CLI looks, from the store's folder
@@ -320,7 +320,7 @@ def test_a_run_whose_data_changed_is_not_resumed(store, tmp_path, capsys):
     # train its last epochs on other data than its first, under the new fingerprint alone.
     from conftest import write_pet_layout
     from harness.cli import main
-    from harness.parts import cached_data
+    from harness.build import cached_data
 
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
     args = ["experiment", str(EXPERIMENTS / "debug.yaml"), "data.dataset=oxford_pet", f"data.root={root}",

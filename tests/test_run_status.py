@@ -13,11 +13,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS
-from harness import parts as parts_module
-from harness.experiment import run_experiment
-from harness.spec import load_spec
-from harness.tracking import MlflowTracker
-from harness.train import NonFiniteLoss
+from harness import build as parts_module
+from harness.run import run_experiment
+from harness.config.load import load_spec
+from harness.tracking.mlflow import MlflowTracker
+from harness.engine.step import NonFiniteLoss
 
 
 def _run(store, tmp_path, on_epoch=None, overrides=("train.epochs=2",)):

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import EXPERIMENTS, REPO
-from harness.spec import ExperimentSpec, SpecError, flatten, load_spec, read_yaml
+from harness.config.load import ExperimentSpec, SpecError, flatten, load_spec, read_yaml
 
 # Experiment specs, recursively; studies/ and campaigns/ hold other kinds of spec, with their own
 # contract tests in test_study.py and test_campaign_report.py.

@@ -12,12 +12,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS
-from harness import study as study_module
-from harness.experiment import run_experiment
-from harness.spec import SpecError, load_spec
-from harness.study import run_study
-from harness.plans import load_study_spec
-from harness.tracking import NullTracker
+from harness.sweeps import study as study_module
+from harness.run import run_experiment
+from harness.config.load import SpecError, load_spec
+from harness.sweeps.study import run_study
+from harness.config.sweeps import load_study_spec
+from harness.tracking.mlflow import NullTracker
 
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
 
@@ -262,7 +262,7 @@ def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
     import signal
 
     from harness.cli import main
-    from harness.study import StudyMismatch, study_identity
+    from harness.sweeps.study import StudyMismatch, study_identity
 
     spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=1"])
     study = run_study(spec, base, DEBUG_STUDY)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.archs import ARCH_KNOBS, DEFAULTS, check_knobs
+from harness.config.catalog import ARCH_KNOBS, DEFAULTS, check_knobs
 from harness.models.resnet_unet import ResNet34UNet, WeightsUnavailable
 from harness.models.unet import UNet
 from harness.models.unet_plus_plus import UNetPlusPlus

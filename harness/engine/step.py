@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harness import distributed
+from harness.engine import distributed
 from harness.metrics import MetricAccumulator, summarise_counts
 
 SYNC_EVERY = 10  # steps between progress-bar updates (each one is a host sync)

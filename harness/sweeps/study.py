@@ -17,10 +17,10 @@ from pathlib import Path
 import optuna
 import yaml
 
-from harness import tracking
-from harness.experiment import run_experiment, run_identity
-from harness.spec import flatten, load_spec
-from harness.plans import StudySpec
+from harness.tracking import mlflow as tracking
+from harness.run import run_experiment, run_identity
+from harness.config.load import flatten, load_spec
+from harness.config.sweeps import StudySpec
 
 GENERATED = Path("experiments/generated")
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.schema import ExperimentSpec, flatten  # noqa: F401 (flatten re-exported)
+from harness.config.schema import ExperimentSpec, flatten  # noqa: F401 (flatten re-exported)
 
 
 class SpecError(Exception):
@@ -147,7 +147,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
 
 
 PATH_FIELDS = ("root", "cache_dir")
-SOURCE_TREE = Path(__file__).resolve().parent.parent
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 PROTECTED = tuple(SOURCE_TREE / d for d in ("harness", "analysis", "experiments", "tests", ".git"))
 
 

@@ -33,11 +33,11 @@ import torch
 
 from harness.data import make_loader
 from harness.data.loaders import start_epoch
-from harness.measure import checkpoint_times, data_times, flops_per_image, saved_activation_mib, sync
+from harness.tools.measure import checkpoint_times, data_times, flops_per_image, saved_activation_mib, sync
 from harness.models import count_parameters, list_models
-from harness.parts import Parts, build_parts
-from harness.spec import SpecError, load_spec
-from harness.train import (StepConfig, compile_model, dtype_name, evaluate, resolve_amp, select_device,
+from harness.build import Parts, build_parts
+from harness.config.load import SpecError, load_spec
+from harness.engine.step import (StepConfig, compile_model, dtype_name, evaluate, resolve_amp, select_device,
                            train_one_epoch)
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
@@ -111,7 +111,7 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
 
 
 def _tracker(tmp: str):
-    from harness.tracking import MlflowTracker
+    from harness.tracking.mlflow import MlflowTracker
 
     return MlflowTracker("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
 

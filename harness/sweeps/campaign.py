@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import tracking
-from harness.experiment import run_experiment, run_identity
-from harness.plans import CampaignSpec
-from harness.spec import load_spec
+from harness.tracking import mlflow as tracking
+from harness.run import run_experiment, run_identity
+from harness.config.sweeps import CampaignSpec
+from harness.config.load import load_spec
 
 CHECKPOINTS = Path("mlruns/checkpoints")
 

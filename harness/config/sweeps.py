@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.spec import SpecError, line_of, load_spec, read_yaml
+from harness.config.load import SpecError, line_of, load_spec, read_yaml
 
 
 class Param(BaseModel):

@@ -281,7 +281,7 @@ def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path,
     """Newest unfinished run (RUNNING, KILLED, FAILED) of this spec hash that has a checkpoint
     and is not held by a live process; None if there is none. `where_set`: identity tags
     (RUN_IDENTITY_TAGS) the run must match where it has them, e.g. the precision it trained in."""
-    from harness.checkpoint import LAST, PREV, is_active
+    from harness.engine.checkpoint import LAST, PREV, is_active
 
     for status in ("RUNNING", "KILLED", "FAILED"):
         for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status, where_set=where_set):

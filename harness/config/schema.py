@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.archs import BINARY_LOSSES, MULTICLASS_LOSSES, check_knobs
+from harness.config.catalog import BINARY_LOSSES, MULTICLASS_LOSSES, check_knobs
 from harness.augment import PRESETS, validate_transforms
 
 

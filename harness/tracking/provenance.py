@@ -17,7 +17,7 @@ except metadata.PackageNotFoundError:  # running from a checkout that was never 
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
     """{'git.commit': sha or 'unknown', 'git.dirty': 'true'|'false'|'unknown'}."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
+    cwd = cwd or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()

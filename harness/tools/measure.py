@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint
+from harness.engine import checkpoint
 from harness.data import build_data
-from harness.parts import data_kwargs
-from harness.train import StepConfig
+from harness.build import data_kwargs
+from harness.engine.step import StepConfig
 
 
 def sync(device: torch.device) -> None:

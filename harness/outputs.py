@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import yaml
 
-from harness import plots
+from harness.tracking import plots
 from harness.metrics import per_image_scores
-from harness.train import StepConfig
+from harness.engine.step import StepConfig
 
 WORST_K = 8
 

@@ -16,15 +16,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness import distributed
-from harness.archs import DEFAULTS
+from harness.engine import distributed
+from harness.config.catalog import DEFAULTS
 from harness.augment import build_pipeline
 from harness.data import build_data, make_loader
 from harness.losses import get_loss
 from harness.models import create_model
 from harness.models.unet_plus_plus import DEPTH as UNET_PLUS_PLUS_DEPTH
-from harness.schema import ExperimentSpec
-from harness.train import StepConfig, build_optimizer, build_scheduler, compile_model, resolve_amp
+from harness.config.schema import ExperimentSpec
+from harness.engine.step import StepConfig, build_optimizer, build_scheduler, compile_model, resolve_amp
 
 DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
 

@@ -16,15 +16,17 @@ from typing import Any, Callable
 
 import torch
 
-from harness import artifacts, checkpoint, distributed
+from harness import outputs as artifacts
+from harness.engine import checkpoint
+from harness.engine import distributed
 from harness.data.loaders import order_generator, start_epoch
 from harness.metrics import per_image_scores
 from harness.models import count_parameters
-from harness.parts import Parts, build_parts, freeze_encoder, seed_everything, spec_data
-from harness.provenance import environment, git_state
-from harness.spec import ExperimentSpec, flatten
-from harness.tracking import NullTracker
-from harness.train import dtype_name, evaluate, planned_precision, select_device, train_one_epoch
+from harness.build import Parts, build_parts, freeze_encoder, seed_everything, spec_data
+from harness.tracking.provenance import environment, git_state
+from harness.config.load import ExperimentSpec, flatten
+from harness.tracking.mlflow import NullTracker
+from harness.engine.step import dtype_name, evaluate, planned_precision, select_device, train_one_epoch
 
 
 class _StopRequest:
