@@ -1,32 +1,34 @@
-"""What a run trains with, built from its spec: data, model, loaders, loss, optimizer, scheduler.
+"""Spec -> what a run trains with: data, model, loaders, loss, optimizer, scheduler, device, precision.
 
 The short names in a spec (arch, loss, optimizer, scheduler, augmentation preset) are resolved
-here through the components' own tables; each component takes plain arguments. The bench builds
-the parts it times through `build_parts` too, so it measures what runs train.
+here through the catalog (`harness.config.catalog`) and the components' own tables; each
+component takes plain arguments. The bench builds the parts it times through `build_parts` too,
+so it measures what runs train.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from harness.engine import distributed
-from harness.config.catalog import DEFAULTS
-from harness.augment import build_pipeline
-from harness.data import build_data, make_loader
-from harness.losses import get_loss
-from harness.models import create_model
-from harness.models.unet_plus_plus import DEPTH as UNET_PLUS_PLUS_DEPTH
-from harness.config.schema import ExperimentSpec
-from harness.engine.step import StepConfig, build_optimizer, build_scheduler, compile_model, resolve_amp
+from torch import nn
 
-DEFAULT_CACHE = "mlruns/cache"  # next to the default store and checkpoints
+from harness import paths
+from harness.augment import build_pipeline
+from harness.config.catalog import ARCHS, KNOBS, OPTIMIZERS, SCHEDULERS, check_knobs
+from harness.config.schema import ExperimentSpec
+from harness.data import build_data, make_loader
+from harness.engine import distributed
+from harness.engine.loop import Parts
+from harness.engine.step import StepConfig
+from harness.losses import get_loss
+from harness.models import Segmenter
+from harness.models.unet_plus_plus import DEPTH as UNET_PLUS_PLUS_DEPTH
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -51,7 +53,7 @@ def cached_data(dataset: str, **kwargs):
 def spec_data(spec: ExperimentSpec):
     """The spec's data, decoded once per process (`cached_data`) through the on-disk cache."""
     d = spec.data
-    cache_dir = str(Path(d.cache_dir or DEFAULT_CACHE).resolve()) if d.cache else None
+    cache_dir = str(Path(d.cache_dir or paths.CACHE).resolve()) if d.cache else None
     return cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
 
 
@@ -68,13 +70,29 @@ def out_channels(num_classes: int) -> int:
     return num_classes if num_classes > 2 else 1  # binary keeps its single-logit head
 
 
-def build_model(spec: ExperimentSpec) -> torch.nn.Module:
-    """The spec's model: architecture, knobs and head size (see harness.archs)."""
+def list_models() -> list[str]:
+    return sorted(ARCHS)
+
+
+def create_model(arch: str, *, out_channels: int = 1, grad_checkpointing: bool = False, **knobs) -> Segmenter:
+    """Build a catalog architecture: `knobs` not given take the catalog's defaults, a knob the
+    architecture does not take raises ValueError (unless at its default), as does an unknown name."""
+    check_knobs(arch, knobs)
+    if unknown := set(knobs) - set(KNOBS):
+        raise ValueError(f"unknown model knob(s) {sorted(unknown)}; valid: {', '.join(KNOBS)}")
+    entry = ARCHS[arch]
+    values = {name: knobs.get(name, KNOBS[name].default) for name in sorted(entry.knobs) if KNOBS[name].builds}
+    cls = getattr(importlib.import_module(f"harness.models.{entry.module}"), entry.cls)
+    return Segmenter(cls(out_channels=out_channels, grad_checkpointing=grad_checkpointing, **values))
+
+
+def build_model(spec: ExperimentSpec) -> nn.Module:
+    """The spec's model: architecture, knobs and head size (see harness.config.catalog)."""
     m = spec.model.model_dump()
-    knobs = {k: m[k] for k in DEFAULTS if k != "encoder_freeze_epochs"}
-    if knobs["decoder_widths"] is not None:
+    knobs = {name: m[name] for name in ARCHS[m["arch"]].knobs}
+    if knobs.get("decoder_widths") is not None:
         knobs["decoder_widths"] = tuple(knobs["decoder_widths"])
-    return create_model(m["arch"], out_channels=out_channels(spec.data.num_classes), base_width=m["base_width"],
+    return create_model(m["arch"], out_channels=out_channels(spec.data.num_classes),
                         grad_checkpointing=spec.train.grad_checkpointing, **knobs)
 
 
@@ -91,27 +109,6 @@ def data_kwargs(spec: ExperimentSpec) -> dict:
                 limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, download=d.download,
                 num_classes=d.num_classes, target=d.target,
                 palette=tuple(map(tuple, d.palette)) if d.palette else None)  # hashable for the lru_cache
-
-
-def freeze_encoder(model: torch.nn.Module, frozen: bool) -> None:
-    """encoder_freeze_epochs: the pretrained encoder gets no gradient (and no update) while frozen."""
-    for param in getattr(model.net, "encoder_parameters", lambda: [])():
-        param.requires_grad_(not frozen)
-
-
-@dataclass
-class Parts:
-    """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
-
-    data: object
-    model: torch.nn.Module
-    train_model: torch.nn.Module  # `model`, or its DistributedDataParallel wrapper under torchrun
-    cfg: StepConfig
-    loaders: dict
-    loss_fn: Callable
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
 
 
 def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.World(),
@@ -146,3 +143,94 @@ def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.W
     return Parts(data, model, train_model, cfg, loaders, build_loss(spec), optimizer,
                   build_scheduler(t.scheduler, optimizer, epochs=t.epochs),
                   torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16))
+
+
+# ----------------------------------------------------------------------------- device, precision, optimiser
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("train.device=mps but MPS is not available")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 (AVX512-BF16 / AMX); elsewhere bf16 autocast is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Spec 'amp' -> autocast dtype, or None for float32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The `amp.dtype` tag: 'bfloat16', 'float16', or 'float32' when there is no autocast."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def planned_precision(amp: str, device: str = "auto") -> str | None:
+    """The `amp.dtype` a run of this spec would train in on this machine, before building it; None
+    when the device is absent (the run itself then fails with that error). `amp: auto` is bf16
+    on one machine and float32 on another, so what identifies a run's cell is the spec hash and
+    this, not the spec hash alone."""
+    try:
+        return dtype_name(resolve_amp(amp, select_device(device)))
+    except RuntimeError:
+        return None
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> None:
+    """torch.compile `model` in place, so its state_dict keys stay those of the plain model
+    (checkpoints, MLflow). `reduce-overhead` also records CUDA graphs: one replay per step instead
+    of ~1,000 kernel launches, for models too small to keep an H100 busy; a new input shape (the
+    last, shorter validation batch) records one more graph. On CPU there are no graphs to record."""
+    model.compile(mode=None if mode == "default" else mode)
+
+
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9,
+                    fused: bool = False):
+    """`fused` (CUDA parameters only): Adam/AdamW update every parameter in one kernel. On an H100
+    the default per-tensor (foreach) AdamW step of ResNet34-UNet took ~10% of the step's GPU time."""
+    table = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
+    }
+    if name not in table:
+        raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+    return table[name]()
+
+
+def build_scheduler(name: str, optimizer, *, epochs: int):
+    """Stepped once per epoch; 'plateau' is stepped with val Dice (mode max)."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    raise ValueError(f"unknown scheduler '{name}'; valid: {', '.join(SCHEDULERS)}")

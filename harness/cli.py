@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from harness import paths
+from harness.config.catalog import ON_DISK
 from harness.config.load import SpecError, load_spec
 
 EXAMPLES = """examples:
@@ -64,12 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "is wrong with it. Exit 0 when every file is usable, 1 when some are not, "
                                    "2 when the folder cannot be read at all.")
     s.add_argument("root", type=Path, help="dataset folder (official Oxford-IIIT Pet layout, or images/ + masks/)")
-    s.add_argument("--dataset", choices=("oxford_pet", "folder"), default=None,
+    s.add_argument("--dataset", choices=ON_DISK, default=None,
                    help="layout (default: oxford_pet if annotations/trimaps exists, else folder)")
     s.add_argument("--image-size", type=int, default=128, help="decode size, as in data.image_size (default 128)")
     s.add_argument("--foreground", choices=("not_background", "pet_only"), default="not_background",
                    help="foreground rule used to find empty masks")
-    s.add_argument("--cache-dir", default="mlruns/cache", help="dataset cache (default mlruns/cache); '' for none")
+    s.add_argument("--cache-dir", default=str(paths.CACHE), help=f"dataset cache (default {paths.CACHE}); '' for none")
     s.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     s.add_argument("--limit", type=int, default=20, help="examples printed per finding (default 20)")
     sub.add_parser("models", help="list registered model names")
@@ -79,13 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 def _terminate(signum, frame):
     """First SIGINT/SIGTERM: finish the epoch, write its checkpoint, then stop (run KILLED).
     A second one stops at once; the run resumes from the last completed epoch either way."""
-    from harness import run as experiment
+    from harness.engine.loop import STOP
 
     if signum == signal.SIGINT and "harness.run" not in sys.modules:
         raise KeyboardInterrupt("interrupted")
-    if experiment.STOP.requested:
+    if STOP.requested:
         raise KeyboardInterrupt(f"signal {signum} (second): stopping now")
-    experiment.STOP.requested = signal.Signals(signum).name
+    STOP.requested = signal.Signals(signum).name
     print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
           f"(send it again to stop now)", file=sys.stderr, flush=True)
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "models":
-        from harness.models import list_models
+        from harness.build import list_models
         print("\n".join(list_models()))
         return 0
     if args.command == "validate":
@@ -149,17 +151,18 @@ def _audit(args) -> int:
 
 def _experiment(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate before importing torch-heavy modules
-    from harness.engine import distributed
     from harness.data import DataError
-    from harness.run import run_experiment
+    from harness.engine import distributed
     from harness.models import WeightsUnavailable
-    from harness.tracking.mlflow import MlflowTracker, ResumeMismatch, default_tracking_uri
+    from harness.run import run_experiment
+    from harness.tracking.base import ResumeMismatch, open_run
+    from harness.tracking.mlflow import default_tracking_uri
 
     try:
         resume = None if args.restart else _resumable(spec)
 
         def make_tracker(params, tags):
-            return MlflowTracker(spec.tracking, spec.name, params, tags, run_id=resume)
+            return open_run(spec.tracking, spec.name, params, tags, run_id=resume)
 
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable, ResumeMismatch) as err:
@@ -179,9 +182,9 @@ def _resumable(spec) -> str | None:
     """The unfinished run of this spec to resume: one that trained in the precision and on the data
     it would train with here (`run_identity`)."""
     from harness.run import run_identity
-    from harness.tracking.mlflow import pick_resumable
+    from harness.tracking.store import pick_resumable
 
-    if resume := pick_resumable(spec.tracking, spec.spec_hash(), Path("mlruns/checkpoints"), run_identity(spec)):
+    if resume := pick_resumable(spec.tracking, spec.spec_hash(), paths.CHECKPOINTS, run_identity(spec)):
         print(f"resuming unfinished run {resume} of this spec (use --restart to start over)", flush=True)
     return resume
 

@@ -22,7 +22,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.config.catalog import BINARY_LOSSES, MULTICLASS_LOSSES  # noqa: F401 (re-exported)
 
 
 def _fp32(fn):

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from harness import run as experiment
+from harness.engine import loop as experiment
 
 
 def die() -> None:

@@ -157,3 +157,23 @@ def test_prediction_grid_holds_the_exact_pixels(tmp_path):
     assert np.array_equal(grid[plots.CAPTION:plots.CAPTION + 20, 28:52, 0], truths[0] * 255)
     k = np.asarray(Image.open(plots.prediction_grid(images, preds, preds, ["a", "b"], tmp_path / "k.png", num_classes=4)))
     assert np.array_equal(k[plots.CAPTION:plots.CAPTION + 20, 56:80], plots.COLOURS[preds[0]])
+
+
+def test_run_keys_match_the_recorded_list(finished_run):
+    """A finished run's param, tag, metric and artifact names are what users' queries and reports
+    read: a refactor must not rename one. The list was recorded from a run before the code moved."""
+    _, _, client, run = finished_run
+    recorded = json.loads((Path(__file__).parent / "data" / "run_keys_debug.json").read_text())
+
+    def walk(path=None):
+        found = []
+        for f in client.list_artifacts(run.info.run_id, path):
+            found += walk(f.path) if f.is_dir else [f.path]
+        return found
+
+    tags = {k for k in run.data.tags if not k.startswith("mlflow.") or k == "mlflow.source.git.commit"}
+    tags -= {"device.name", "env.cuda"}  # CUDA machines only
+    assert sorted(run.data.params) == recorded["params"]
+    assert sorted(tags) == [t for t in recorded["tags"] if t not in ("device.name", "env.cuda")]
+    assert sorted(run.data.metrics) == recorded["metrics"]
+    assert sorted(a for a in walk() if not a.startswith("model/")) == recorded["artifacts"]

@@ -9,8 +9,8 @@ from conftest import EXPERIMENTS
 from harness.run import run_experiment
 from harness.build import build_parts
 from harness.config.load import load_spec
-from harness.tracking.mlflow import NullTracker
-from harness.engine.step import cpu_supports_bf16, resolve_amp, select_device
+from harness.tracking.base import NullTracker
+from harness.build import cpu_supports_bf16, resolve_amp, select_device
 
 
 def _run(tmp_path, *overrides):
@@ -36,7 +36,7 @@ def test_results_do_not_depend_on_num_workers(tmp_path):
 
 
 def test_early_stopping_stops_when_val_dice_stalls(tmp_path, monkeypatch):
-    from harness import run as experiment
+    from harness.engine import loop as experiment
 
     scripted = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.7])
     real = experiment.evaluate

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.losses import BINARY_LOSSES, MULTICLASS_LOSSES, LOSSES, bce, bce_sigmoid_amp, bce_with_logits, get_loss
+from harness.config.catalog import BINARY_LOSSES, MULTICLASS_LOSSES
+from harness.losses import LOSSES, bce, bce_sigmoid_amp, bce_with_logits, get_loss
 from harness.metrics import MetricAccumulator, confusion, scores, summarise
 
 BIG = 20.0  # a logit far enough from 0 that sigmoid is 0 or 1 for practical purposes

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from harness.models import blocks, create_model, list_models
+from harness.build import create_model, list_models
+from harness.models import blocks
 
 MODES = ["bilinear", "nearest"]
 

@@ -7,8 +7,10 @@ import itertools
 import pytest
 import torch
 
+from harness.build import create_model, list_models
 from harness.config.catalog import ARCH_KNOBS, DEFAULTS
-from harness.models import MODELS, count_parameters, create_model, list_models
+from harness.config.catalog import ARCHS as MODELS
+from harness.models import count_parameters
 from harness.config.load import SpecError, load_spec
 
 SIZES = [(64, 64), (96, 80), (128, 128), (50, 70)]  # 50x70: not divisible by 32, nor even by 4
@@ -186,7 +188,7 @@ def test_unet_refuses_pretrained_weights():
 
 def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
     """encoder_freeze_epochs: while frozen, an optimizer step changes the decoder only."""
-    from harness.build import freeze_encoder
+    from harness.engine.step import freeze_encoder
 
     torch.manual_seed(0)
     model = create_model("resnet34_unet", decoder_widths=(16, 16, 8, 8, 8)).train()

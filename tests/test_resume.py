@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from conftest import EXPERIMENTS
 from harness.run import run_experiment
 from harness.config.load import load_spec
-from harness.tracking.mlflow import MlflowTracker, find_resumable
+from harness.tracking.mlflow import MlflowTracker
+from harness.tracking.store import find_resumable
 
 OVERRIDES = ["train.epochs=4", "augment=flip", "log_model=false"]
 
@@ -108,11 +109,12 @@ def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
 
 def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tmp_path, monkeypatch, capsys):
     from harness import run as experiment
+    from harness.engine import loop
 
     spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=6", "train.early_stopping_patience=2",
                                                   "log_model=false"])
     scripted = iter([0.5, 0.6, 0.55, 0.58])  # epochs 3 and 4 do not beat 0.6: stops after epoch 4
-    real_evaluate, real_finish = experiment.evaluate, experiment._finish
+    real_evaluate, real_finish = loop.evaluate, experiment._finish
 
     def fake_evaluate(*args, prefix="val", **kwargs):
         stats = real_evaluate(*args, prefix=prefix, **kwargs)
@@ -123,7 +125,7 @@ def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tm
     def crash(*args, **kwargs):
         raise Crash("killed during the test evaluation")
 
-    monkeypatch.setattr(experiment, "evaluate", fake_evaluate)
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
     monkeypatch.setattr(experiment, "_finish", crash)
     make = lambda run_id: lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store,  # noqa: E731
                                                      run_id=run_id)
@@ -222,7 +224,7 @@ def test_disk_full_during_checkpoint_write_keeps_previous_usable(store, tmp_path
 
 
 def test_crash_during_validation_resumes_identically(store, tmp_path, monkeypatch, uninterrupted):
-    from harness import run as experiment
+    from harness.engine import loop as experiment
 
     real_evaluate, calls = experiment.evaluate, []
 
@@ -278,7 +280,7 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
     # `amp: auto` is bf16 on a CPU with native bf16 and float32 on one without: a run killed on the one
     # machine must not be continued on the other, or its epochs would mix precisions under one tag.
     from harness.cli import main
-    from harness.tracking.mlflow import ResumeMismatch
+    from harness.tracking.base import ResumeMismatch
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
     root = tmp_path / "mlruns" / "checkpoints"  # where the CLI looks, from the store's folder

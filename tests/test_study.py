@@ -17,7 +17,7 @@ from harness.run import run_experiment
 from harness.config.load import SpecError, load_spec
 from harness.sweeps.study import run_study
 from harness.config.sweeps import load_study_spec
-from harness.tracking.mlflow import NullTracker
+from harness.tracking.base import NullTracker
 
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
 

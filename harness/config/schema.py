@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.config.catalog import BINARY_LOSSES, MULTICLASS_LOSSES, check_knobs
+from harness.config.catalog import (ARCHS, BINARY_LOSSES, DATASETS, KNOBS, LOSSES, MULTICLASS_LOSSES, OPTIMIZERS,
+                                     SCHEDULERS, check_knobs)
 from harness.augment import PRESETS, validate_transforms
 
 
@@ -19,19 +20,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_of(names) -> Any:
+    """Literal type of the catalog's names, so the schema never lists a choice of its own."""
+    return Literal[tuple(names)]
+
+
+def _knob(name: str, **field) -> Any:
+    """A model knob's field, with its default from the catalog."""
+    return Field(KNOBS[name].default, **field)
+
+
 class ModelSpec(_Section):
-    arch: Literal["unet", "resnet34_unet", "unet_plus_plus"] = "unet"
-    upsample: Literal["bilinear", "nearest", "transpose"] = "bilinear"
-    base_width: int = Field(64, ge=4, le=256, description="channels of the first UNet stage (unet, unet_plus_plus)")
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
-    downsample: Literal["maxpool", "strided_conv"] = "maxpool"
-    activation: Literal["relu", "leaky_relu"] = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout2d after each double conv")
-    deep_supervision: bool = Field(False, description="unet_plus_plus: a head per nested level, loss averaged")
-    decoder_widths: list[int] | None = Field(None, min_length=5, max_length=5,
+    arch: _one_of(ARCHS) = "unet"
+    upsample: _one_of(KNOBS["upsample"].choices) = _knob("upsample")
+    base_width: int = _knob("base_width", ge=4, le=256, description="channels of the first UNet stage (unet, "
+                            "unet_plus_plus)")
+    padding_mode: _one_of(KNOBS["padding_mode"].choices) = _knob("padding_mode")
+    downsample: _one_of(KNOBS["downsample"].choices) = _knob("downsample")
+    activation: _one_of(KNOBS["activation"].choices) = _knob("activation")
+    dropout: float = _knob("dropout", ge=0.0, lt=1.0, description="Dropout2d after each double conv")
+    deep_supervision: bool = _knob("deep_supervision", description="unet_plus_plus: a head per nested level, loss "
+                                   "averaged")
+    decoder_widths: list[int] | None = _knob("decoder_widths", min_length=5, max_length=5,
                                              description="resnet34_unet decoder widths (default 256 128 64 32 16)")
-    encoder_weights: Literal["none", "imagenet"] = "none"
-    encoder_freeze_epochs: int = Field(0, ge=0, description="resnet34_unet + imagenet: train only the decoder first")
+    encoder_weights: _one_of(KNOBS["encoder_weights"].choices) = _knob("encoder_weights")
+    encoder_freeze_epochs: int = _knob("encoder_freeze_epochs", ge=0, description="resnet34_unet + imagenet: train "
+                                       "only the decoder first")
 
     @model_validator(mode="after")
     def _knobs_apply(self):
@@ -43,7 +57,7 @@ class ModelSpec(_Section):
 
 
 class DataSpec(_Section):
-    dataset: Literal["synthetic", "oxford_pet", "folder"] = "synthetic"
+    dataset: _one_of(DATASETS) = "synthetic"
     root: str | None = Field(None, description="dataset folder; relative paths are relative to the spec file")
     image_size: int = Field(128, ge=16, le=2048)
     foreground: Literal["not_background", "pet_only"] = "not_background"
@@ -61,27 +75,29 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _root_needed(self):
-        if self.dataset != "synthetic" and not self.root:
+        kind = DATASETS[self.dataset]
+        if kind.on_disk and not self.root:
             raise ValueError(f"data.root is required for dataset '{self.dataset}'")
-        if self.target == "trimap3" and (self.num_classes != 3 or self.dataset == "folder"):
-            raise ValueError("data.target=trimap3 needs data.num_classes=3 and dataset oxford_pet or synthetic")
-        if self.palette is not None and (self.dataset != "folder" or len(self.palette) != self.num_classes):
+        if self.target == "trimap3" and (self.num_classes != 3 or not kind.trimap3):
+            with_trimap = " or ".join(sorted((n for n, k in DATASETS.items() if k.trimap3), reverse=True))
+            raise ValueError(f"data.target=trimap3 needs data.num_classes=3 and dataset {with_trimap}")
+        if self.palette is not None and (not kind.palette or len(self.palette) != self.num_classes):
             raise ValueError(f"data.palette is for the folder dataset and needs one colour per class "
                              f"({self.num_classes}), got {len(self.palette)}")
-        if self.num_classes > 2 and self.dataset == "oxford_pet" and self.target != "trimap3":
-            raise ValueError("oxford_pet has 3 classes only as data.target=trimap3")
+        if self.num_classes > 2 and not kind.free_classes and self.target != "trimap3":
+            raise ValueError(f"{self.dataset} has 3 classes only as data.target=trimap3")
         return self
 
 
 class TrainSpec(_Section):
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    optimizer: _one_of(OPTIMIZERS) = "adamw"
     lr: float = Field(1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop only")
-    scheduler: Literal["none", "cosine", "plateau"] = "cosine"
-    loss: Literal["bce", "bce_with_logits", "bce_sigmoid_amp", "dice", "bce_dice", "ce", "ce_dice"] = Field(
+    scheduler: _one_of(SCHEDULERS) = "cosine"
+    loss: _one_of(LOSSES) = Field(
         "bce_with_logits", description="bce: sigmoid then BCELoss, in float32; bce_sigmoid_amp: the sigmoid in the "
         "autocast dtype (a model ending in nn.Sigmoid under AMP); ce, ce_dice: K classes")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"

@@ -1,6 +1,7 @@
-"""The one training loop: for epoch -> train_one_epoch -> evaluate -> tracker.log_metrics.
+"""One epoch of training (`train_one_epoch`) and one pass of evaluation (`evaluate`); the epoch loop
+that calls them is `harness.engine.loop`.
 
-Everything here takes plain arguments; only `run_experiment` reads the spec. Per-step host
+Everything here takes plain arguments; only `harness.run` reads the spec. Per-step host
 syncs are avoided: the running loss stays on the device and is read every `SYNC_EVERY` steps
 for the progress bar, and metrics are accumulated on the device and read once per evaluation.
 """
@@ -152,92 +153,8 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
     return EpochStats(metrics, counts, kept)
 
 
-# ----------------------------------------------------------------------------- set-up helpers
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu. An explicit device that is absent is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("train.device=mps but MPS is not available")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 (AVX512-BF16 / AMX); elsewhere bf16 autocast is slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Spec 'amp' -> autocast dtype, or None for float32."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
-
-
-def dtype_name(dtype: torch.dtype | None) -> str:
-    """The `amp.dtype` tag: 'bfloat16', 'float16', or 'float32' when there is no autocast."""
-    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
-
-
-def planned_precision(amp: str, device: str = "auto") -> str | None:
-    """The `amp.dtype` a run of this spec would train in on this machine, before building it; None
-    when the device is absent (the run itself then fails with that error). `amp: auto` is bf16
-    on one machine and float32 on another, so what identifies a run's cell is the spec hash and
-    this, not the spec hash alone."""
-    try:
-        return dtype_name(resolve_amp(amp, select_device(device)))
-    except RuntimeError:
-        return None
-
-
-def compile_model(model: nn.Module, mode: str = "default") -> None:
-    """torch.compile `model` in place, so its state_dict keys stay those of the plain model
-    (checkpoints, MLflow). `reduce-overhead` also records CUDA graphs: one replay per step instead
-    of ~1,000 kernel launches, for models too small to keep an H100 busy; a new input shape (the
-    last, shorter validation batch) records one more graph. On CPU there are no graphs to record."""
-    model.compile(mode=None if mode == "default" else mode)
-
-
-def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9,
-                    fused: bool = False):
-    """`fused` (CUDA parameters only): Adam/AdamW update every parameter in one kernel. On an H100
-    the default per-tensor (foreach) AdamW step of ResNet34-UNet took ~10% of the step's GPU time."""
-    table = {
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
-    }
-    if name not in table:
-        raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(table)}")
-    return table[name]()
-
-
-def build_scheduler(name: str, optimizer, *, epochs: int):
-    """Stepped once per epoch; 'plateau' is stepped with val Dice (mode max)."""
-    if name == "none":
-        return None
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    raise ValueError(f"unknown scheduler '{name}'; valid: none, cosine, plateau")
+def freeze_encoder(model: nn.Module, frozen: bool) -> None:
+    """encoder_freeze_epochs: the pretrained encoder gets no gradient (and no update) while frozen.
+    `model` is a Segmenter whose net may offer `encoder_parameters()` (ResNet34-UNet does)."""
+    for param in getattr(model.net, "encoder_parameters", lambda: [])():
+        param.requires_grad_(not frozen)

@@ -46,7 +46,7 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-def downsample(kind: str, channels: int, *, padding_mode: str = "zeros", activation: str = "relu") -> nn.Module:
+def downsample_layer(kind: str, channels: int, *, padding_mode: str = "zeros", activation: str = "relu") -> nn.Module:
     """Halve H and W: 2x2 max-pool, or a stride-2 3x3 conv (+BN+act) keeping `channels`."""
     _choice("downsample", kind, DOWNSAMPLES)
     if kind == "maxpool":

@@ -41,8 +41,8 @@ class ResNet34UNet(nn.Module):
     (padding_mode, activation, dropout) apply to the decoder; the encoder is torchvision's.
     """
 
-    def __init__(self, out_channels: int = 1, encoder_weights: str = "none", upsample: str = "bilinear",
-                 decoder_widths: tuple[int, ...] | None = None, grad_checkpointing: bool = False, **conv):
+    def __init__(self, *, out_channels: int, encoder_weights: str, upsample: str,
+                 decoder_widths: tuple[int, ...] | None, grad_checkpointing: bool = False, **conv):
         super().__init__()
         r = _encoder(encoder_weights)
         self.recompute = grad_checkpointing

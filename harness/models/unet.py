@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models.blocks import DoubleConv, Up, downsample, run_block
+from harness.models.blocks import DoubleConv, Up, downsample_layer, run_block
 
 
 class UNet(nn.Module):
@@ -17,9 +17,8 @@ class UNet(nn.Module):
     grad_checkpointing recomputes each encoder and decoder block in the backward pass.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64,
-                 upsample: str = "bilinear", downsample_mode: str = "maxpool", grad_checkpointing: bool = False,
-                 **conv):
+    def __init__(self, *, out_channels: int, base_width: int, upsample: str, downsample: str,
+                 grad_checkpointing: bool = False, in_channels: int = 3, **conv):
         super().__init__()
         w = [base_width * m for m in (1, 2, 4, 8, 16)]
         factor = 1 if upsample == "transpose" else 2
@@ -27,7 +26,7 @@ class UNet(nn.Module):
         act = {k: v for k, v in conv.items() if k != "dropout"}
         self.inc = DoubleConv(in_channels, w[0], **conv)
         self.downs = nn.ModuleList(
-            nn.Sequential(downsample(downsample_mode, w[i], **act),
+            nn.Sequential(downsample_layer(downsample, w[i], **act),
                           DoubleConv(w[i], w[i + 1] if i < 3 else w[4] // factor, **conv))
             for i in range(4)
         )

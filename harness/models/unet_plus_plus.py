@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models.blocks import DoubleConv, Upsample, downsample, run_block
+from harness.models.blocks import DoubleConv, Upsample, downsample_layer, run_block
 
 DEPTH = 4
 
@@ -35,15 +35,15 @@ class UNetPlusPlus(nn.Module):
     mode only the last head, (N, out_channels, H, W).
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 32,
-                 upsample: str = "bilinear", downsample_mode: str = "maxpool", deep_supervision: bool = False,
-                 grad_checkpointing: bool = False, **conv):
+    def __init__(self, *, out_channels: int, base_width: int, upsample: str, downsample: str,
+                 deep_supervision: bool, grad_checkpointing: bool = False, in_channels: int = 3, **conv):
         super().__init__()
         w = [base_width * m for m in (1, 2, 4, 8, 16)]
         act = {k: v for k, v in conv.items() if k != "dropout"}
         self.recompute, self.deep_supervision = grad_checkpointing, deep_supervision
         self.inc = DoubleConv(in_channels, w[0], **conv)
-        self.downs = nn.ModuleList(nn.Sequential(downsample(downsample_mode, w[i], **act), DoubleConv(w[i], w[i + 1], **conv))
+        self.downs = nn.ModuleList(nn.Sequential(downsample_layer(downsample, w[i], **act),
+                                                 DoubleConv(w[i], w[i + 1], **conv))
                                    for i in range(DEPTH))
         self.nodes = nn.ModuleDict({f"{i}_{j}": _Node(w[i + 1], j * w[i], w[i], upsample, **conv)
                                     for j in range(1, DEPTH + 1) for i in range(DEPTH + 1 - j)})

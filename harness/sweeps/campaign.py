@@ -14,12 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.tracking import mlflow as tracking
-from harness.run import run_experiment, run_identity
-from harness.config.sweeps import CampaignSpec
+from harness import paths
 from harness.config.load import load_spec
-
-CHECKPOINTS = Path("mlruns/checkpoints")
+from harness.config.sweeps import CampaignSpec
+from harness.run import run_experiment, run_identity
+from harness.tracking import store
+from harness.tracking.base import Tracker, open_run
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
         exp.name = f"{spec.name}[{_label(cell)}]"
         tags = {"campaign": spec.name, "campaign.axes": axes, "campaign.cell": json.dumps(cell, sort_keys=True),
                 **{f"cell.{k}": v for k, v in cell.items()}}
-        made: list[tracking.MlflowTracker] = []
+        made: list[Tracker] = []
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
             done, resume = _earlier_runs(experiment, spec.name, exp, f"[{i}/{len(cells)}] {exp.name}")
             if done or dry_run:
@@ -56,7 +56,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
                 continue
 
             def make_tracker(params, run_tags):
-                made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
+                made.append(open_run(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
                 return made[-1]
 
             result = run_experiment(exp, make_tracker)
@@ -77,13 +77,13 @@ def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str |
     resolves to on this machine and on the data as it is now (`run_identity`)."""
     here = run_identity(exp)
     same = {"campaign": campaign, "spec_hash": exp.spec_hash()}
-    if done := tracking.find_runs(experiment, same, "FINISHED", where_set=here):
+    if done := store.find_runs(experiment, same, "FINISHED", where_set=here):
         print(f"{head}: already finished as run {done[0]}, skipped", flush=True)
         return done[0], None
-    if other := tracking.find_runs(experiment, same, "FINISHED"):
-        head += (f": run {other[0]} finished it with {', '.join(tracking.identity_differences(other[0], here))}, "
+    if other := store.find_runs(experiment, same, "FINISHED"):
+        head += (f": run {other[0]} finished it with {', '.join(store.identity_differences(other[0], here))}, "
                  "so the cell runs again; the report compares the two apart")
-    resume = tracking.pick_resumable(experiment, exp.spec_hash(), CHECKPOINTS, here)
+    resume = store.pick_resumable(experiment, exp.spec_hash(), paths.CHECKPOINTS, here)
     print(head + (f" (resuming run {resume})" if resume else ""), flush=True)
     return None, resume
 

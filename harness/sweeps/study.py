@@ -17,12 +17,12 @@ from pathlib import Path
 import optuna
 import yaml
 
-from harness.tracking import mlflow as tracking
-from harness.run import run_experiment, run_identity
+from harness import paths
 from harness.config.load import flatten, load_spec
 from harness.config.sweeps import StudySpec
-
-GENERATED = Path("experiments/generated")
+from harness.run import run_experiment, run_identity
+from harness.tracking import mlflow as tracking
+from harness.tracking.base import Tracker, open_run
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # A trial keeps its best weights in best.pt but does not export the model to MLflow: torch.export
 # took 4-5 s per trial (UNet, ResNet34-UNet), most of a GPU trial's fixed cost. The best trial's
@@ -47,7 +47,7 @@ def storage_for(spec: StudySpec, override: str | None = None):
     """Default: a journal file under mlruns/optuna/. RDB URLs get heartbeats and one retry."""
     url = override or spec.storage
     if not url:
-        path = Path("mlruns/optuna") / f"{spec.name}.journal"
+        path = paths.journal(spec.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if url.startswith(("sqlite", "postgresql", "mysql")):
@@ -100,10 +100,10 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
         exp = load_spec(base, TRIAL_DEFAULTS + spec.overrides(values))
         exp.name = f"{spec.name}-trial-{trial.number:04d}"
         tags = {"optuna.study": spec.name, "optuna.trial": trial.number}
-        made: list[tracking.MlflowTracker] = []
+        made: list[Tracker] = []
 
         def make_tracker(params, run_tags):
-            made.append(tracking.MlflowTracker(experiment, exp.name, params, {**run_tags, **tags},
+            made.append(open_run(experiment, exp.name, params, {**run_tags, **tags},
                                                parent_run_id=parent_run_id))
             return made[-1]
 
@@ -275,8 +275,8 @@ def _unflatten(flat: dict) -> dict:
 
 def write_best_spec(spec: StudySpec, base: Path, best: optuna.trial.FrozenTrial) -> Path:
     """experiments/generated/<study>-best.yaml: base spec + fixed overrides + best params."""
-    GENERATED.mkdir(parents=True, exist_ok=True)
-    path = GENERATED / f"{spec.name}-best.yaml"
+    paths.GENERATED.mkdir(parents=True, exist_ok=True)
+    path = paths.GENERATED / f"{spec.name}-best.yaml"
     doc = {"base": os.path.relpath(base, path.parent.resolve()), "name": f"{spec.name}-best",
            **_unflatten({**spec.set, **best.params})}
     header = (f"# Generated from study '{spec.name}': trial {best.number}, {spec.metric} = {best.value:.6f}.\n"

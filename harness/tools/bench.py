@@ -31,14 +31,16 @@ from pathlib import Path
 
 import torch
 
+from harness import paths
+from harness.build import (Parts, build_parts, compile_model, dtype_name, list_models, resolve_amp,
+                           select_device)
+from harness.config.load import SpecError, load_spec
 from harness.data import make_loader
 from harness.data.loaders import start_epoch
+from harness.engine.step import StepConfig, evaluate, train_one_epoch
+from harness.models import count_parameters
 from harness.tools.measure import checkpoint_times, data_times, flops_per_image, saved_activation_mib, sync
-from harness.models import count_parameters, list_models
-from harness.build import Parts, build_parts
-from harness.config.load import SpecError, load_spec
-from harness.engine.step import (StepConfig, compile_model, dtype_name, evaluate, resolve_amp, select_device,
-                           train_one_epoch)
+from harness.tracking.base import open_run
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
@@ -111,9 +113,7 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
 
 
 def _tracker(tmp: str):
-    from harness.tracking.mlflow import MlflowTracker
-
-    return MlflowTracker("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    return open_run("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
 
 
 def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                         "train.compile_mode (give train.compile=true train.compile_mode=reduce-overhead for CUDA graphs)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=Path("bench/bench.json"))
+    p.add_argument("--out", type=Path, default=paths.BENCH)
     p.add_argument("--profile", action="store_true",
                    help="also profile one epoch of the first model at the last setting (table + Chrome trace)")
     args = p.parse_args(argv)

@@ -1,7 +1,8 @@
-"""The one module that imports mlflow. The training loop sees only the small `Tracker` interface.
+"""The MLflow backend: the one module in harness that imports mlflow. The training loop sees only
+the small `Tracker` interface (harness.tracking.base); runs are opened through `base.open_run`.
 
 Default store: SQLite at `mlruns/mlflow.db` with artifacts under `mlruns/artifacts/`, relative
-to the working directory; `MLFLOW_TRACKING_URI` overrides it.
+to the working directory (harness.paths); `MLFLOW_TRACKING_URI` overrides it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -21,12 +22,14 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-STORE_DIR = Path("mlruns")
+from harness import paths
+from harness.tracking.base import ResumeMismatch, identity_differences
+
 MODEL_NAME = "model"
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.DATABASE.resolve()}"
 
 
 _PREPARED: set[str] = set()
@@ -48,72 +51,10 @@ def prepare_store(uri: str) -> None:
     _PREPARED.add(uri)
 
 
-class Tracker(Protocol):
-    """What the loop needs from a tracking backend."""
-
-    run_id: str
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
-    def set_tags(self, tags: dict[str, Any]) -> None: ...
-    def last_step(self, key: str) -> int: ...
-
-
-class NullTracker:
-    """Tracker that records nothing (benchmarks, the minimal-loop comparison)."""
-
-    run_id = "none"
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self) -> "NullTracker":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-    def log_metrics(self, metrics, step):
-        pass
-
-    def log_artifact(self, path, folder=None):
-        pass
-
-    def log_model(self, model, example):
-        pass
-
-    def set_tags(self, tags):
-        pass
-
-    def last_step(self, key):
-        return -1
-
-
-# What a resumed run must share with the process continuing it: the spec, the precision `amp: auto`
-# resolved to (bf16 on one machine, float32 on another; the spec hash says only `auto`) and the
-# data's content (a file edited since the run began changes the fingerprint, not the spec).
-RUN_IDENTITY_TAGS = ("spec_hash", "amp.dtype", "data.fingerprint")
-
-
-class ResumeMismatch(ValueError):
-    pass
-
-
-def _differences(run, tags: dict[str, Any]) -> list[str]:
-    return [f"{key} {run.data.tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
-            if key in run.data.tags and key in tags and str(tags[key]) != run.data.tags[key]]
-
-
-def identity_differences(run_id: str, tags: dict[str, Any]) -> list[str]:
-    """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value the run has and `tags` change."""
-    return _differences(_client().get_run(run_id), tags)
-
-
 def _check_same_run(run, tags: dict[str, Any]) -> None:
     """Refuse to continue `run` with `tags` that say it would train differently; checked before the
     run is reopened, so its record stays as it was."""
-    if differ := _differences(run, tags):
+    if differ := identity_differences(run.data.tags, tags):
         raise ResumeMismatch(f"run {run.info.run_id} cannot be resumed here: it trained with {', '.join(differ)}; "
                              "a run is continued only as it began. Start a new run instead (experiment --restart).")
 
@@ -261,6 +202,10 @@ def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str
     return run.info.run_id
 
 
+def run_tags(run_id: str) -> dict[str, str]:
+    return _client().get_run(run_id).data.tags
+
+
 def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
               where_set: dict[str, str] | None = None) -> list[str]:
     """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first. `where_set`:
@@ -274,32 +219,6 @@ def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
         clauses.append(f"attributes.status = '{status}'")
     runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
     return [r.info.run_id for r in runs if all(r.data.tags.get(k, v) == v for k, v in (where_set or {}).items())]
-
-
-def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path,
-                   where_set: dict[str, str] | None = None) -> str | None:
-    """Newest unfinished run (RUNNING, KILLED, FAILED) of this spec hash that has a checkpoint
-    and is not held by a live process; None if there is none. `where_set`: identity tags
-    (RUN_IDENTITY_TAGS) the run must match where it has them, e.g. the precision it trained in."""
-    from harness.engine.checkpoint import LAST, PREV, is_active
-
-    for status in ("RUNNING", "KILLED", "FAILED"):
-        for run_id in find_runs(experiment, {"spec_hash": spec_hash}, status, where_set=where_set):
-            folder = checkpoint_root / run_id
-            if ((folder / LAST).exists() or (folder / PREV).exists()) and not is_active(folder):
-                return run_id
-    return None
-
-
-def pick_resumable(experiment: str, spec_hash: str, checkpoint_root: Path, identity: dict[str, str]) -> str | None:
-    """find_resumable for a run with this `identity` (RUN_IDENTITY_TAGS); when only a run with
-    another one could be resumed, say why it is not (a new run starts instead)."""
-    if resume := find_resumable(experiment, spec_hash, checkpoint_root, identity):
-        return resume
-    if other := find_resumable(experiment, spec_hash, checkpoint_root):
-        differ = ", ".join(identity_differences(other, identity))
-        print(f"not resuming unfinished run {other}: it trained with {differ}; starting a new run", flush=True)
-    return None
 
 
 def run_status(run_id: str) -> str:

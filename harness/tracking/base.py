@@ -1,0 +1,82 @@
+"""What the loop and the sweeps see of a tracking backend: the `Tracker` interface, `NullTracker`,
+and `open_run`, the one place a run's tracker is made.
+
+The MLflow backend is `harness.tracking.mlflow` (the only module in harness that imports mlflow);
+the run queries that resume, campaigns and studies share are `harness.tracking.store`. A new
+backend implements `Tracker` and is returned by `open_run` (README, "Extending").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+# What a resumed run must share with the process continuing it: the spec, the precision `amp: auto`
+# resolved to (bf16 on one machine, float32 on another; the spec hash says only `auto`) and the
+# data's content (a file edited since the run began changes the fingerprint, not the spec).
+RUN_IDENTITY_TAGS = ("spec_hash", "amp.dtype", "data.fingerprint")
+
+
+class ResumeMismatch(ValueError):
+    """A run asked to be continued with tags that say it would train differently."""
+
+
+class Tracker(Protocol):
+    """One tracked run. As a context manager it opens the run and ends it FINISHED, KILLED or
+    FAILED (never left RUNNING). Safe to log from the checkpoint writer's thread."""
+
+    run_id: str
+
+    def __enter__(self) -> "Tracker": ...
+    def __exit__(self, exc_type, exc, tb) -> bool: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
+    def log_model(self, model, example) -> None: ...  # torch.nn.Module, example batch (N, 3, H, W)
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def last_step(self, key: str) -> int: ...  # highest step logged for `key`, or -1
+
+
+class NullTracker:
+    """Tracker that records nothing (benchmarks, the minimal-loop comparison, ranks other than 0)."""
+
+    run_id = "none"
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifact(self, path, folder=None):
+        pass
+
+    def log_model(self, model, example):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def last_step(self, key):
+        return -1
+
+
+def identity_differences(run_tags: dict[str, str], tags: dict[str, Any]) -> list[str]:
+    """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value the run has and `tags` change."""
+    return [f"{key} {run_tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
+            if key in run_tags and key in tags and str(tags[key]) != run_tags[key]]
+
+
+def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any], *,
+             run_id: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None) -> Tracker:
+    """The tracker of one run, not yet entered: a new run in `experiment`, nested under `parent_run_id`
+    if given, or the existing run `run_id` reopened (resume). `tracking_uri`: default the store's."""
+    from harness.tracking.mlflow import MlflowTracker
+
+    return MlflowTracker(experiment, run_name, params, tags, tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+                         run_id=run_id)
