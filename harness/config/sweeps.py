@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.config.catalog import PRUNERS, SAMPLERS
 from harness.config.load import SpecError, line_of, load_spec, read_yaml
 
 
@@ -119,8 +120,8 @@ class StudySpec(PlanSpec):
     timeout: float | None = Field(None, gt=0, description="seconds, per invocation")
     metric: str = "val/dice"
     direction: Literal["maximize", "minimize"] = "maximize"
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    sampler: Literal[SAMPLERS] = "tpe"
+    pruner: Literal[PRUNERS] = "median"
     prune_after: int = Field(0, ge=0, description="epochs every trial completes before the pruner may stop it")
     pruner_startup_trials: int = Field(2, ge=0, description="median: trials that run unpruned before it prunes")
     seed: int = Field(0, ge=0)

@@ -1,4 +1,5 @@
-"""Datasets by short name (`synthetic`, `oxford_pet`, `folder`) -> train/val/test arrays + loaders.
+"""Datasets by short name (`synthetic`, `oxford_pet`, `folder`; see harness.data.kinds) -> train/val/test
+arrays + loaders.
 
 Images are decoded and resized once into uint8 arrays, cached on disk (harness.data.cache), and
 audited (harness.data.audit); workers only augment. Batches are uint8 images (N, 3, H, W) and
@@ -16,15 +17,11 @@ import numpy as np
 
 from harness.data import cache, readers, synthetic
 from harness.data.audit import audit as run_audit
+from harness.data.kinds import KINDS
 from harness.data.loaders import SegDataset, make_loader
 from harness.data.readers import DataError, Decoded
 
-DATASETS = ("synthetic", "oxford_pet", "folder")
-TRIMAP_VALUES = (1, 2, 3)  # 1 pet, 2 background, 3 border
-FOREGROUND_RULES = {
-    "not_background": lambda t: t != 2,  # pet + border band
-    "pet_only": lambda t: t == 1,
-}
+DATASETS = tuple(KINDS)
 ON_BAD = ("error", "skip")
 
 
@@ -66,44 +63,14 @@ def _carve(names: list[str], fraction: float) -> tuple[list[int], list[int]]:
 TARGETS = ("binary", "trimap3")
 
 
-def _labels(raw: np.ndarray, dataset: str, rule: str, num_classes: int, target: str) -> np.ndarray:
-    """Raw mask values -> training labels: {0, 1} (binary) or class indices 0..K-1."""
-    if target == "trimap3":
-        return (raw - 1).astype(np.uint8)  # 0 pet, 1 background, 2 border
-    if dataset == "folder":  # binary: any nonzero pixel is foreground; K classes: the values are classes
-        return raw.astype(np.uint8) if num_classes > 2 else (raw > 0).astype(np.uint8)
-    return FOREGROUND_RULES[rule](raw).astype(np.uint8)
-
-
-def _foreground(raw: np.ndarray, dataset: str, rule: str) -> np.ndarray:
-    """What the audit calls foreground (for 'masks with no foreground')."""
-    return (raw > 0) if dataset == "folder" else FOREGROUND_RULES[rule](raw)
-
-
-def download_oxford_pet(root: Path) -> Path:
-    """The official layout under root, fetched through torchvision's OxfordIIITPet if absent."""
-    for candidate in (root, root / "oxford-iiit-pet"):  # torchvision extracts into <root>/oxford-iiit-pet
-        if (candidate / "annotations" / "trainval.txt").is_file():
-            return candidate
-    try:
-        from torchvision.datasets import OxfordIIITPet
-
-        for split in ("trainval", "test"):
-            OxfordIIITPet(str(root), split=split, target_types="segmentation", download=True)
-    except Exception as err:  # offline, disk full, moved archive: say what to do instead
-        raise DataError(f"{root}: data.download could not fetch Oxford-IIIT Pet through torchvision ({err}). "
-                        f"Download images.tar.gz and annotations.tar.gz from "
-                        f"https://www.robots.ox.ac.uk/~vgg/data/pets/ and extract them into {root}") from None
-    return root / "oxford-iiit-pet"
-
-
 def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None, num_classes: int,
                palette) -> tuple[dict, list, str]:
     """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off)."""
     if not path.is_dir():
         raise DataError(f"{path}: data.root is not a directory")
-    files, problems = readers.oxford_pet_files(path) if dataset == "oxford_pet" else readers.folder_files(path)
-    valid = TRIMAP_VALUES if dataset == "oxford_pet" else (tuple(range(num_classes)) if num_classes > 2 else None)
+    kind = KINDS[dataset]
+    files, problems = kind.list_files(path)
+    valid = kind.valid_values(num_classes)
     key = readers.stat_key(files)
     if palette:  # palette masks are cached as class indices, so the palette is part of the key
         key += "-p" + hashlib.sha1(str(palette).encode()).hexdigest()[:8]
@@ -145,15 +112,13 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         raise ValueError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
     if on_bad not in ON_BAD:
         raise ValueError(f"unknown on_bad '{on_bad}'; valid: {', '.join(ON_BAD)}")
-    entry = ""
-    if dataset == "synthetic":
+    entry, kind = "", KINDS[dataset]
+    if not kind.on_disk:
         k_mode = num_classes if target == "binary" else 2
         decoded, problems = _synthetic(synthetic_seed, synthetic_size, image_size, k_mode), []
         fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size) + (f"-k{k_mode}" if k_mode > 2 else "")
     else:
-        path = Path(root)
-        if download and dataset == "oxford_pet":
-            path = download_oxford_pet(path)
+        path = kind.prepare_root(Path(root), download)
         decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir, num_classes, palette)
         fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{image_size}".encode()).hexdigest()[:16]
     listing = problems
@@ -162,11 +127,10 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}. `make audit DATA=<root>` lists them all; "
                         f"data.on_bad=skip trains without them")
-    raw_kind = "folder" if dataset == "synthetic" and num_classes > 2 and target == "binary" else dataset
-    fg = {split: _foreground(d.masks, raw_kind, foreground) for split, d in decoded.items()}
+    fg = {split: kind.foreground(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
     report = _audit(decoded, fg, listing, entry, foreground)
-    fg = {split: _labels(d.masks, raw_kind, foreground, num_classes, target) for split, d in decoded.items()}
-    train, val, test = _split(decoded, fg, val_fraction)
+    labels = {split: kind.labels(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
+    train, val, test = _split(decoded, labels, val_fraction)
     if not len(train) or not len(test):
         raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
                         f"after skipping {len(problems)} unusable files")

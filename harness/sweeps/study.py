@@ -57,25 +57,30 @@ def storage_for(spec: StudySpec, override: str | None = None):
     raise ValueError(f"unsupported storage '{url}': use sqlite:///..., postgresql://... or leave it empty")
 
 
+# Each catalog name (harness.config.catalog.SAMPLERS, PRUNERS) -> how to build it from the study spec.
+SAMPLERS = {
+    "tpe": lambda spec, seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+    "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
+    "grid": lambda spec, seed: optuna.samplers.GridSampler({k: p.choices for k, p in spec.search_space.items()},
+                                                           seed=seed),
+}
+# Trials report val metrics at steps 1, 2, ... (epochs); both pruners may first stop a trial at
+# step `prune_after + 1`. Early val Dice is noisy and favours fast starters (high lr, no crops),
+# so a study that compares slow-starting settings wants a larger prune_after.
+PRUNERS = {
+    "median": lambda spec: optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials,
+                                                       n_warmup_steps=spec.prune_after + 1),
+    "hyperband": lambda spec: optuna.pruners.HyperbandPruner(min_resource=spec.prune_after + 1),
+    "none": lambda spec: optuna.pruners.NopPruner(),
+}
+
+
 def _sampler(spec: StudySpec, worker: int):
-    seed = spec.seed + worker  # parallel workers must not draw the same sequence
-    if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: p.choices for k, p in spec.search_space.items()}, seed=seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    return SAMPLERS[spec.sampler](spec, spec.seed + worker)  # parallel workers must not draw the same sequence
 
 
 def _pruner(spec: StudySpec):
-    # Trials report val metrics at steps 1, 2, ... (epochs); both pruners may first stop a trial
-    # at step `prune_after + 1`. Early val Dice is noisy and favours fast starters (high lr, no
-    # crops), so a study that compares slow-starting settings wants a larger prune_after.
-    first = spec.prune_after + 1
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials, n_warmup_steps=first)
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=first)
-    return optuna.pruners.NopPruner()
+    return PRUNERS[spec.pruner](spec)
 
 
 def open_study(spec: StudySpec, storage, worker: int = 0) -> optuna.Study:

@@ -1,0 +1,107 @@
+"""Dataset kinds, one object each: how a kind finds its files, which raw mask values are valid,
+and how raw masks become training labels (and what the audit calls foreground).
+
+`KINDS` maps the names in `harness.config.catalog.DATASETS` (what specs may name, and what each
+kind supports) to these objects; a contract test checks that both name the same set. A new kind
+is one class here, one entry in KINDS and one in the catalog (README, "Extending").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.data import readers
+from harness.data.readers import DataError
+
+TRIMAP_VALUES = (1, 2, 3)  # 1 pet, 2 background, 3 border
+FOREGROUND_RULES = {
+    "not_background": lambda t: t != 2,  # pet + border band
+    "pet_only": lambda t: t == 1,
+}
+
+
+class OxfordPet:
+    """The official Oxford-IIIT Pet layout: images/, annotations/trimaps/, annotations/{trainval,test}.txt.
+    Raw masks are trimaps (1 pet, 2 background, 3 border); data.foreground picks the binary rule."""
+
+    on_disk = True
+
+    def list_files(self, root: Path):
+        return readers.oxford_pet_files(root)
+
+    def valid_values(self, num_classes: int) -> tuple | None:
+        return TRIMAP_VALUES
+
+    def foreground(self, raw: np.ndarray, rule: str, num_classes: int, target: str) -> np.ndarray:
+        return FOREGROUND_RULES[rule](raw)
+
+    def labels(self, raw: np.ndarray, rule: str, num_classes: int, target: str) -> np.ndarray:
+        """{0, 1} by the foreground rule, or with target trimap3 0 pet, 1 background, 2 border."""
+        if target == "trimap3":
+            return (raw - 1).astype(np.uint8)
+        return FOREGROUND_RULES[rule](raw).astype(np.uint8)
+
+    def prepare_root(self, root: Path, download: bool) -> Path:
+        return download_oxford_pet(root) if download else root
+
+
+class Folder(OxfordPet):
+    """images/ + masks/ with matching stems. Binary: any nonzero pixel is foreground; K classes:
+    the mask values are the classes (0..K-1), or RGB colours mapped through data.palette."""
+
+    def list_files(self, root: Path):
+        return readers.folder_files(root)
+
+    def valid_values(self, num_classes: int) -> tuple | None:
+        return tuple(range(num_classes)) if num_classes > 2 else None
+
+    def foreground(self, raw, rule, num_classes, target):
+        return raw > 0
+
+    def labels(self, raw, rule, num_classes, target):
+        return raw.astype(np.uint8) if num_classes > 2 else (raw > 0).astype(np.uint8)
+
+    def prepare_root(self, root: Path, download: bool) -> Path:
+        return root
+
+
+class Synthetic(OxfordPet):
+    """Generated in memory (harness.data.synthetic): raw trimaps like Oxford-IIIT Pet's, or with
+    K >= 3 classes and target binary, K-class label maps read as a folder's."""
+
+    on_disk = False
+
+    def _as_folder(self, num_classes: int, target: str) -> bool:
+        return num_classes > 2 and target == "binary"
+
+    def foreground(self, raw, rule, num_classes, target):
+        if self._as_folder(num_classes, target):
+            return Folder().foreground(raw, rule, num_classes, target)
+        return super().foreground(raw, rule, num_classes, target)
+
+    def labels(self, raw, rule, num_classes, target):
+        if self._as_folder(num_classes, target):
+            return Folder().labels(raw, rule, num_classes, target)
+        return super().labels(raw, rule, num_classes, target)
+
+
+KINDS = {"synthetic": Synthetic(), "oxford_pet": OxfordPet(), "folder": Folder()}
+
+
+def download_oxford_pet(root: Path) -> Path:
+    """The official layout under root, fetched through torchvision's OxfordIIITPet if absent."""
+    for candidate in (root, root / "oxford-iiit-pet"):  # torchvision extracts into <root>/oxford-iiit-pet
+        if (candidate / "annotations" / "trainval.txt").is_file():
+            return candidate
+    try:
+        from torchvision.datasets import OxfordIIITPet
+
+        for split in ("trainval", "test"):
+            OxfordIIITPet(str(root), split=split, target_types="segmentation", download=True)
+    except Exception as err:  # offline, disk full, moved archive: say what to do instead
+        raise DataError(f"{root}: data.download could not fetch Oxford-IIIT Pet through torchvision ({err}). "
+                        f"Download images.tar.gz and annotations.tar.gz from "
+                        f"https://www.robots.ox.ac.uk/~vgg/data/pets/ and extract them into {root}") from None
+    return root / "oxford-iiit-pet"

@@ -1,0 +1,163 @@
+"""The house's rules, read from the source: which part may import which, and that every catalog
+name has its implementation (and the reverse). See README, "Layout" and "Extending"."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+# Higher parts may import lower ones, never the reverse (paths: anyone).
+LEVELS = {"cli": 7, "__main__": 7, "sweeps": 6, "run": 5, "tools": 5, "outputs": 4, "build": 4, "tracking": 3,
+          "models": 3, "losses": 3, "engine": 2, "config": 2, "metrics": 1, "data": 1, "augment": 1, "paths": 0,
+          "__init__": 0}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports (absolute names), at any depth of the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from harness import run`
+    return found
+
+
+def _part(module: str) -> str:
+    """harness.engine.loop -> engine; harness.run -> run."""
+    return module.split(".")[1]
+
+
+def _harness_files():
+    return sorted((REPO / "harness").rglob("*.py"))
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts)
+
+
+def test_analysis_never_imports_harness():
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.split(".")[0] == "harness")
+                 for p in (REPO / "analysis").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("package, owner", [("mlflow", "harness/tracking/mlflow.py"),
+                                            ("optuna", "harness/sweeps/study.py")])
+def test_one_module_per_outside_system(package, owner):
+    importers = sorted(str(p.relative_to(REPO)) for p in _harness_files()
+                       if any(m.split(".")[0] == package for m in _imports(p)))
+    assert importers == [owner]
+
+
+def test_no_part_imports_a_higher_one():
+    wrong = []
+    for path in _harness_files():
+        here = _module(path)
+        if here == "harness.__init__":
+            continue
+        level = LEVELS[_part(here)]
+        for name in _imports(path):
+            if name.startswith("harness.") and name.split(".")[1] in LEVELS and _part(name) != _part(here) \
+                    and LEVELS[_part(name)] > level:
+                wrong.append(f"{here} imports {name}")
+    assert sorted(set(wrong)) == []
+
+
+def test_components_import_no_config_engine_tracking_or_sweeps():
+    components = ("models", "data", "losses", "metrics", "augment")
+    forbidden = ("config", "engine", "tracking", "sweeps")
+    wrong = [f"{_module(p)} imports {m}" for p in _harness_files() if _part(_module(p)) in components
+             for m in _imports(p) if m.startswith("harness.") and _part(m) in forbidden]
+    assert wrong == []
+
+
+def test_engine_imports_no_config_build_or_run():
+    wrong = [f"{_module(p)} imports {m}" for p in _harness_files() if _part(_module(p)) == "engine"
+             for m in _imports(p) if m.startswith("harness.") and _part(m) in ("config", "build", "run")]
+    assert wrong == []
+
+
+# ----------------------------------------------------------------------------- catalog contracts
+
+
+def test_every_catalog_name_has_its_implementation():
+    from harness import build
+    from harness.config import catalog
+    from harness.data.kinds import KINDS
+    from harness.losses import LOSSES
+    from harness.sweeps import study
+
+    assert set(LOSSES) == set(catalog.LOSSES)
+    assert set(KINDS) == set(catalog.DATASETS)
+    assert all(KINDS[name].on_disk == kind.on_disk for name, kind in catalog.DATASETS.items())
+    import torch
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    for name in catalog.OPTIMIZERS:
+        build.build_optimizer(name, params, lr=0.1, weight_decay=0.0)
+    for name in catalog.SCHEDULERS:
+        build.build_scheduler(name, torch.optim.SGD(params, lr=0.1), epochs=2)
+    assert set(study.SAMPLERS) == set(catalog.SAMPLERS) and set(study.PRUNERS) == set(catalog.PRUNERS)
+    for arch, entry in catalog.ARCHS.items():  # each entry names a real class whose constructor takes its knobs
+        assert (REPO / "harness" / "models" / f"{entry.module}.py").is_file(), arch
+        assert set(entry.knobs) <= set(catalog.KNOBS), arch
+
+
+def test_a_new_architecture_is_one_model_file_and_one_catalog_entry(tmp_path):
+    """A toy architecture, registered the way README's "Extending" says: a model file (here, a module
+    put in place before the harness is imported) and one ARCHS entry. Specs then accept it, the
+    schema lists it, and a run trains it; an unknown name still lists every valid one."""
+    code = textwrap.dedent(f"""
+        import sys, types
+        import torch
+        from torch import nn
+        toy = types.ModuleType("harness.models.toy")  # what harness/models/toy.py would hold
+
+        class Toy(nn.Module):
+            def __init__(self, *, out_channels, grad_checkpointing, base_width, dropout):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(3, base_width, 3, padding=1), nn.ReLU(), nn.Dropout2d(dropout),
+                                          nn.Conv2d(base_width, out_channels, 1))
+
+            def forward(self, x):
+                return self.body(x)
+
+        toy.Toy = Toy
+        sys.modules["harness.models.toy"] = toy
+        from harness.config import catalog
+        catalog.ARCHS["toy"] = catalog.Arch("toy", "Toy", frozenset({{"base_width", "dropout"}}))  # the entry
+        catalog.ARCH_KNOBS["toy"] = catalog.ARCHS["toy"].knobs - catalog.ANY_ARCH
+        from harness.config.load import SpecError, load_spec
+        from harness.build import build_model, list_models
+        from harness.run import run_experiment
+        from harness.tracking.base import NullTracker
+        spec = load_spec({str(REPO / "experiments" / "debug.yaml")!r},
+                         ["model.arch=toy", "model.base_width=8", "train.epochs=1", "log_model=false"])
+        assert "toy" in list_models()
+        assert type(build_model(spec).net).__name__ == "Toy"
+        result = run_experiment(spec, lambda params, tags: NullTracker(), checkpoint_root=__import__("pathlib").Path("ck"))
+        print("test/dice", result.test["test/dice"])
+        try:
+            load_spec({str(REPO / "experiments" / "debug.yaml")!r}, ["model.arch=toy", "model.upsample=nearest"])
+        except SpecError as err:
+            print("knob error:", err)
+        try:
+            load_spec({str(REPO / "experiments" / "debug.yaml")!r}, ["model.arch=segformer"])
+        except SpecError as err:
+            print("name error:", err)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test/dice" in out.stdout
+    assert "model.upsample='nearest' does not apply to model.arch=toy" in out.stdout
+    assert "'toy'" in out.stdout.split("name error:")[1] and "'unet'" in out.stdout.split("name error:")[1]
