@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install experiment validate audit study dashboard campaign report overview bench test test-all ui predict clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ overview: $(VENV)/.installed  ## one table over every campaign in the store: eac
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
 	$(PY) -m harness.tools.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)
+
+lint: $(VENV)/.installed  ## ruff (pyflakes, pycodestyle, isort, bugbear; settings in pyproject.toml)
+	$(VENV)/bin/ruff check $(ROOT)
 
 test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SRC=${SRC:-../shared/data/oxford-pet-128}
 
-# Found in session 5 by running harness.bench under an import hook that blocked what the image
+# Found in session 5 by running harness.tools.bench under an import hook that blocked what the image
 # lacks (mlflow's model registry imports cryptography at load time; flask, graphene, uvicorn,
 # IPython and docker are not needed).
 NAMES="albucore albumentations alembic annotated-types cachetools cffi cryptography databricks-sdk

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from harness import paths
@@ -111,7 +110,7 @@ def data_kwargs(spec: ExperimentSpec) -> dict:
                 palette=tuple(map(tuple, d.palette)) if d.palette else None)  # hashable for the lru_cache
 
 
-def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.World(),
+def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.ONE,
                 data=None) -> Parts:
     """The run's data, model, loaders, loss, optimizer, scheduler and scaler. The bench builds the
     parts it times here too (passing the `data` it decoded once), so it measures what runs train."""
@@ -217,7 +216,8 @@ def build_optimizer(name: str, params, *, lr: float, weight_decay: float, moment
     table = {
         "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None),
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                       nesterov=momentum > 0),
         "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
     }
     if name not in table:

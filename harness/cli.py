@@ -193,8 +193,8 @@ def _study(args) -> int:
     from harness.config.sweeps import load_study_spec
 
     spec, base = load_study_spec(args.spec, args.overrides)
-    from harness.sweeps.study import StudyMismatch, run_study, run_worker, storage_for
     from harness.data import DataError
+    from harness.sweeps.study import StudyMismatch, run_study, run_worker, storage_for
 
     if args.worker_index is not None:
         run_worker(spec, base, storage_for(spec, args.storage), args.worker_index)

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def _fp32(fn):
     def wrapped(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import yaml
 
-from harness.tracking import plots
-from harness.metrics import per_image_scores
 from harness.engine.step import StepConfig
+from harness.metrics import per_image_scores
+from harness.tracking import plots
 
 WORST_K = 8
 

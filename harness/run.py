@@ -39,7 +39,7 @@ def run_identity(spec: ExperimentSpec) -> dict[str, str]:
     """What a run of `spec` trains with here beyond the spec, as the tags it will carry: the data's
     content (data.fingerprint) and the precision `amp` resolves to on this machine (amp.dtype; absent
     when the device is). An earlier run counts as this spec's only if it has the same
-    (tracking.RUN_IDENTITY_TAGS). The data is read through the per-process memo, so the run that
+    (harness.tracking.base.RUN_IDENTITY_TAGS). The data is read through the per-process memo, so the run that
     follows does not read it again."""
     identity = {"data.fingerprint": spec_data(spec).fingerprint}
     if precision := planned_precision(spec.train.amp, spec.train.device):
@@ -97,7 +97,7 @@ def loop_settings(spec: ExperimentSpec, resumable: bool = True) -> LoopSettings:
 
 
 def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopState,
-            world: distributed.World = distributed.World()) -> RunResult:
+            world: distributed.World = distributed.ONE) -> RunResult:
     """Test the best weights (best.pt) and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
     start = time.perf_counter()

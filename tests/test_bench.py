@@ -9,11 +9,13 @@ import sys
 
 import pytest
 
-from conftest import EXPERIMENTS, REPO
 from harness.tools.bench import main
 
-KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac", "eval_img_s", "mlflow_ms_per_epoch",
-        "checkpoint_s", "checkpoint_block_s", "gflop_per_image", "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
+from conftest import EXPERIMENTS, REPO
+
+KEYS = {"saved_activations_mib", "train_img_s", "minimal_img_s", "harness_over_minimal", "data_wait_frac",
+        "eval_img_s", "mlflow_ms_per_epoch", "checkpoint_s", "checkpoint_block_s", "gflop_per_image",
+        "achieved_tflops", "cold_cache_s", "warm_cache_s", "peak_mem_gib"}
 
 
 @pytest.mark.parametrize("task", [[], ["data.num_classes=3", "data.target=trimap3", "train.loss=ce"]])

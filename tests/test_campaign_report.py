@@ -8,9 +8,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS, REPO
-from harness.sweeps.campaign import run_campaign
 from harness.config.sweeps import load_campaign_spec
+from harness.sweeps.campaign import run_campaign
+
+from conftest import EXPERIMENTS, REPO
 
 DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
 TINY = {"model.base_width": 4, "data.synthetic_size": [32, 8]}  # for campaigns whose runs only feed a report
@@ -32,11 +33,12 @@ def test_shipped_campaigns_load(path):
 
 
 def test_shipped_campaigns_are_listed_in_the_readme():
-    # The README's table of shipped campaigns is how a newcomer finds them: every file gets a row, and
+    # docs/results.md's table of shipped campaigns is how a newcomer finds them: every file gets a row, and
     # the row's run count follows the file when its matrix grows.
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "results.md").read_text()
     start = readme.index("Shipped in `experiments/campaigns/`")
-    rows = [r.split("|")[1:-1] for r in readme[start:readme.index("\n\n", readme.index("| campaign |", start))].splitlines()
+    table = readme[start:readme.index("\n\n", readme.index("| campaign |", start))]
+    rows = [r.split("|")[1:-1] for r in table.splitlines()
             if r.startswith("| `")]
     runs = {}
     for names, _, counts, _ in rows:
@@ -44,9 +46,9 @@ def test_shipped_campaigns_are_listed_in_the_readme():
         counts = [int(c) for c in counts.replace(" each", "").split(",")]  # "12 each" or "9, 6, 6"
         runs.update(zip(names, counts * len(names) if len(counts) == 1 else counts, strict=True))
     shipped = {p.stem: p for p in sorted((EXPERIMENTS / "campaigns").glob("*.yaml"))}
-    assert sorted(runs) == sorted(shipped), "the README's campaign table and experiments/campaigns/ differ"
+    assert sorted(runs) == sorted(shipped), "docs/results.md's campaign table and experiments/campaigns/ differ"
     wrong = {n: runs[n] for n, p in shipped.items() if len(load_campaign_spec(p)[0].cells()) != runs[n]}
-    assert not wrong, f"run counts in the README's campaign table are wrong for {wrong}"
+    assert not wrong, f"run counts in docs/results.md's campaign table are wrong for {wrong}"
 
 
 def test_unknown_matrix_field_is_a_spec_error(tmp_path):
@@ -74,7 +76,8 @@ def test_every_cell_is_a_tagged_finished_run(campaign_store):
     tmp, spec, _, results = campaign_store
     assert [r.status for r in results] == ["FINISHED"] * 4
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.campaign = 'debug_campaign'")
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id],
+                              "tags.campaign = 'debug_campaign'")
     assert len(runs) == 4
     cells = {(r.data.tags["cell.model.arch"], r.data.tags["cell.seed"]) for r in runs}
     assert cells == {("unet", "0"), ("unet", "1"), ("resnet34_unet", "0"), ("resnet34_unet", "1")}
@@ -299,7 +302,8 @@ def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
     spec, base = load_study_spec(study_spec)
     run_study(spec, base, study_spec)
     notebooks = EXPERIMENTS.parent / "analysis" / "notebooks"
-    _, images = _execute_notebook(notebooks / "compare_architectures.py", tmp, {"CAMPAIGN": "debug_campaign"}, monkeypatch)
+    _, images = _execute_notebook(notebooks / "compare_architectures.py", tmp, {"CAMPAIGN": "debug_campaign"},
+                                  monkeypatch)
     assert len(images) >= 3  # learning curves, paired scatter, time to Dice
     nb, images = _execute_notebook(notebooks / "study_analysis.py", tmp, {"STUDY": "debug_study"}, monkeypatch)
     assert len(images) >= 2  # history, pruned vs complete curves
@@ -308,8 +312,8 @@ def test_notebooks_run_end_to_end(campaign_store, monkeypatch):
 
 
 def test_interrupted_cell_resumes_its_run(store, tmp_path, monkeypatch):
-    from harness.sweeps import campaign as campaign_module
     from harness.run import run_experiment as real_run
+    from harness.sweeps import campaign as campaign_module
 
     spec, base = debug_campaign(tmp_path, "resumable", {"seed": [0]}, {"train.epochs": 3})
 
@@ -368,7 +372,8 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
                                             "change of the gap: augment=none -> augment=flip"]
     assert all(np.isnan(r["seed_ci_low"]) for r in rows)  # one seed per cell: no CI over runs
     from analysis.overview import readable
-    assert list(readable(pd.DataFrame(rows))["CI over runs and images"]) == ["one run in an arm"] * 3 + ["one run in a cell"]
+    assert list(readable(pd.DataFrame(rows))["CI over runs and images"]) == (["one run in an arm"] * 3
+                                                                            + ["one run in a cell"])
     # The other view of the same runs: augmentation compared within each loss
     page = build_report(campaign="loss_aug", axis="augment")
     for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",
@@ -484,8 +489,9 @@ def test_data_version_is_an_axis_unless_a_data_axis_decides_it():
 def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, tmp_path, capsys):
     # A mask fixed (or an image replaced) after a campaign ran: the spec is the same, the data is not.
     from analysis.runs import load_campaign
-    from conftest import write_pet_layout
     from harness.build import cached_data
+
+    from conftest import write_pet_layout
 
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
     spec, base = debug_campaign(tmp_path, "data_versions", {"seed": [0, 1]},

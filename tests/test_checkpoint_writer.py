@@ -11,7 +11,8 @@ from harness.engine import checkpoint
 
 
 def _state(weight: torch.Tensor, epoch: int) -> dict:
-    return {"epoch": epoch, "model": {"w": weight}, "history": [{"epoch": epoch}], "rng": {"torch": torch.get_rng_state()}}
+    return {"epoch": epoch, "model": {"w": weight}, "history": [{"epoch": epoch}],
+            "rng": {"torch": torch.get_rng_state()}}
 
 
 def test_written_state_is_the_state_at_submit_time(tmp_path):
@@ -34,7 +35,8 @@ def test_then_runs_after_the_files_are_in_place_and_prev_is_kept(tmp_path):
     for epoch in (1, 2):
         weight.fill_(epoch)
         writer.submit(tmp_path, _state(weight, epoch), best=epoch == 1,
-                      then=lambda e=epoch: seen.append((e, torch.load(tmp_path / checkpoint.LAST, weights_only=True)["epoch"])))
+                      then=lambda e=epoch: seen.append(
+                          (e, torch.load(tmp_path / checkpoint.LAST, weights_only=True)["epoch"])))
     writer.wait()
     assert seen == [(1, 1), (2, 2)]
     assert torch.load(tmp_path / checkpoint.PREV, weights_only=True)["epoch"] == 1

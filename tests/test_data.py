@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_pet_mini, write_pet_layout
 from harness.augment import build_pipeline
 from harness.data import DataError, SegDataset, build_data, make_loader
+
+from conftest import require_pet_mini, write_pet_layout
 
 
 def test_synthetic_is_deterministic_and_labelled():

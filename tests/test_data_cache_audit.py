@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, write_pet_layout
+from harness.config.load import SpecError, load_spec
 from harness.data import build_data, readers
 from harness.data.audit import near_duplicates
-from harness.config.load import SpecError, load_spec
+
+from conftest import REPO, write_pet_layout
 
 PET_128 = (REPO.parent / "shared" / "data" / "oxford-pet-128").resolve()
 

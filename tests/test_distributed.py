@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo): one MLflow run, written by rank 0, with the same metrics as a single process."""
+"""torchrun with 2 CPU processes (gloo): one MLflow run, written by rank 0, with the same metrics as one process."""
 
 from __future__ import annotations
 

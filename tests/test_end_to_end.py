@@ -14,8 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import EXPERIMENTS
 from harness.config.load import load_spec
+
+from conftest import EXPERIMENTS
 
 EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "val/iou_micro", "val/pixel_acc",
               "lr", "time/epoch_s", "throughput/train_img_s"}
@@ -155,7 +156,8 @@ def test_prediction_grid_holds_the_exact_pixels(tmp_path):
     row = 20 + plots.CAPTION + 4
     assert np.array_equal(grid[row + plots.CAPTION:row + plots.CAPTION + 20, :24], images[1])
     assert np.array_equal(grid[plots.CAPTION:plots.CAPTION + 20, 28:52, 0], truths[0] * 255)
-    k = np.asarray(Image.open(plots.prediction_grid(images, preds, preds, ["a", "b"], tmp_path / "k.png", num_classes=4)))
+    k = np.asarray(Image.open(plots.prediction_grid(images, preds, preds, ["a", "b"], tmp_path / "k.png",
+                                                    num_classes=4)))
     assert np.array_equal(k[plots.CAPTION:plots.CAPTION + 20, 56:80], plots.COLOURS[preds[0]])
 
 

@@ -144,7 +144,8 @@ def test_a_new_architecture_is_one_model_file_and_one_catalog_entry(tmp_path):
                          ["model.arch=toy", "model.base_width=8", "train.epochs=1", "log_model=false"])
         assert "toy" in list_models()
         assert type(build_model(spec).net).__name__ == "Toy"
-        result = run_experiment(spec, lambda params, tags: NullTracker(), checkpoint_root=__import__("pathlib").Path("ck"))
+        result = run_experiment(spec, lambda params, tags: NullTracker(),
+                                checkpoint_root=__import__("pathlib").Path("ck"))
         print("test/dice", result.test["test/dice"])
         try:
             load_spec({str(REPO / "experiments" / "debug.yaml")!r}, ["model.arch=toy", "model.upsample=nearest"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import EXPERIMENTS
-from harness.run import run_experiment
-from harness.build import build_parts
+from harness.build import build_parts, cpu_supports_bf16, resolve_amp, select_device
 from harness.config.load import load_spec
+from harness.run import run_experiment
 from harness.tracking.base import NullTracker
-from harness.build import cpu_supports_bf16, resolve_amp, select_device
+
+from conftest import EXPERIMENTS
 
 
 def _run(tmp_path, *overrides):

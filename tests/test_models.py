@@ -10,8 +10,8 @@ import torch
 from harness.build import create_model, list_models
 from harness.config.catalog import ARCH_KNOBS, DEFAULTS
 from harness.config.catalog import ARCHS as MODELS
-from harness.models import count_parameters
 from harness.config.load import SpecError, load_spec
+from harness.models import count_parameters
 
 SIZES = [(64, 64), (96, 80), (128, 128), (50, 70)]  # 50x70: not divisible by 32, nor even by 4
 # The values each enumerable knob can take; combinations are taken over the knobs an arch allows.

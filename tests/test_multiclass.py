@@ -13,12 +13,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
+from harness.config.load import SpecError, load_spec
+from harness.config.sweeps import load_campaign_spec
 from harness.data import DataError, build_data
 from harness.losses import get_loss
 from harness.metrics import confusion_multiclass, summarise_multiclass
-from harness.config.sweeps import load_campaign_spec
-from harness.config.load import SpecError, load_spec
+
+from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
 
 
 def test_trimap3_keeps_all_three_classes(tmp_path):

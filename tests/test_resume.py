@@ -13,11 +13,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS
-from harness.run import run_experiment
 from harness.config.load import load_spec
+from harness.run import run_experiment
 from harness.tracking.mlflow import MlflowTracker
 from harness.tracking.store import find_resumable
+
+from conftest import EXPERIMENTS
 
 OVERRIDES = ["train.epochs=4", "augment=flip", "log_model=false"]
 
@@ -163,7 +164,8 @@ def test_sigkill_then_same_command_resumes_the_same_run(tmp_path):
            "data.image_size=64", "data.synthetic_size=[160, 24]", "log_model=false"]
 
     def run(extra=(), tmp=tmp_path):
-        return subprocess.run([*cmd, *extra], cwd=tmp, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"},
+        uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+        return subprocess.run([*cmd, *extra], cwd=tmp, env={**env, "MLFLOW_TRACKING_URI": uri},
                               capture_output=True, text=True, timeout=600)
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -320,9 +322,10 @@ def test_a_run_is_continued_only_in_the_precision_it_began_in(store, tmp_path, c
 def test_a_run_whose_data_changed_is_not_resumed(store, tmp_path, capsys):
     # The spec is the same, but an image was replaced after the run was killed: continuing it would
     # train its last epochs on other data than its first, under the new fingerprint alone.
-    from conftest import write_pet_layout
-    from harness.cli import main
     from harness.build import cached_data
+    from harness.cli import main
+
+    from conftest import write_pet_layout
 
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(10)], n_test=2, size=(32, 32))
     args = ["experiment", str(EXPERIMENTS / "debug.yaml"), "data.dataset=oxford_pet", f"data.root={root}",

@@ -12,12 +12,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS
 from harness import build as parts_module
-from harness.run import run_experiment
 from harness.config.load import load_spec
-from harness.tracking.mlflow import MlflowTracker
 from harness.engine.step import NonFiniteLoss
+from harness.run import run_experiment
+from harness.tracking.mlflow import MlflowTracker
+
+from conftest import EXPERIMENTS
 
 
 def _run(store, tmp_path, on_epoch=None, overrides=("train.epochs=2",)):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from conftest import EXPERIMENTS, REPO
 from harness.config.load import ExperimentSpec, SpecError, flatten, load_spec, read_yaml
+
+from conftest import EXPERIMENTS, REPO
 
 # Experiment specs, recursively; studies/ and campaigns/ hold other kinds of spec, with their own
 # contract tests in test_study.py and test_campaign_report.py.

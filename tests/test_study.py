@@ -11,13 +11,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS
-from harness.sweeps import study as study_module
-from harness.run import run_experiment
 from harness.config.load import SpecError, load_spec
-from harness.sweeps.study import run_study
 from harness.config.sweeps import load_study_spec
+from harness.run import run_experiment
+from harness.sweeps import study as study_module
+from harness.sweeps.study import run_study
 from harness.tracking.base import NullTracker
+
+from conftest import EXPERIMENTS
 
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
 
@@ -29,7 +30,8 @@ def test_shipped_study_specs_load(path):
 
 
 BAD_STUDIES = {
-    "unknown_field": ("search_space:\n  train.lrr: {type: float, low: 0.1, high: 1}\n", ["train.lrr", "does not exist"]),
+    "unknown_field": ("search_space:\n  train.lrr: {type: float, low: 0.1, high: 1}\n",
+                      ["train.lrr", "does not exist"]),
     "bad_choice": ("search_space:\n  model.arch: {type: categorical, choices: [unet, segformer]}\n",
                    ["model.arch", "segformer"]),
     "bad_bounds": ("search_space:\n  train.lr: {type: float, low: 1, high: 0.1}\n", ["low", "high"]),
@@ -291,7 +293,8 @@ def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
     assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 1
     assert client.get_run(parent_id).info.status == "FINISHED"  # not reopened
     assert len(_children(client, parent_id)) == 1
-    optuna.load_study(study_name=spec.name, storage=storage).set_user_attr("identity", {**identity, "data.fingerprint": "x"})
+    stored = optuna.load_study(study_name=spec.name, storage=storage)
+    stored.set_user_attr("identity", {**identity, "data.fingerprint": "x"})
     with pytest.raises(StudyMismatch, match=r"data.fingerprint x \(now "):
         run_study(more, base, DEBUG_STUDY)
 

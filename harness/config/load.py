@@ -4,7 +4,7 @@ A spec file holds only its differences from its `base:` (a path relative to the 
 are merged depth-first (child wins; dicts merge, lists and scalars replace), overrides are
 applied last, and the result is validated by pydantic before any work starts. Every error is a
 `SpecError` naming the file, the dotted field and, where YAML knows it, the line. The schema
-itself (sections, defaults, cross-field rules, the spec hash) is `harness.schema`.
+itself (sections, defaults, cross-field rules, the spec hash) is `harness.config.schema`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The experiment spec's schema: typed, validated sections (pydantic), and the spec hash.
 
-Loading (files, `base:` inheritance, overrides, error messages) lives in `harness.spec`.
+Loading (files, `base:` inheritance, overrides, error messages) lives in `harness.config.load`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.config.catalog import (ARCHS, BINARY_LOSSES, DATASETS, KNOBS, LOSSES, MULTICLASS_LOSSES, OPTIMIZERS,
-                                     SCHEDULERS, check_knobs)
 from harness.augment import PRESETS, validate_transforms
+from harness.config.catalog import (
+    ARCHS,
+    BINARY_LOSSES,
+    DATASETS,
+    KNOBS,
+    LOSSES,
+    MULTICLASS_LOSSES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    check_knobs,
+)
 
 
 class _Section(BaseModel):
@@ -65,13 +74,15 @@ class DataSpec(_Section):
     limit: int | None = Field(None, ge=1, description="cap on images per split, for quick runs")
     num_workers: int = Field(0, ge=0, le=64)
     synthetic_size: tuple[int, int] = Field((400, 100), description="synthetic trainval and test counts")
-    on_bad: Literal["error", "skip"] = Field("error", description="unusable files: stop naming the file, or skip and count")
+    on_bad: Literal["error", "skip"] = Field("error",
+                                             description="unusable files: stop naming the file, or skip and count")
     cache: bool = Field(True, description="decode once into arrays on disk, keyed by the files' fingerprint")
     cache_dir: str | None = Field(None, description="cache folder (default: mlruns/cache); relative to the spec file")
     download: bool = Field(False, description="oxford_pet only: fetch the official archives via torchvision")
     num_classes: int = Field(2, ge=2, le=255, description="2 = binary (one logit, sigmoid); K >= 3: K-way softmax")
     target: Literal["binary", "trimap3"] = Field("binary", description="trimap3: pet/background/border as 3 classes")
-    palette: list[tuple[int, int, int]] | None = Field(None, description="folder: RGB colour of each class in the masks")
+    palette: list[tuple[int, int, int]] | None = Field(None,
+                                                       description="folder: RGB colour of each class in the masks")
 
     @model_validator(mode="after")
     def _root_needed(self):
@@ -108,7 +119,8 @@ class TrainSpec(_Section):
         "default", description="torch.compile mode; reduce-overhead replays CUDA graphs (launch-bound models)")
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int | None = Field(None, ge=1)
-    on_nan: Literal["fail", "skip_batch"] = Field("fail", description="a NaN/Inf loss fails the run, or skips the batch")
+    on_nan: Literal["fail", "skip_batch"] = Field("fail",
+                                                  description="a NaN/Inf loss fails the run, or skips the batch")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @field_validator("amp", mode="before")

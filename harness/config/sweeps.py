@@ -175,7 +175,7 @@ def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):
         load_spec(base, spec.overrides({}))
     except SpecError as err:
         raise SpecError(f"{path}:{line_of(node, ('set',))}: field 'set': {err}") from None
-    for name, variant in getattr(spec, "variants", {}).items():
+    for name in getattr(spec, "variants", {}):
         try:
             load_spec(base, spec.overrides({"variant": name}))
         except SpecError as err:

@@ -14,7 +14,8 @@ import numpy as np
 DUPLICATE_MSE = 15.0
 
 
-def near_duplicates(thumbs: np.ndarray, threshold: float = DUPLICATE_MSE, chunk: int = 1024) -> list[tuple[int, int, float]]:
+def near_duplicates(thumbs: np.ndarray, threshold: float = DUPLICATE_MSE,
+                    chunk: int = 1024) -> list[tuple[int, int, float]]:
     """Pairs (i, j, mse) with i < j and mse < threshold. thumbs: (N, h, w, 3) uint8.
 
     All pairs via ||a||^2 + ||b||^2 - 2ab in float64 chunks: 7,349 images take a few seconds.

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+
 class SegDataset(Dataset):
     """Index, or (index, epoch seed) from SeededSampler -> (image uint8 (3, H, W), mask uint8
     (1, H, W), index). Augments if a pipeline is given, seeded per sample when an epoch seed comes."""

@@ -107,7 +107,8 @@ def folder_files(root: Path) -> tuple[dict[str, list[Item]], list[Problem]]:
     test_list = root / "test.txt"
     if test_list.is_file():
         test = set(_read_split_file(test_list))
-        return {"trainval": [p for p in pairs if p[0] not in test], "test": [p for p in pairs if p[0] in test]}, problems
+        return {"trainval": [p for p in pairs if p[0] not in test],
+                "test": [p for p in pairs if p[0] in test]}, problems
     return {"all": pairs}, problems
 
 

@@ -28,6 +28,9 @@ class World:
         return self.rank == 0
 
 
+ONE = World()  # a single process: the default wherever a world is asked for
+
+
 def init(device_name: str = "auto") -> World:
     """Join the process group if launched by torchrun with WORLD_SIZE > 1; else a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -113,7 +113,7 @@ class LoopState:
 
 
 def train(p: Parts, s: LoopSettings, tracker, folder: Path, on_epoch: EpochCallback | None = None,
-          world: distributed.World = distributed.World()) -> LoopState:
+          world: distributed.World = distributed.ONE) -> LoopState:
     """Train from the newest checkpoint in `folder` (or from scratch) to `s.epochs` or an early stop.
     Only rank 0 writes checkpoints and logs. Returns the final state; best.pt holds the best weights."""
     logged_until = tracker.last_step("val/dice")  # > checkpoint epoch after a fallback to prev.pt

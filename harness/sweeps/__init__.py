@@ -1,0 +1,1 @@
+"""Sweeps over experiment specs: Optuna studies (study.py) and campaign matrices (campaign.py)."""

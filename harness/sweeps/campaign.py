@@ -54,12 +54,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
                 results.append(CellResult(cell, "SKIPPED", done) if done else
                                CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
                 continue
-
-            def make_tracker(params, run_tags):
-                made.append(open_run(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume))
-                return made[-1]
-
-            result = run_experiment(exp, make_tracker)
+            result = run_experiment(exp, _opener(experiment, exp.name, tags, resume, made))
             results.append(CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"]))
         except KeyboardInterrupt:
             raise
@@ -68,6 +63,15 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
             results.append(CellResult(cell, "FAILED", run_id, error=f"{type(err).__name__}: {err}"))
             print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     return results
+
+
+def _opener(experiment: str, name: str, tags: dict, resume: str | None, made: list[Tracker]):
+    """run_experiment's make_tracker for a cell: opens its run (or reopens `resume`) with the cell's
+    tags, and keeps the tracker in `made`, so a failure can still name the run."""
+    def make_tracker(params, run_tags):
+        made.append(open_run(experiment, name, params, {**run_tags, **tags}, run_id=resume))
+        return made[-1]
+    return make_tracker
 
 
 def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str | None, str | None]:

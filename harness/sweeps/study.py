@@ -23,6 +23,7 @@ from harness.config.sweeps import StudySpec
 from harness.run import run_experiment, run_identity
 from harness.tracking import mlflow as tracking
 from harness.tracking.base import Tracker, open_run
+
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # A trial keeps its best weights in best.pt but does not export the model to MLflow: torch.export
 # took 4-5 s per trial (UNet, ResNet34-UNet), most of a GPU trial's fixed cost. The best trial's
@@ -219,7 +220,8 @@ def summarise(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> 
     """Log the trials table, figures and best result to the parent run; write the best spec."""
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState
-    tracking.log_run_metrics(parent, {"trials/complete": states.count(S.COMPLETE), "trials/pruned": states.count(S.PRUNED),
+    tracking.log_run_metrics(parent, {"trials/complete": states.count(S.COMPLETE),
+                                      "trials/pruned": states.count(S.PRUNED),
                                       "trials/failed": states.count(S.FAIL)})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -232,7 +234,8 @@ def summarise(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> 
         return None
     best = study.best_trial
     tracking.log_run_metrics(parent, {"best/value": best.value, "best/trial": best.number})
-    tracking.set_run_tags(parent, {"best.trial": best.number, "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+    tracking.set_run_tags(parent, {"best.trial": best.number,
+                                   "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
                                    **{f"best.{k}": v for k, v in best.params.items()}})
     path = write_best_spec(spec, base, best)
     tracking.log_run_artifact(parent, path)

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from harness import paths
-from harness.build import (Parts, build_parts, compile_model, dtype_name, list_models, resolve_amp,
-                           select_device)
+from harness.build import Parts, build_parts, compile_model, dtype_name, list_models, resolve_amp, select_device
 from harness.config.load import SpecError, load_spec
 from harness.data import make_loader
 from harness.data.loaders import start_epoch
@@ -88,7 +87,8 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
     from torch.profiler import ProfilerActivity, profile
 
     p = _training_parts(spec, data, device, setting)
-    model, cfg, optimizer, scaler, loss_fn, loader = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn, p.loaders["train"]
+    model, cfg, optimizer, scaler, loss_fn = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn
+    loader = p.loaders["train"]
     if setting.endswith("+compile"):  # _training_parts leaves compiling to the caller; the warm-up pays for it
         compile_model(model, spec.train.compile_mode)
     train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
@@ -120,7 +120,8 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
     t, d = spec.train, spec.data
     p = _training_parts(spec, data, device, setting)
-    model, cfg, optimizer, scaler, loss_fn, loader = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn, p.loaders["train"]
+    model, cfg, optimizer, scaler, loss_fn = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn
+    loader = p.loaders["train"]
     val_loader, dtype, channels_last = p.loaders["val"], cfg.amp_dtype, cfg.channels_last
     pin = device.type == "cuda"
     plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
@@ -153,13 +154,15 @@ def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repe
     ckpt_s, block_s = checkpoint_times(model, optimizer)
     harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
     achieved = flops * n_train / minimal / 1e12
-    peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+    peak = next((v for k,
+                 v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return {
         "arch": arch, "setting": setting, "amp_dtype": dtype_name(dtype),
         "channels_last": channels_last, "compile_mode": t.compile_mode if setting.endswith("+compile") else None,
         "params": count_parameters(model), "image_size": d.image_size,
         "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),
-        "images_per_epoch": n_train, "train_img_s": round(n_train / harness, 1), "minimal_img_s": round(n_train / minimal, 1),
+        "images_per_epoch": n_train, "train_img_s": round(n_train / harness,
+                                                          1), "minimal_img_s": round(n_train / minimal, 1),
         "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(waits), 4),
         "eval_img_s": round(statistics.median(eval_rates), 1),
         "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
@@ -194,14 +197,16 @@ def main(argv=None) -> int:
         epilog="columns: img/s = harness train epoch incl. MLflow logging; ratio = harness / minimal epoch time; "
                "wait = share of the harness epoch blocked on the data loader; ckpt s = synchronous write of model + "
                "optimizer; blocks s = what the loop waits for per checkpoint (the copy to host buffers)")
-    p.add_argument("--spec", type=Path, default=Path("experiments/base.yaml"), help="experiment spec (data, size, batch)")
+    p.add_argument("--spec", type=Path, default=Path("experiments/base.yaml"),
+                   help="experiment spec (data, size, batch)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="spec overrides, e.g. data.num_workers=2")
     p.add_argument("--archs", nargs="+", default=None, choices=list_models(),
                    help="default: every registered model that takes the spec's model knobs")
     p.add_argument("--settings", nargs="+", default=["off", "auto"], choices=SETTINGS,
                    help="precision: off = float32; auto = what amp: auto picks here (bf16 + channels_last on CUDA and "
                         "on CPUs with native bf16, else float32); auto+compile = auto with torch.compile in "
-                        "train.compile_mode (give train.compile=true train.compile_mode=reduce-overhead for CUDA graphs)")
+                        "train.compile_mode (give train.compile=true train.compile_mode=reduce-overhead for CUDA "
+                        "graphs)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=paths.BENCH)
@@ -231,8 +236,9 @@ def main(argv=None) -> int:
         arch, variant = next(iter(variants.items()))
         profiled = profile_epoch(arch, variant, data, device=device, setting=args.settings[-1], out=args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} {spec.data.image_size}px, "
-          f"batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, {rows[0]['images_per_epoch']} images/epoch")
+    print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} "
+          f"{spec.data.image_size}px, batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, "
+          f"{rows[0]['images_per_epoch']} images/epoch")
     if any(s.endswith("+compile") for s in args.settings):
         print(f"+compile: torch.compile mode {spec.train.compile_mode}")
     print(f"dataset: cold cache {times['cold_cache_s']} s, warm cache {times['warm_cache_s'] or '-'} s")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from harness.engine import checkpoint
-from harness.data import build_data
 from harness.build import data_kwargs
 from harness.config.catalog import DATASETS
+from harness.data import build_data
+from harness.engine import checkpoint
 from harness.engine.step import StepConfig
 
 

@@ -73,6 +73,7 @@ def predict_paths(model, inputs: list[Path], output: Path, *, size: int, thresho
             mask = predict_mask(model, image, size, threshold)
             multiclass = num_classes > 2
             Image.fromarray(mask if multiclass else mask * 255).save(output / f"{path.stem}_mask.png")
-            (class_overlay(image, mask) if multiclass else overlay(image, mask)).save(output / f"{path.stem}_overlay.png")
+            tinted = class_overlay(image, mask) if multiclass else overlay(image, mask)
+            tinted.save(output / f"{path.stem}_overlay.png")
         written.append(output / f"{path.stem}_mask.png")
     return written

@@ -86,7 +86,8 @@ class MlflowTracker:
             run = mlflow.start_run(run_id=self.resume_id)
             mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
         else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name, parent_run_id=self.parent_run_id,
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                                   parent_run_id=self.parent_run_id,
                                    tags={k: str(v) for k, v in self.tags.items()})
             mlflow.log_params(self.params)
         self.run_id = run.info.run_id
