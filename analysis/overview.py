@@ -139,7 +139,8 @@ def forest(table: pd.DataFrame):
 def markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table (pandas' to_markdown needs tabulate, which is not a dependency)."""
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
+    lines += ["| " + " | ".join(str(v).replace("|",
+                                               "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
 
 

@@ -84,7 +84,8 @@ def worst_k_grid(images, truths, predictions: dict, names: list[str], scores: di
             panels.append((pred[row] if pred is not None else None, title))
         for ax, (pixels, title) in zip(axes[row], panels):
             if pixels is not None:
-                ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1 if pixels.ndim == 2 else None)
+                ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0,
+                          vmax=1 if pixels.ndim == 2 else None)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
@@ -95,7 +96,8 @@ def effect_forest(table: pd.DataFrame, label: str, title: str = "Effect of each 
     """table: one row per level with mean_diff, ci_low, ci_high (vs the reference level)."""
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(table) + 1.5))
     y = range(len(table))
-    ax.errorbar(table["mean_diff"], y, xerr=[table["mean_diff"] - table["ci_low"], table["ci_high"] - table["mean_diff"]],
+    ax.errorbar(table["mean_diff"], y, xerr=[table["mean_diff"] - table["ci_low"],
+                                             table["ci_high"] - table["mean_diff"]],
                 fmt="o", capsize=4)
     ax.axvline(0, color="grey", ls="--")
     ax.set_yticks(list(y), table["level"].astype(str))

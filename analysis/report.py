@@ -134,8 +134,9 @@ def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "") 
     return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({where}) by "
             f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
             f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
-            f"{result['n']} test images and {seeds} seed(s) {per}{_unbalanced(seeds)}; rank-biserial r = {result['rank_biserial']:+.2f} "
-            f"({result['b_better']} images better with {html.escape(str(b))}, {result['a_better']} worse). {verdict(result)}")
+            f"{result['n']} test images and {seeds} seed(s) {per}{_unbalanced(seeds)}; "
+            f"rank-biserial r = {result['rank_biserial']:+.2f} ({result['b_better']} images better with "
+            f"{html.escape(str(b))}, {result['a_better']} worse). {verdict(result)}")
 
 
 def verdict(result: dict) -> str:

@@ -65,7 +65,8 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
 
 
 # Params that cannot change a result: campaigns that differ only in these are not different settings.
-NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "data.cache", "data.cache_dir", "data.download", "data.num_workers"}
+NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "data.cache", "data.cache_dir", "data.download",
+                    "data.num_workers"}
 
 
 def campaign_names(campaign: str | list[str] | None) -> list[str]:

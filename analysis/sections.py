@@ -79,7 +79,8 @@ def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: st
         n_failed = int((failed["train.loss"] == level).sum()) if failed is not None else 0
         rows.append({"train.loss": level, "autocast dtype": ", ".join(sorted(group["amp.dtype"].dropna().unique())),
                      "finished runs": len(group), "failed runs": n_failed, "skipped non-finite batches": int(skipped),
-                     "train/loss spikes (>10% up), mean per run": round(float(spikes[spikes.index.isin(ids)].mean()), 2),
+                     "train/loss spikes (>10% up), mean per run":
+                         round(float(spikes[spikes.index.isin(ids)].mean()), 2),
                      "final train/loss": _fmt_ci(loss[loss.run_id.isin(ids)].groupby("run_id")["value"].last()),
                      "test/dice": _fmt_ci(group["test/dice"]), "test/dice_micro": _fmt_ci(group["test/dice_micro"])})
     loss = loss.rename(columns={"train.loss": "loss"})
@@ -142,16 +143,17 @@ def setting_tables(paired) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for b in others:
         for s in settings:
             r = compare_arms(cells[(s, a)], cells[(s, b)])
-            rows.append(_row(r, setting=s, A=a, B=b, **{"n runs A": len(cells[(s, a)]), "n runs B": len(cells[(s, b)])}))
-            lines.append(f"With {html.escape(s)}: {html.escape(str(b))} &minus; {html.escape(str(a))} = {_interval(r)}: "
-                         f"{VERDICTS[evidence(r)]}.")
+            counts = {"n runs A": len(cells[(s, a)]), "n runs B": len(cells[(s, b)])}
+            rows.append(_row(r, setting=s, A=a, B=b, **counts))
+            lines.append(f"With {html.escape(s)}: {html.escape(str(b))} &minus; {html.escape(str(a))} = "
+                         f"{_interval(r)}: {VERDICTS[evidence(r)]}.")
         for s in settings[1:]:
             g = compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)], cells[(s, a)], cells[(s, b)])
             gaps.append(_row(g, B=b, **{"from": settings[0], "to": s}))
             said = {"real": "changes", "images only": "changes over these images but not beyond seed noise",
                     "none": "shows no change"}[evidence(g)]
-            lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(a))} gap {said} from {html.escape(settings[0])} "
-                         f"to {html.escape(s)}: {_interval(g)}.")
+            lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(a))} gap {said} from "
+                         f"{html.escape(settings[0])} to {html.escape(s)}: {_interval(g)}.")
     return pd.DataFrame(rows), pd.DataFrame(gaps), lines
 
 
@@ -167,7 +169,8 @@ def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
              f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
              "setting of the other axes: mean paired difference of per-image test Dice (averaged over seeds), 95% CI "
              "over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
-             "(seed_ci_low/high). Verdict 'real' needs p &lt; 0.05 and both CIs to exclude 0.</p>", table.to_html(index=False),
+             "(seed_ci_low/high). Verdict 'real' needs p &lt; 0.05 and both CIs to exclude 0.</p>",
+             table.to_html(index=False),
              png(plots.effect_forest(forest, str(a), title="Difference within each setting"))]
     if len(gaps):
         parts += ["<h3>Does the gap change with the setting? (interaction)</h3><p>Per image: (B &minus; A in "

@@ -80,7 +80,8 @@ def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int 
 
 def _strata(x) -> list[np.ndarray]:
     """An arm as a list of (runs, images) arrays, one per setting (a bare array: one setting)."""
-    return [np.atleast_2d(np.asarray(c, float)) for c in x] if isinstance(x, list) else [np.atleast_2d(np.asarray(x, float))]
+    cells = x if isinstance(x, list) else [x]
+    return [np.atleast_2d(np.asarray(c, float)) for c in cells]
 
 
 def compare_arms(a, b, seed: int = 0) -> dict:

@@ -18,8 +18,14 @@
 # %%
 import os
 
-from analysis.studies import (history_figure, importances, load_study, pruned_vs_complete_curves,
-                              state_counts, trials_frame)
+from analysis.studies import (
+                              history_figure,
+                              importances,
+                              load_study,
+                              pruned_vs_complete_curves,
+                              state_counts,
+                              trials_frame,
+)
 
 STUDY = os.environ.get("STUDY", "unet_vs_resnet34")
 STORAGE = os.environ.get("OPTUNA_STORAGE", f"mlruns/optuna/{STUDY}.journal")
