@@ -107,6 +107,11 @@ def test_every_catalog_name_has_its_implementation():
     for name in catalog.SCHEDULERS:
         build.build_scheduler(name, torch.optim.SGD(params, lr=0.1), epochs=2)
     assert set(study.SAMPLERS) == set(catalog.SAMPLERS) and set(study.PRUNERS) == set(catalog.PRUNERS)
+    from harness.models import blocks
+    assert set(blocks.UPSAMPLES) == set(catalog.KNOBS["upsample"].choices)
+    assert set(blocks.PADDING_MODES) == set(catalog.KNOBS["padding_mode"].choices)
+    assert set(blocks.ACTIVATIONS) == set(catalog.KNOBS["activation"].choices)
+    assert set(blocks.DOWNSAMPLES) == set(catalog.KNOBS["downsample"].choices)
     for arch, entry in catalog.ARCHS.items():  # each entry names a real class whose constructor takes its knobs
         assert (REPO / "harness" / "models" / f"{entry.module}.py").is_file(), arch
         assert set(entry.knobs) <= set(catalog.KNOBS), arch

@@ -2,7 +2,8 @@
 
 Knobs (all plain arguments): padding_mode 'zeros' | 'reflect'; activation 'relu' | 'leaky_relu';
 dropout (after each double conv, 0 = none); downsample 'maxpool' | 'strided_conv'; upsample
-'bilinear' | 'nearest' | 'transpose'. The defaults are the classic UNet.
+'bilinear' | 'nearest' | 'transpose'. Every knob is a required argument here: the defaults (the classic
+UNet's) are written once, in harness.config.catalog.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ def _choice(name: str, value: str, valid) -> None:
         raise ValueError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
 
 
-def conv_bn_act(c_in: int, c_out: int, *, stride: int = 1, padding_mode: str = "zeros",
-                activation: str = "relu") -> list[nn.Module]:
+def conv_bn_act(c_in: int, c_out: int, *, padding_mode: str, activation: str, stride: int = 1) -> list[nn.Module]:
     _choice("padding_mode", padding_mode, PADDING_MODES)
     _choice("activation", activation, ACTIVATIONS)
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, padding_mode=padding_mode),
@@ -36,8 +36,8 @@ def conv_bn_act(c_in: int, c_out: int, *, stride: int = 1, padding_mode: str = "
 class DoubleConv(nn.Sequential):
     """(conv3x3 -> BN -> act) x 2, then optional Dropout2d. (N, c_in, H, W) -> (N, c_out, H, W)."""
 
-    def __init__(self, c_in: int, c_out: int, c_mid: int | None = None, *, padding_mode: str = "zeros",
-                 activation: str = "relu", dropout: float = 0.0):
+    def __init__(self, c_in: int, c_out: int, c_mid: int | None = None, *, padding_mode: str, activation: str,
+                 dropout: float):
         c_mid = c_mid or c_out
         layers = [*conv_bn_act(c_in, c_mid, padding_mode=padding_mode, activation=activation),
                   *conv_bn_act(c_mid, c_out, padding_mode=padding_mode, activation=activation)]
@@ -46,7 +46,7 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-def downsample_layer(kind: str, channels: int, *, padding_mode: str = "zeros", activation: str = "relu") -> nn.Module:
+def downsample_layer(kind: str, channels: int, *, padding_mode: str, activation: str) -> nn.Module:
     """Halve H and W: 2x2 max-pool, or a stride-2 3x3 conv (+BN+act) keeping `channels`."""
     _choice("downsample", kind, DOWNSAMPLES)
     if kind == "maxpool":
@@ -66,7 +66,7 @@ class Upsample(nn.Module):
     """(N, c, h, w) -> (N, c_out, H, W) at a given size: interpolation keeps c; 'transpose'
     (ConvTranspose2d k2 s2) halves it. `out_channels(c)` says which."""
 
-    def __init__(self, c_in: int, mode: str = "bilinear"):
+    def __init__(self, c_in: int, mode: str):
         super().__init__()
         _choice("upsample", mode, UPSAMPLES)
         self.mode = mode
@@ -138,7 +138,7 @@ class Up(nn.Module):
     H and W work: the upsampled map is resized or padded to the skip's size.
     """
 
-    def __init__(self, c_in: int, c_skip: int, c_out: int, mode: str = "bilinear", **conv):
+    def __init__(self, c_in: int, c_skip: int, c_out: int, mode: str, **conv):
         super().__init__()
         self.up = Upsample(c_in, mode)
         self.conv = DoubleConv(Upsample.out_channels(c_in, mode) + c_skip, c_out, **conv)
