@@ -51,17 +51,20 @@ def _val_predictions(spec, data, model, cfg: StepConfig, k: int) -> np.ndarray:
     return (torch.sigmoid(logits)[:, 0] > spec.eval.threshold).cpu().numpy().astype(np.uint8)
 
 
-def write_per_image(path: Path, names: list[str], counts: torch.Tensor) -> Path:
-    """test_per_image.csv. Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels. K classes: name,
-    dice, iou (means over the classes present), then dice_<k> per class (empty if absent)."""
+def write_per_image(path: Path, names: list[str], counts: torch.Tensor, boundary: dict | None = None) -> Path:
+    """test_per_image.csv. Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels, then nsd and hd95
+    when `boundary` (harness.boundary.boundary_per_image) is given. K classes: name, dice, iou
+    (means over the classes present), then dice_<k> per class (empty if absent)."""
     per = per_image_scores(counts)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         if counts.ndim == 2:
-            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels"])
+            extra = ["nsd", "hd95"] if boundary is not None else []
+            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels", *extra])
             for i, name in enumerate(names):
                 tp, fp, fn, tn = counts[i].tolist()
-                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn])
+                more = [f"{boundary[k][i]:.6f}" for k in extra]
+                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn, *more])
             return path
         k = counts.shape[1]
         writer.writerow(["name", "dice", "iou", *(f"dice_{c}" for c in range(k))])
@@ -72,7 +75,7 @@ def write_per_image(path: Path, names: list[str], counts: torch.Tensor) -> Path:
     return path
 
 
-def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts) -> None:
+def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts, boundary=None) -> None:
     """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -84,7 +87,7 @@ def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, coun
         tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
                                                    data.val.names[:k], out / "val_predictions.png",
                                                    num_classes=cfg.num_classes))
-        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, counts))
+        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, counts, boundary))
     if not spec.log_model:
         return
     example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0

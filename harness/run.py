@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from harness import outputs, paths
+from harness.boundary import boundary_per_image
 from harness.build import build_parts, dtype_name, planned_precision, seed_everything, select_device, spec_data
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
@@ -104,11 +105,16 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
     test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test",
                     keep_predictions=True)
     test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
+    boundary = None
+    if p.cfg.num_classes == 2:  # NSD and HD95 per image, from the thresholded masks
+        boundary = boundary_per_image(test.predictions.numpy(), p.data.test.masks.astype(bool),
+                                      spec.eval.nsd_tolerance)
+        test_metrics |= {"test/nsd": float(boundary["nsd"].mean()), "test/hd95": float(boundary["hd95"].mean())}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
         tracker.log_metrics({**test_metrics, "best/epoch": state.best_epoch, "best/val_dice": state.best,
                              "time/test_s": time.perf_counter() - start}, step=state.epoch)
     if world.is_main:
-        outputs.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, state.history, test.counts)
+        outputs.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, state.history, test.counts, boundary)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, state.history, test_metrics, state.best_epoch, state.best)

@@ -21,6 +21,7 @@ from conftest import EXPERIMENTS
 EPOCH_KEYS = {"train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "val/iou_micro", "val/pixel_acc",
               "lr", "time/epoch_s", "throughput/train_img_s"}
 FINAL_KEYS = {"test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc", "model/num_params",
+              "test/nsd", "test/hd95",
               "time/total_s", "time/overhead_s", "time/setup_s", "time/test_s"}
 TAG_KEYS = {"spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "env.torch", "env.harness",
             "data.skipped", "data.audit.empty_masks", "data.audit.near_duplicates", "data.audit.cross_split_duplicates"}
@@ -78,6 +79,9 @@ def test_artifacts(finished_run):
     assert len(rows) == int(run.data.tags["data.n_test"])
     mean = np.mean([float(r["dice"]) for r in rows])
     assert mean == pytest.approx(run.data.metrics["test/dice"], abs=1e-5)
+    for key in ("nsd", "hd95"):  # boundary scores per image; their means are the logged metrics
+        assert np.mean([float(r[key]) for r in rows]) == pytest.approx(run.data.metrics[f"test/{key}"], abs=1e-5)
+    assert all(0.0 <= float(r["nsd"]) <= 1.0 for r in rows)
     logged_spec = load_spec(client.download_artifacts(run.info.run_id, "spec.yaml"))
     assert logged_spec.spec_hash() == run.data.tags["spec_hash"]
     png = Image.open(client.download_artifacts(run.info.run_id, "val_predictions.png"))

@@ -137,6 +137,13 @@ class TrainSpec(_Section):
 
 class EvalSpec(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    nsd_tolerance: float = Field(2.0, gt=0.0, le=1000.0, description="pixels: boundary within this of the truth's "
+                                 "counts for test/nsd (binary)")
+
+
+# Fields added after runs were recorded: left out of the hash at their defaults, so those runs still
+# count as the same spec (campaigns skip them, resume finds them). A value a field did not exist for.
+ADDED_LATER = (("train", "compile_mode", "default"), ("eval", "nsd_tolerance", 2.0))
 
 
 class ExperimentSpec(_Section):
@@ -179,8 +186,9 @@ class ExperimentSpec(_Section):
         change a result (where the cache lives, whether it is used, downloading) are left out."""
         d = self.to_dict()
         d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
-        if d["train"]["compile_mode"] == "default":  # added later: at its default, earlier runs' hashes still match
-            del d["train"]["compile_mode"]
+        for section, key, default in ADDED_LATER:  # at their defaults, earlier runs' hashes still match
+            if d[section][key] == default:
+                del d[section][key]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
