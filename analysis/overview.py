@@ -8,6 +8,11 @@ its levels is compared with the first level, pooled over the settings of the cam
 and, when there are several, within each setting: the same statistics and verdicts as the
 campaign's report, one row per comparison, and whether the gap changes between settings (the
 interaction). Written as Markdown (also printed), CSV and a forest plot (PNG).
+
+Multiplicity: every row the table prints is one family. A verdict "real" needs the Holm-adjusted
+p (of `analysis.stats.decisive_p`, the largest of the Wilcoxon p and the two intervals' p-values)
+below 5%, so the family-wise error is controlled at 5%; `p_raw`, `p_holm` and `family_size` stand
+beside every verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from tqdm import tqdm
 from analysis import plots
 from analysis.report import compare_axis, paired_frames, setting_labels
 from analysis.runs import load_campaign, tracking_uri
-from analysis.stats import VERDICTS, bootstrap_ci, compare_arms, compare_gaps, evidence
+from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, decisive_p, evidence
 
 
 def campaign_names(uri: str | None = None) -> list[str]:
@@ -40,7 +45,7 @@ def _stats(result: dict) -> dict:
     return {"diff": result["mean_diff"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
             "seed_ci_low": result.get("seed_ci_low", float("nan")),
             "seed_ci_high": result.get("seed_ci_high", float("nan")),
-            "p_wilcoxon": result["p_wilcoxon"], "verdict": VERDICTS[evidence(result)]}
+            "p_wilcoxon": result["p_wilcoxon"], "p_raw": decisive_p(result), "_result": result}
 
 
 def _arm(side: str, runs: pd.DataFrame) -> dict:
@@ -63,7 +68,16 @@ def _gap_row(campaign: str, axis: str, first: str, setting: str, a, b, result: d
             "A": a, "B": b, **_stats(result), "n_images": result["n"]}
 
 
-def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
+def _settle(rows: list[dict]) -> list[dict]:
+    """Holm over `rows` as one family: each row's p_holm, family_size and verdict."""
+    results = [row.pop("_result") for row in rows]
+    adjust_family(results)
+    for row, result in zip(rows, results):
+        row.update(p_holm=result["p_holm"], family_size=result["family_size"], verdict=VERDICTS[evidence(result)])
+    return rows
+
+
+def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) -> list[dict]:
     """The campaign's comparisons (see the module docstring), then, with several settings, whether
     the B - A gap changes from the first setting to each other one (an interaction, as in the
     report); [] while no setting has finished runs of two levels. Per-image test Dice is averaged
@@ -88,15 +102,16 @@ def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
         rows += [_gap_row(campaign, axis, first, s, a, b,
                           compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)]))
                  for s in settings[1:]]
-    return rows
+    return _settle(rows) if settle else rows  # alone, the campaign's rows are the family
 
 
 def overview_table(campaigns: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
     """campaign_rows of `campaigns` (default: every campaign in the store) as one frame; the counts
     are nullable integers, NA on the gap rows."""
     names = campaign_names(uri) if campaigns is None else campaigns
-    table = pd.DataFrame([row for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
-                          for row in campaign_rows(name, uri)])
+    rows = [row for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
+            for row in campaign_rows(name, uri, settle=False)]
+    table = pd.DataFrame(_settle(rows))  # every comparison the table prints is one family (Holm)
     return table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})
 
 
@@ -120,6 +135,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         "CI over runs and images": [s or ("one run in an arm" if ok else "one run in a cell")
                                     for s, ok in zip(seeds, comparison)],
         "Wilcoxon p": [f"{p:.2g}" for p in table["p_wilcoxon"]],
+        "p (raw)": [f"{p:.2g}" for p in table["p_raw"]], "p (Holm)": [f"{p:.2g}" for p in table["p_holm"]],
+        "family": table["family_size"],
         "images better with B": [f"{k:.0f} of {n:.0f}" if ok else "" for k, n, ok in
                                  zip(table["b_better"], table["n_images"], comparison)],
         "verdict": table["verdict"], "commits": table["commits"].fillna("")})

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from analysis import plots, sections
 from analysis.runs import campaign_names, experiment_name, load_campaign, load_history, load_per_image, log_report
-from analysis.stats import bootstrap_ci, compare_arms, evidence
+from analysis.stats import adjust_family, bootstrap_ci, compare_arms, decisive_p, evidence
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
@@ -148,9 +148,15 @@ def verdict(result: dict) -> str:
         return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
                 "seed-to-seed variation is not counted.")
     both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
+    how = result.get("runs_interval", "bootstrap over runs and images")
+    family = (f" Holm-adjusted p = {result['p_holm']:.3g} (raw {decisive_p(result):.3g}) over a family of "
+              f"{result['family_size']} comparisons." if "p_holm" in result else "")
     if kind == "real":
         return ("The difference is significant at the 5% level and its CI excludes 0, also counting seed-to-seed "
-                f"variation (95% CI by bootstrap over runs and images: {both}).")
+                f"variation (95% CI by {how}: {both}).{family}")
+    if kind == "uncorrected only":
+        return (f"On its own the difference would be called real (95% CI by {how}: {both}), but not after "
+                f"correcting for the comparisons printed with it.{family}")
     return (f"Over these images the difference is significant, but counting seed-to-seed variation too (bootstrap "
             f"over runs and images) its 95% CI {both} includes 0: the training runs disagree too much to call "
             f"it real; run more seeds.")
@@ -210,7 +216,10 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     levels, seeds = paired.levels, _seed_counts(runs, [axis, *strata])
     comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]
                    if paired.complete_settings()]  # none while no setting has runs of every level yet
-    within = sections.by_setting(paired, axis, _png) if strata and comparisons else None
+    within_results = sections.setting_results(paired) if strata and comparisons else ([], [])
+    # One family: every comparison the report prints together (overall, per setting, interactions).
+    adjust_family([r for *_, r in comparisons] + [r for *_, r in within_results[0] + within_results[1]])
+    within = sections.by_setting(paired, axis, _png, within_results) if strata and comparisons else None
     if comparisons:
         scope = ("mean over " + "; ".join(paired.complete_settings())) if strata else ""
         lines = [conclusion(a, b, r, seeds, axis, scope) for a, b, r in comparisons] + (within[0] if within else [])

@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import campaign_names, load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import VERDICTS, bootstrap_ci, compare_arms, compare_gaps, evidence
+from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -97,11 +97,10 @@ def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Cal
     """Each level against the reference ('none' when present): paired per-image differences.
     by_run: level -> per-image Dice, array (runs, images), the same images for every level."""
     reference = "none" if "none" in levels else levels[0]
+    results = {level: compare_arms(by_run[reference], by_run[level]) for level in levels if level != reference}
+    adjust_family(list(results.values()))  # this section's comparisons are one family
     rows = []
-    for level in levels:
-        if level == reference:
-            continue
-        r = compare_arms(by_run[reference], by_run[level])
+    for level, r in results.items():
         rows.append({"level": level, **_row(r),
                      "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])})
     if not rows:
@@ -122,44 +121,55 @@ def rounded(result: dict) -> dict:
 
 
 def _row(result: dict, **keys) -> dict:
-    return {**keys, **rounded(result),
-            "verdict": VERDICTS[evidence(result)]}
+    shown = {k: v for k, v in result.items() if k != "runs_interval"}
+    return {**keys, **rounded(shown), "verdict": VERDICTS[evidence(result)]}
 
 
 def _interval(r: dict) -> str:
     low, high = (r["seed_ci_low"], r["seed_ci_high"]) if "seed_ci_low" in r else (r["ci_low"], r["ci_high"])
-    which = "runs and images" if "seed_ci_low" in r else "images"
+    which = r.get("runs_interval", "runs and images") if "seed_ci_low" in r else "images"
+    which = {"t over run means": "run means, t", "bootstrap over runs and images": "runs and images"}.get(which, which)
     return f"{r['mean_diff']:+.4f} [{low:+.4f}, {high:+.4f}] (95% CI over {which})"
 
 
-def setting_tables(paired) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Under which settings: (within, gaps, sentences). within: each level of the compared axis
-    against the first, using only the runs of one setting of the other axes; gaps: whether that
-    gap changes from the first setting to each other one (interaction: per image, the gap in a
-    setting minus the gap in the first, bootstrapped over the runs of all four cells and images).
-    paired: report.Paired."""
+def setting_results(paired) -> tuple[list, list]:
+    """Under which settings, computed: (within, gaps). within: (setting, A, B, compare_arms result),
+    each level of the compared axis against the first using only the runs of one setting of the
+    other axes; gaps: (first setting, setting, B, compare_gaps result), whether that gap changes
+    from the first setting to each other one (interaction). paired: report.Paired."""
     settings, (a, *others) = paired.complete_settings(), paired.levels
-    cells, rows, gaps, lines = paired.cells, [], [], []
+    cells, within, gaps = paired.cells, [], []
     for b in others:
-        for s in settings:
-            r = compare_arms(cells[(s, a)], cells[(s, b)])
+        within += [(s, a, b, compare_arms(cells[(s, a)], cells[(s, b)])) for s in settings]
+        gaps += [(settings[0], s, b, compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)],
+                                                  cells[(s, a)], cells[(s, b)])) for s in settings[1:]]
+    return within, gaps
+
+
+def setting_tables(paired, results=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """setting_results (computed here unless given, e.g. after `adjust_family`) as (within table,
+    gaps table, sentences)."""
+    within, gap_results = results if results is not None else setting_results(paired)
+    cells, rows, gaps, lines = paired.cells, [], [], []
+    for b in paired.levels[1:]:
+        for s, a, _, r in (w for w in within if w[2] == b):
             counts = {"n runs A": len(cells[(s, a)]), "n runs B": len(cells[(s, b)])}
             rows.append(_row(r, setting=s, A=a, B=b, **counts))
             lines.append(f"With {html.escape(s)}: {html.escape(str(b))} &minus; {html.escape(str(a))} = "
                          f"{_interval(r)}: {VERDICTS[evidence(r)]}.")
-        for s in settings[1:]:
-            g = compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)], cells[(s, a)], cells[(s, b)])
-            gaps.append(_row(g, B=b, **{"from": settings[0], "to": s}))
-            said = {"real": "changes", "images only": "changes over these images but not beyond seed noise",
+        for first, s, _, g in (x for x in gap_results if x[2] == b):
+            gaps.append(_row(g, B=b, **{"from": first, "to": s}))
+            said = {"real": "changes", "uncorrected only": "changes, but not after Holm's correction",
+                    "images only": "changes over these images but not beyond seed noise",
                     "none": "shows no change"}[evidence(g)]
-            lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(a))} gap {said} from "
-                         f"{html.escape(settings[0])} to {html.escape(s)}: {_interval(g)}.")
+            lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(paired.levels[0]))} gap {said} from "
+                         f"{html.escape(first)} to {html.escape(s)}: {_interval(g)}.")
     return pd.DataFrame(rows), pd.DataFrame(gaps), lines
 
 
-def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
+def by_setting(paired, axis: str, png: Callable, results=None) -> tuple[list[str], list[str]]:
     """setting_tables as report HTML: (conclusion sentences, section HTML with a forest plot)."""
-    table, gaps, lines = setting_tables(paired)
+    table, gaps, lines = setting_tables(paired, results)
     a, others = paired.levels[0], paired.levels[1:]
     forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
     if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
@@ -169,7 +179,9 @@ def by_setting(paired, axis: str, png: Callable) -> tuple[list[str], list[str]]:
              f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
              "setting of the other axes: mean paired difference of per-image test Dice (averaged over seeds), 95% CI "
              "over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
-             "(seed_ci_low/high). Verdict 'real' needs p &lt; 0.05 and both CIs to exclude 0.</p>",
+             "(seed_ci_low/high: a t-interval over run means below 5 runs per cell). Verdict 'real' needs p "
+             "&lt; 0.05 and both CIs to exclude 0, and the Holm-adjusted p (p_holm, over the family_size "
+             "comparisons the report prints) below 0.05.</p>",
              table.to_html(index=False),
              png(plots.effect_forest(forest, str(a), title="Difference within each setting"))]
     if len(gaps):

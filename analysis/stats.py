@@ -1,4 +1,12 @@
-"""Statistics for comparing arms: bootstrap intervals and paired per-image tests."""
+"""Statistics for comparing arms: bootstrap intervals, paired per-image tests, and Holm's
+correction over a family of comparisons.
+
+Multiplicity: a verdict "real" needs three things at once (Wilcoxon p < alpha, the CI over images and,
+with seeds to count, the CI over runs and images excluding 0): an intersection-union test, whose
+p-value is the largest of the three (`decisive_p`; the CIs' p-values come from the same bootstrap
+draws as the intervals). `adjust_family` applies Holm's step-down correction to those p-values over
+every comparison printed together, so "real" controls the family-wise error at alpha.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +16,60 @@ from scipy import stats
 TIE = 1e-12  # |difference| at or below this is rounding: Dice differences on real images are far larger
 
 
-def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean. With one value the interval is that value."""
+ALPHA = 0.05
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided p-value of 'the mean is 0' from bootstrap draws of it: twice the smaller tail share,
+    with the +1 that keeps it valid for finite draws. p < 1 - level exactly when the percentile
+    interval at that level excludes 0 (up to that +1)."""
+    draws = np.asarray(draws, float)
+    tail = min((draws <= 0).sum(), (draws >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (draws.size + 1)))
+
+
+def _mean_draws(values, n_boot: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
+    if x.size <= 1:
+        return x, np.repeat(x, n_boot)
+    rng = np.random.default_rng(seed)
+    return x, x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+
+
+def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean. With one value the interval is that value."""
+    x, means = _mean_draws(values, n_boot, seed)
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
-    if x.size == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
     alpha = (1 - level) / 2
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given): the i-th smallest of m is multiplied
+    by m - i + 1, made non-decreasing, capped at 1. Rejecting where adjusted p < alpha controls the
+    family-wise error rate at alpha under any dependence."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p, kind="stable")
+    scaled = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+    out = np.empty_like(p)
+    out[order] = np.minimum(scaled, 1.0)
+    return out
+
+
+def decisive_p(result: dict) -> float:
+    """The p-value of the verdict "real" (an intersection-union test): the largest of the Wilcoxon p,
+    the image bootstrap's and, where runs are resampled, the runs-and-images bootstrap's."""
+    return max(result[k] for k in ("p_wilcoxon", "p_boot", "p_boot_runs") if k in result)
+
+
+def adjust_family(results: list[dict]) -> None:
+    """Holm over `results` (one family: the comparisons printed together): sets `p_holm` and
+    `family_size` on each, which `evidence` then uses."""
+    adjusted = holm([decisive_p(r) for r in results]) if results else []
+    for r, p in zip(results, adjusted):
+        r["p_holm"], r["family_size"] = float(p), len(results)
 
 
 def paired_comparison(a, b, seed: int = 0) -> dict:
@@ -30,7 +80,9 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = b - a
     d[np.abs(d) <= TIE] = 0.0
-    mean, low, high = bootstrap_ci(d, seed=seed)
+    _, draws = _mean_draws(d, seed=seed)
+    mean, low, high = bootstrap_ci(d, seed=seed) if d.size < 2 else \
+        (float(d.mean()), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975)))
     nonzero = d[d != 0]
     if nonzero.size == 0:
         p, r = 1.0, 0.0
@@ -39,10 +91,18 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
         ranks = stats.rankdata(np.abs(nonzero))
         r = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     return {"n": int(d.size), "mean_diff": mean, "ci_low": low, "ci_high": high, "p_wilcoxon": p,
+            "p_boot": bootstrap_p(draws) if d.size > 1 else 1.0,
             "rank_biserial": r, "b_better": int((d > 0).sum()), "a_better": int((d < 0).sum())}
 
 
 def contrast_ci(cells, weights, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+    """(point, low, high): the percentile interval of `contrast_draws`."""
+    point, draws = contrast_draws(cells, weights, n_boot, seed)
+    alpha = (1 - level) / 2
+    return point, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def contrast_draws(cells, weights, n_boot: int = 4_000, seed: int = 0) -> tuple[float, np.ndarray]:
     """(mean, low, high) of the per-image contrast sum_k weights[k] * (cell k's mean over its
     runs), averaged over images, bootstrapping training runs *and* images. cells: arrays
     (runs, images), the same images in the same column order. Each draw resamples the runs of
@@ -63,10 +123,8 @@ def contrast_ci(cells, weights, level: float = 0.95, n_boot: int = 4_000, seed: 
         per_image = sum(w * m[rng.integers(0, m.shape[0], (k, m.shape[0]))].mean(axis=1)  # (k, images)
                         for w, m in zip(weights, cells))
         draws.append(np.take_along_axis(per_image, images, axis=1).mean(axis=1))
-    draws = np.concatenate(draws)
-    alpha = (1 - level) / 2
     point = sum(w * m.mean(axis=0) for w, m in zip(weights, cells)).mean()
-    return float(point), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+    return float(point), np.concatenate(draws)
 
 
 def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
@@ -99,8 +157,40 @@ def compare_arms(a, b, seed: int = 0) -> dict:
     result = paired_comparison(np.mean([c.mean(axis=0) for c in a], axis=0),
                                np.mean([c.mean(axis=0) for c in b], axis=0), seed=seed)
     if min(len(c) for c in a + b) >= 2:
-        _, result["seed_ci_low"], result["seed_ci_high"] = contrast_ci(a + b, [-1 / n] * n + [1 / n] * n, seed=seed)
+        _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed)
     return result
+
+
+FEW_RUNS = 5  # below this many runs in a cell, a bootstrap over runs understates their spread
+
+
+def run_contrast_t(cells, weights, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(point, low, high, p) for sum_k weights[k] * (cell k's mean run score), from each run's mean
+    over the images: a Welch t-interval and two-sided t-test with Welch-Satterthwaite degrees of
+    freedom. Honest with as few as 2 runs per cell, where a percentile bootstrap over 2-4 values is
+    far too narrow. cells: (runs, images) arrays, each with >= 2 runs."""
+    means = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
+    point = float(sum(w * m.mean() for w, m in zip(weights, means)))
+    terms = np.array([w * w * m.var(ddof=1) / m.size for w, m in zip(weights, means)])
+    se = float(np.sqrt(terms.sum()))
+    if se == 0:
+        return point, point, point, 1.0 if point == 0 else 0.0
+    df = terms.sum() ** 2 / sum(t * t / (m.size - 1) for t, m in zip(terms, means))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, df))
+
+
+def _runs_and_images(result: dict, cells, weights, seed: int) -> None:
+    """The interval that counts the runs (`seed_ci_low/high`) and its p-value (`p_boot_runs`): with
+    FEW_RUNS or more runs in every cell, the bootstrap over runs and images; with fewer, the Welch
+    t-interval over run means (`run_contrast_t`), and `runs_interval` says which."""
+    if min(np.atleast_2d(c).shape[0] for c in cells) < FEW_RUNS:
+        _, low, high, p = run_contrast_t(cells, weights)
+        result.update(seed_ci_low=low, seed_ci_high=high, p_boot_runs=p, runs_interval="t over run means")
+        return
+    _, draws = contrast_draws(cells, weights, seed=seed)
+    result["seed_ci_low"], result["seed_ci_high"] = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+    result["p_boot_runs"], result["runs_interval"] = bootstrap_p(draws), "bootstrap over runs and images"
 
 
 def compare_gaps(a1, b1, a2, b2, seed: int = 0) -> dict:
@@ -112,11 +202,12 @@ def compare_gaps(a1, b1, a2, b2, seed: int = 0) -> dict:
     gap1, gap2 = (cells[1].mean(axis=0) - cells[0].mean(axis=0)), (cells[3].mean(axis=0) - cells[2].mean(axis=0))
     result = paired_comparison(gap1, gap2, seed=seed)
     if min(len(c) for c in cells) >= 2:
-        _, result["seed_ci_low"], result["seed_ci_high"] = contrast_ci(cells, [1.0, -1.0, -1.0, 1.0], seed=seed)
+        _runs_and_images(result, cells, [1.0, -1.0, -1.0, 1.0], seed)
     return result
 
 
-VERDICTS = {"real": "real", "images only": "not shown: runs disagree", "none": "no difference shown"}
+VERDICTS = {"real": "real", "uncorrected only": "not shown after Holm's correction",
+            "images only": "not shown: runs disagree", "none": "no difference shown"}
 """The words reports use for each `evidence` kind."""
 
 
@@ -127,9 +218,12 @@ def _excludes_zero(low: float, high: float) -> bool:
 def evidence(result: dict) -> str:
     """How strong a paired_comparison / compare_arms result is. 'real': Wilcoxon p < 0.05, the CI
     over images excludes 0 and, where there are seeds to count (`seed_ci_low/high`), so does the CI
-    over runs and images; 'images only': all but the last; 'none': not even over images."""
+    over runs and images; 'images only': all but the last; 'none': not even over images. Where
+    `adjust_family` has set `p_holm`, 'real' needs it below ALPHA too, else it is 'uncorrected only'."""
     if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
         return "none"
     if "seed_ci_low" in result and not _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
         return "images only"
+    if result.get("p_holm", 0.0) >= ALPHA:
+        return "uncorrected only"
     return "real"

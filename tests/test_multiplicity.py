@@ -1,0 +1,45 @@
+"""Holm's correction, and that a family of null comparisons rarely yields a verdict "real"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.stats import adjust_family, compare_arms, evidence, holm
+
+
+def test_holm_on_a_textbook_example():
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5]) == pytest.approx([0.5]) and holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+
+
+def _null_arm(rng, images: np.ndarray, runs: int = 3) -> np.ndarray:
+    """(runs, images) per-image Dice: the images' own difficulty + a run effect + noise, no arm effect."""
+    return np.clip(images + rng.normal(0, 0.01, (runs, 1)) + rng.normal(0, 0.03, (runs, images.size)), 0, 1)
+
+
+@pytest.mark.slow
+def test_a_family_of_20_null_comparisons_rarely_says_real():
+    """200 simulated families of 20 comparisons with no true difference (3 runs per arm, 40 images):
+    uncorrected, some family says "real" far more often than 5%; after Holm, at most 5% of families do."""
+    rng = np.random.default_rng(0)
+    families_with_real, families_with_real_uncorrected = 0, 0
+    for _ in range(200):
+        results = []
+        for _ in range(20):
+            images = rng.uniform(0.6, 0.95, 40)
+            results.append(compare_arms(_null_arm(rng, images), _null_arm(rng, images)))
+        families_with_real_uncorrected += any(evidence(r) == "real" for r in results)
+        adjust_family(results)
+        families_with_real += any(evidence(r) == "real" for r in results)
+    assert families_with_real / 200 <= 0.05
+    assert families_with_real_uncorrected / 200 > 0.05  # the correction is what holds the rate down
+
+
+def test_a_large_real_difference_survives_the_correction():
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0.6, 0.9, 200)
+    results = [compare_arms(_null_arm(rng, images, 4), _null_arm(rng, images, 4) + 0.05) for _ in range(3)]
+    adjust_family(results)
+    assert all(evidence(r) == "real" and r["family_size"] == 3 and r["p_holm"] < 0.05 for r in results)
