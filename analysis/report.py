@@ -54,11 +54,21 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         for metric in metrics:
             mean, low, high = bootstrap_ci(group[metric])
             row[metric] = f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+        row["threshold"] = _threshold(group)
         row["params"] = f"{group['model/num_params'].mean():,.0f}"
         row["run time (s)"] = f"{group['time/total_s'].mean():.0f}"
         row["train img/s"] = f"{group['throughput/train_img_s'].mean():.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _threshold(group: pd.DataFrame) -> str:
+    """The arm's probability threshold: the spec's, or the ones chosen on validation (eval.threshold: auto)."""
+    chosen = group["eval/threshold"].dropna() if "eval/threshold" in group else pd.Series(dtype=float)
+    if len(chosen):
+        return f"chosen on val: {', '.join(f'{t:.2f}' for t in chosen)}"
+    return ", ".join(sorted(group["eval.threshold"].dropna().astype(str).unique())) if "eval.threshold" in group \
+        else "0.5"
 
 
 def compare_axis(axes: list[str], requested: str | None = None) -> str:

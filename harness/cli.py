@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="MLflow run id whose model to use")
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     s.add_argument("--output", required=True, type=Path, help="folder for <stem>_mask.png and <stem>_overlay.png")
-    s.add_argument("--threshold", type=float, default=None, help="default: the run's eval.threshold")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="default: the run's eval.threshold (with auto: the one it chose, metric eval/threshold)")
     s = sub.add_parser("audit", help="check a dataset: unusable files, empty masks, near-duplicates across splits",
                        description="Audit a dataset folder (decoding it into the cache if needed) and print what "
                                    "is wrong with it. Exit 0 when every file is usable, 1 when some are not, "
@@ -225,7 +226,7 @@ def _campaign(args) -> int:
 
 def _predict(args) -> int:
     from harness.tools.predict import list_inputs, predict_paths
-    from harness.tracking.mlflow import load_model, run_params
+    from harness.tracking.mlflow import load_model, run_metrics, run_params
 
     try:
         inputs = list_inputs(args.input)
@@ -234,7 +235,10 @@ def _predict(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = load_model(args.run)
-    threshold = args.threshold if args.threshold is not None else float(params.get("eval.threshold", 0.5))
+    threshold = args.threshold
+    if threshold is None:
+        recorded = params.get("eval.threshold", "0.5")
+        threshold = float(run_metrics(args.run)["eval/threshold"] if recorded == "auto" else recorded)
     written = predict_paths(model, inputs, args.output, size=int(params["data.image_size"]), threshold=threshold,
                             num_classes=int(params.get("data.num_classes", 2)))  # runs before K classes: binary
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.output}")

@@ -41,14 +41,14 @@ def log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
         tracker.log_artifact(path)
 
 
-def _val_predictions(spec, data, model, cfg: StepConfig, k: int) -> np.ndarray:
+def _val_predictions(data, model, cfg: StepConfig, k: int, threshold: float) -> np.ndarray:
     images = torch.from_numpy(data.val.images[:k]).permute(0, 3, 1, 2)
     x, _ = cfg.to_device(images, torch.zeros(k, 1, 1, 1, dtype=torch.uint8))
     with torch.inference_mode(), cfg.autocast():
         logits = model.eval()(x).float()
     if cfg.num_classes > 2:
         return logits.argmax(1).cpu().numpy().astype(np.uint8)
-    return (torch.sigmoid(logits)[:, 0] > spec.eval.threshold).cpu().numpy().astype(np.uint8)
+    return (torch.sigmoid(logits)[:, 0] > threshold).cpu().numpy().astype(np.uint8)
 
 
 def write_per_image(path: Path, names: list[str], counts: torch.Tensor, boundary: dict | None = None) -> Path:
@@ -75,7 +75,8 @@ def write_per_image(path: Path, names: list[str], counts: torch.Tensor, boundary
     return path
 
 
-def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts, boundary=None) -> None:
+def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts, boundary=None, *,
+                      threshold: float = 0.5) -> None:
     """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -83,7 +84,7 @@ def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, coun
         tracker.log_artifact(out / "spec.yaml")
         tracker.log_artifact(plots.learning_curves(history, out / "learning_curves.png"))
         k = min(6, len(data.val))
-        preds = _val_predictions(spec, data, model, cfg, k)
+        preds = _val_predictions(data, model, cfg, k, threshold)
         tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
                                                    data.val.names[:k], out / "val_predictions.png",
                                                    num_classes=cfg.num_classes))

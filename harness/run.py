@@ -21,7 +21,7 @@ from harness.build import build_parts, dtype_name, planned_precision, seed_every
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
 from harness.engine.loop import EpochCallback, LoopSettings, LoopState, Parts, train
-from harness.engine.step import evaluate
+from harness.engine.step import choose_threshold, evaluate
 from harness.metrics import per_image_scores
 from harness.tracking.base import NullTracker
 from harness.tracking.provenance import environment, git_state
@@ -92,17 +92,28 @@ def loop_settings(spec: ExperimentSpec, resumable: bool = True) -> LoopSettings:
     """What the epoch loop takes from the spec, as plain values."""
     t = spec.train
     return LoopSettings(epochs=t.epochs, patience=t.early_stopping_patience, grad_clip=t.grad_clip,
-                        skip_nonfinite=t.on_nan == "skip_batch", threshold=spec.eval.threshold,
+                        skip_nonfinite=t.on_nan == "skip_batch", threshold=val_threshold(spec),
                         freeze_encoder_epochs=spec.model.encoder_freeze_epochs, plateau=t.scheduler == "plateau",
                         resumable=resumable)
+
+
+def val_threshold(spec: ExperimentSpec) -> float:
+    """The threshold validation scores epochs with: the spec's, or 0.5 when it is chosen after training."""
+    return 0.5 if spec.eval.threshold == "auto" else spec.eval.threshold
 
 
 def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopState,
             world: distributed.World = distributed.ONE) -> RunResult:
     """Test the best weights (best.pt) and log the artifacts."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
+    chosen = {}
+    threshold = val_threshold(spec)
+    if spec.eval.threshold == "auto":  # chosen on validation, with the best weights; test is scored there
+        threshold, at = choose_threshold(p.model, p.loaders["val"], p.cfg)
+        chosen = {"eval/threshold": threshold, "eval/val_dice_at_threshold": at}
+        print(f"threshold {threshold:.2f}: val/dice {at:.4f} (chosen on validation)", flush=True)
     start = time.perf_counter()
-    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=spec.eval.threshold, prefix="test",
+    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=threshold, prefix="test",
                     keep_predictions=True)
     test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
     boundary = None
@@ -111,10 +122,11 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
                                       spec.eval.nsd_tolerance)
         test_metrics |= {"test/nsd": float(boundary["nsd"].mean()), "test/hd95": float(boundary["hd95"].mean())}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
-        tracker.log_metrics({**test_metrics, "best/epoch": state.best_epoch, "best/val_dice": state.best,
+        tracker.log_metrics({**test_metrics, **chosen, "best/epoch": state.best_epoch, "best/val_dice": state.best,
                              "time/test_s": time.perf_counter() - start}, step=state.epoch)
     if world.is_main:
-        outputs.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, state.history, test.counts, boundary)
+        outputs.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, state.history, test.counts, boundary,
+                                  threshold=threshold)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, state.history, test_metrics, state.best_epoch, state.best)

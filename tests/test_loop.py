@@ -102,3 +102,39 @@ def test_compiled_model_trains_and_keeps_plain_state_dict_keys(store, tmp_path, 
     assert 0 <= result.test["test/dice"] <= 1
     keys = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"].keys()
     assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_threshold_auto_picks_the_best_grid_value_on_validation():
+    """Logits put every foreground pixel at p = 0.27 and every background pixel at p = 0.22: only a
+    threshold in between is perfect, and 0.25 is the one grid value there."""
+    from harness.engine.step import StepConfig, choose_threshold
+
+    masks = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    masks[:, :, 2:6, 2:6] = 1
+    logits = torch.where(masks.bool(), torch.logit(torch.tensor(0.27)), torch.logit(torch.tensor(0.22))).float()
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits[: x.shape[0]]
+
+    batches = [(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), masks, torch.arange(4))]
+    threshold, dice = choose_threshold(Fixed(), batches, StepConfig(torch.device("cpu")))
+    assert threshold == 0.25 and dice == pytest.approx(1.0)
+
+
+def test_threshold_auto_is_logged_and_a_number_keeps_todays_record(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking.mlflow import MlflowTracker
+
+    def run(*overrides):
+        spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=1", "log_model=false", *overrides])
+        return run_experiment(spec, lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store),
+                              checkpoint_root=tmp_path / "ck")
+
+    auto = MlflowClient(store).get_run(run("eval.threshold=auto").run_id).data
+    assert auto.params["eval.threshold"] == "auto"
+    assert round(auto.metrics["eval/threshold"] / 0.05) * 0.05 == pytest.approx(auto.metrics["eval/threshold"])
+    assert 0.05 <= auto.metrics["eval/threshold"] <= 0.95 and 0 <= auto.metrics["eval/val_dice_at_threshold"] <= 1
+    fixed = MlflowClient(store).get_run(run("eval.threshold=0.5").run_id).data
+    assert "eval/threshold" not in fixed.metrics

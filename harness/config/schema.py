@@ -136,9 +136,17 @@ class TrainSpec(_Section):
 
 
 class EvalSpec(_Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    threshold: float | Literal["auto"] = Field(0.5, description="probability threshold; auto: the one of "
+                                              "0.05, 0.10, ..., 0.95 with the best val Dice at the best epoch")
     nsd_tolerance: float = Field(2.0, gt=0.0, le=1000.0, description="pixels: boundary within this of the truth's "
                                  "counts for test/nsd (binary)")
+
+    @field_validator("threshold")
+    @classmethod
+    def _in_range(cls, value):
+        if value != "auto" and not 0.0 < value < 1.0:
+            raise ValueError(f"must be in (0, 1) or auto, got {value}")
+        return value
 
 
 # Fields added after runs were recorded: left out of the hash at their defaults, so those runs still
@@ -171,6 +179,8 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _loss_fits_task(self):
+        if self.eval.threshold == "auto" and self.data.num_classes > 2:
+            raise ValueError("eval.threshold=auto is for binary segmentation; K classes take the argmax")
         multi = self.data.num_classes > 2
         valid = MULTICLASS_LOSSES if multi else BINARY_LOSSES
         if self.train.loss not in valid:

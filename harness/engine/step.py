@@ -153,6 +153,26 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
     return EpochStats(metrics, counts, kept)
 
 
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.10, ..., 0.95
+
+
+@torch.inference_mode()
+def choose_threshold(model: nn.Module, loader, cfg: StepConfig, grid=THRESHOLD_GRID) -> tuple[float, float]:
+    """(threshold, mean per-image Dice there): the `grid` value with the best per-image Dice over
+    `loader` (binary). Ties go to the value nearest 0.5, so a flat curve keeps the usual threshold."""
+    model.eval()
+    accumulators = [MetricAccumulator(t, 2) for t in grid]
+    for images, masks, _ in tqdm(loader, desc="threshold", unit="batch", leave=False, dynamic_ncols=True):
+        images, masks = cfg.to_device(images, masks)
+        with cfg.autocast():
+            logits = model(images).float()
+        for acc in accumulators:
+            acc.update(logits, masks)
+    dice = [summarise_counts(distributed.interleave(acc.counts()))["dice"] for acc in accumulators]
+    best = max(range(len(grid)), key=lambda i: (dice[i], -abs(grid[i] - 0.5)))
+    return float(grid[best]), float(dice[best])
+
+
 def freeze_encoder(model: nn.Module, frozen: bool) -> None:
     """encoder_freeze_epochs: the pretrained encoder gets no gradient (and no update) while frozen.
     `model` is a Segmenter whose net may offer `encoder_parameters()` (ResNet34-UNet does)."""

@@ -184,6 +184,11 @@ def run_params(run_id: str, tracking_uri: str | None = None) -> dict[str, str]:
     return MlflowClient(tracking_uri or default_tracking_uri()).get_run(run_id).data.params
 
 
+def run_metrics(run_id: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """The run's latest value of each metric."""
+    return MlflowClient(tracking_uri or default_tracking_uri()).get_run(run_id).data.metrics
+
+
 # ----------------------------------------------------------------------------- runs by id (studies)
 
 
