@@ -105,6 +105,7 @@ def data_kwargs(spec: ExperimentSpec) -> dict:
     """build_data's arguments from the spec, except the cache folder."""
     d = spec.data
     return dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
+                folds=(d.folds, d.fold) if d.folds else None,
                 limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, download=d.download,
                 num_classes=d.num_classes, target=d.target,
                 palette=tuple(map(tuple, d.palette)) if d.palette else None)  # hashable for the lru_cache

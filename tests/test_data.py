@@ -9,7 +9,7 @@ from PIL import Image
 from harness.augment import build_pipeline
 from harness.data import DataError, SegDataset, build_data, make_loader
 
-from conftest import require_pet_mini, write_pet_layout
+from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
 
 
 def test_synthetic_is_deterministic_and_labelled():
@@ -95,3 +95,38 @@ def test_presets_keep_shapes_and_labels(preset):
     images, masks, _ = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and images.dtype.is_floating_point is False
     assert masks.shape == (4, 1, 32, 32) and set(masks.unique().tolist()) <= {0, 1}
+
+
+def test_folds_are_disjoint_cover_trainval_are_stable_and_balanced_by_breed():
+    from harness.data import fold_of
+    from harness.data.kinds import KINDS
+
+    rng = np.random.default_rng(0)
+    breeds = ["Abyssinian", "Bengal", "american_bulldog", "pug", "yorkshire_terrier"]
+    names = [f"{b}_{i}" for b in breeds for i in rng.choice(300, int(rng.integers(11, 40)), replace=False)]
+    stratum = KINDS["oxford_pet"].stratum
+    assert stratum("american_bulldog_12") == "american_bulldog"
+    folds = fold_of(names, 5, stratum)
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4]  # every name in exactly one fold: disjoint and covering
+    for breed in breeds:
+        sizes = np.bincount([f for n, f in zip(names, folds) if stratum(n) == breed], minlength=5)
+        assert sizes.max() - sizes.min() <= 1, breed  # balanced by breed within one image
+    shuffled = list(rng.permutation(len(names)))
+    again = fold_of([names[i] for i in shuffled], 5, stratum)  # another order (or machine): the same folds
+    assert [folds[i] for i in shuffled] == again
+
+
+def test_a_fold_validates_and_the_rest_trains(tmp_path):
+    from harness.config.load import SpecError, load_spec
+
+    root = write_pet_layout(tmp_path / "pet", [f"{b}_{i}" for b in ("Bengal", "pug") for i in range(10)] + ["pug_99"])
+    splits = [build_data("oxford_pet", root=str(root), image_size=16, folds=(5, i)) for i in range(5)]
+    vals = [set(s.val.names) for s in splits]
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])  # disjoint validation folds
+    assert set().union(*vals) == set(splits[0].train.names) | vals[0]  # together they are trainval
+    assert all(s.test.names == ["pug_99"] for s in splits)  # the test split is untouched
+    assert all(sum(n.startswith("Bengal") for n in v) == 2 for v in vals)  # 10 Bengals over 5 folds
+    base = load_spec(EXPERIMENTS / "debug.yaml")
+    assert load_spec(EXPERIMENTS / "debug.yaml", ["data.folds=5", "data.fold=0"]).spec_hash() != base.spec_hash()
+    with pytest.raises(SpecError, match="data.fold=5 needs data.folds > 5"):
+        load_spec(EXPERIMENTS / "debug.yaml", ["data.folds=5", "data.fold=5"])

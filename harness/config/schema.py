@@ -71,6 +71,9 @@ class DataSpec(_Section):
     image_size: int = Field(128, ge=16, le=2048)
     foreground: Literal["not_background", "pet_only"] = "not_background"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    folds: int | None = Field(None, ge=2, le=100, description="K: trainval split into K folds by name hash (by "
+                              "breed for oxford_pet); fold data.fold is validation, in place of val_fraction")
+    fold: int = Field(0, ge=0, description="with data.folds: which fold validates (0..K-1)")
     limit: int | None = Field(None, ge=1, description="cap on images per split, for quick runs")
     num_workers: int = Field(0, ge=0, le=64)
     synthetic_size: tuple[int, int] = Field((400, 100), description="synthetic trainval and test counts")
@@ -87,6 +90,8 @@ class DataSpec(_Section):
     @model_validator(mode="after")
     def _root_needed(self):
         kind = DATASETS[self.dataset]
+        if self.fold and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"data.fold={self.fold} needs data.folds > {self.fold}")
         if kind.on_disk and not self.root:
             raise ValueError(f"data.root is required for dataset '{self.dataset}'")
         if self.target == "trimap3" and (self.num_classes != 3 or not kind.trimap3):
@@ -151,7 +156,8 @@ class EvalSpec(_Section):
 
 # Fields added after runs were recorded: left out of the hash at their defaults, so those runs still
 # count as the same spec (campaigns skip them, resume finds them). A value a field did not exist for.
-ADDED_LATER = (("train", "compile_mode", "default"), ("eval", "nsd_tolerance", 2.0))
+ADDED_LATER = (("train", "compile_mode", "default"), ("eval", "nsd_tolerance", 2.0), ("data", "folds", None),
+               ("data", "fold", 0))
 
 
 class ExperimentSpec(_Section):

@@ -97,7 +97,8 @@ def _synthetic(seed: int, sizes: tuple[int, int], image_size: int, k_classes: in
 
 
 def build_data(dataset: str, *, root: str | None, image_size: int, foreground: str = "not_background",
-               val_fraction: float = 0.1, limit: int | None = None, synthetic_size=(400, 100),
+               val_fraction: float = 0.1, folds: tuple[int, int] | None = None, limit: int | None = None,
+               synthetic_size=(400, 100),
                synthetic_seed: int = 0, on_bad: str = "error", cache_dir: str | None = None,
                download: bool = False, num_classes: int = 2, target: str = "binary",
                palette: list | None = None) -> DataBundle:
@@ -130,7 +131,7 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     fg = {split: kind.foreground(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
     report = _audit(decoded, fg, listing, entry, foreground)
     labels = {split: kind.labels(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
-    train, val, test = _split(decoded, labels, val_fraction)
+    train, val, test = _split(decoded, labels, val_fraction, folds, kind.stratum)
     if not len(train) or not len(test):
         raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
                         f"after skipping {len(problems)} unusable files")
@@ -145,7 +146,21 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     return DataBundle(train, val, test, fp, info, report)
 
 
-def _split(decoded: dict, labels: dict, val_fraction: float) -> tuple[Split, Split, Split]:
+def fold_of(names: list[str], k: int, stratum=lambda name: "") -> list[int]:
+    """Each name's fold in 0..k-1: within each stratum (oxford_pet: the breed), names in sha1 order are
+    dealt round-robin, so every fold holds each stratum's images to within one. Depends only on the
+    names: the same folds for every seed, machine and subset."""
+    folds, groups = [0] * len(names), {}
+    for i, name in enumerate(names):
+        groups.setdefault(stratum(name), []).append(i)
+    for members in groups.values():
+        for rank, i in enumerate(sorted(members, key=lambda i: hashlib.sha1(names[i].encode()).hexdigest())):
+            folds[i] = rank % k
+    return folds
+
+
+def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, int] | None = None,
+           stratum=lambda name: "") -> tuple[Split, Split, Split]:
     """(train, val, test): val carved from trainval by name hash; a folder layout with no declared
     test split ('all') has its test split carved the same way first."""
     if "all" in decoded:
@@ -154,7 +169,13 @@ def _split(decoded: dict, labels: dict, val_fraction: float) -> tuple[Split, Spl
         splits = {"trainval": whole.take(keep), "test": whole.take(test)}
     else:
         splits = {s: Split(d.images, labels[s], d.names) for s, d in decoded.items()}
-    train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
+    if folds is None:
+        train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
+    else:  # (k, i): fold i of k is validation, the other folds train; test is untouched
+        k, i = folds
+        assigned = fold_of(splits["trainval"].names, k, stratum)
+        train_idx = [j for j, f in enumerate(assigned) if f != i]
+        val_idx = [j for j, f in enumerate(assigned) if f == i]
     test = splits["test"]
     return splits["trainval"].take(train_idx), splits["trainval"].take(val_idx), test.take(range(len(test)))
 

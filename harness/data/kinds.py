@@ -31,6 +31,10 @@ class OxfordPet:
     def list_files(self, root: Path):
         return readers.oxford_pet_files(root)
 
+    def stratum(self, name: str) -> str:
+        """What folds are balanced over: the breed, which the official names carry ('Bengal_12')."""
+        return name.rsplit("_", 1)[0]
+
     def valid_values(self, num_classes: int) -> tuple | None:
         return TRIMAP_VALUES
 
@@ -54,6 +58,9 @@ class Folder(OxfordPet):
     def list_files(self, root: Path):
         return readers.folder_files(root)
 
+    def stratum(self, name: str) -> str:
+        return ""  # no classes to balance folds over
+
     def valid_values(self, num_classes: int) -> tuple | None:
         return tuple(range(num_classes)) if num_classes > 2 else None
 
@@ -72,6 +79,9 @@ class Synthetic(OxfordPet):
     K >= 3 classes and target binary, K-class label maps read as a folder's."""
 
     on_disk = False
+
+    def stratum(self, name: str) -> str:
+        return ""
 
     def _as_folder(self, num_classes: int, target: str) -> bool:
         return num_classes > 2 and target == "binary"
