@@ -150,7 +150,7 @@ class EvalSpec(_Section):
     @classmethod
     def _in_range(cls, value):
         if value != "auto" and not 0.0 < value < 1.0:
-            raise ValueError(f"must be in (0, 1) or auto, got {value}")
+            raise ValueError(f"must be greater than 0 and less than 1, or auto; got {value}")
         return value
 
 
