@@ -150,26 +150,27 @@ def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "") 
 
 
 def verdict(result: dict) -> str:
-    """A difference one lucky seed made is not real: see `evidence`."""
+    """A difference one lucky seed made is not real: see `evidence`. Ends with the raw and the
+    Holm-adjusted p and the family size, once `adjust_family` has set them."""
     kind = evidence(result)
-    if kind == "none":
-        return "The difference is not distinguishable from 0 at the 5% level with this many images and seeds."
-    if "seed_ci_low" not in result:
-        return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
-                "seed-to-seed variation is not counted.")
-    both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
-    how = result.get("runs_interval", "bootstrap over runs and images")
     family = (f" Holm-adjusted p = {result['p_holm']:.3g} (raw {decisive_p(result):.3g}) over a family of "
               f"{result['family_size']} comparisons." if "p_holm" in result else "")
+    if kind == "none":
+        return f"The difference is not distinguishable from 0 at the 5% level with this many images and seeds.{family}"
+    if kind == "uncorrected only":
+        return f"On its own the difference would be called real, but not after correcting for the comparisons " \
+               f"printed with it.{family}"
+    if "seed_ci_low" not in result:
+        return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
+                f"seed-to-seed variation is not counted.{family}")
+    both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
+    how = result.get("runs_interval", "bootstrap over runs and images")
     if kind == "real":
         return ("The difference is significant at the 5% level and its CI excludes 0, also counting seed-to-seed "
                 f"variation (95% CI by {how}: {both}).{family}")
-    if kind == "uncorrected only":
-        return (f"On its own the difference would be called real (95% CI by {how}: {both}), but not after "
-                f"correcting for the comparisons printed with it.{family}")
-    return (f"Over these images the difference is significant, but counting seed-to-seed variation too (bootstrap "
-            f"over runs and images) its 95% CI {both} includes 0: the training runs disagree too much to call "
-            f"it real; run more seeds.")
+    return (f"Over these images the difference is significant, but counting seed-to-seed variation too ({how}) "
+            f"its 95% CI {both} includes 0: the training runs disagree too much to call it real; run more "
+            f"seeds.{family}")
 
 
 def _unbalanced(seeds) -> str:
