@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,7 +98,9 @@ class LoopState:
         """The last.pt payload; `rng` is the state the next epoch starts from (see `run_epoch`)."""
         return {"epoch": self.epoch, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
                 "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
-                "scaler": p.scaler.state_dict(), **asdict(self), "rng": rng}
+                "scaler": p.scaler.state_dict(), "history": self.history, "best": self.best,
+                "best_epoch": self.best_epoch, "stale": self.stale, "stop": self.stop, "rng": rng}
+        # no deep copy here: the writer copies every container into its host buffers (AsyncWriter._to_host)
 
     @classmethod
     def from_checkpoint(cls, state: dict, p: Parts) -> "LoopState":
