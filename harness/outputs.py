@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import yaml
 
+from harness.engine.loop import Parts
+from harness.engine.native import NativeResult
 from harness.engine.step import StepConfig
 from harness.metrics import per_image_scores
 from harness.tracking import plots
@@ -51,33 +53,40 @@ def _val_predictions(data, model, cfg: StepConfig, k: int, threshold: float) -> 
     return (torch.sigmoid(logits)[:, 0] > threshold).cpu().numpy().astype(np.uint8)
 
 
-def write_per_image(path: Path, names: list[str], counts: torch.Tensor, boundary: dict | None = None) -> Path:
-    """test_per_image.csv. Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels, then nsd and hd95
-    when `boundary` (harness.boundary.boundary_per_image) is given. K classes: name, dice, iou
-    (means over the classes present), then dice_<k> per class (empty if absent)."""
-    per = per_image_scores(counts)
+def write_per_image(path: Path, names: list[str], scored: NativeResult, train_counts: torch.Tensor) -> Path:
+    """test_per_image.csv, one row per test image, scored at its stored size (height x width).
+    Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels, nsd, hd95, height, width, dice_at_train_size.
+    K classes: name, dice, iou (means over the classes present), height, width, dice_at_train_size,
+    then dice_<k> per class (empty if absent)."""
+    counts = scored.counts
+    per, small = per_image_scores(counts), per_image_scores(train_counts)["dice"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         if counts.ndim == 2:
-            extra = ["nsd", "hd95"] if boundary is not None else []
-            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels", *extra])
+            writer.writerow(["name", "dice", "iou", "tp", "fp", "fn", "tn", "fg_pixels", "nsd", "hd95",
+                             "height", "width", "dice_at_train_size"])
             for i, name in enumerate(names):
                 tp, fp, fn, tn = counts[i].tolist()
-                more = [f"{boundary[k][i]:.6f}" for k in extra]
-                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn, *more])
+                h, w = scored.sizes[i].tolist()
+                writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", tp, fp, fn, tn, tp + fn,
+                                 f"{scored.boundary['nsd'][i]:.6f}", f"{scored.boundary['hd95'][i]:.6f}", h, w,
+                                 f"{small[i]:.6f}"])
             return path
         k = counts.shape[1]
-        writer.writerow(["name", "dice", "iou", *(f"dice_{c}" for c in range(k))])
+        writer.writerow(["name", "dice", "iou", "height", "width", "dice_at_train_size",
+                         *(f"dice_{c}" for c in range(k))])
         for i, name in enumerate(names):
             tp, fp, fn = (counts[i, :, j].double() for j in range(3))
             cls = [f"{2 * a / (2 * a + b + c):.6f}" if a + b + c else "" for a, b, c in zip(tp, fp, fn)]
-            writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", *cls])
+            h, w = scored.sizes[i].tolist()
+            writer.writerow([name, f"{per['dice'][i]:.6f}", f"{per['iou'][i]:.6f}", h, w, f"{small[i]:.6f}", *cls])
     return path
 
 
-def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, counts, boundary=None, *,
+def log_run_artifacts(tracker, spec, parts: Parts, history, scored: NativeResult, train_counts, *,
                       threshold: float = 0.5) -> None:
     """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
+    data, model, cfg = parts.data, parts.model, parts.cfg
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -88,7 +97,7 @@ def log_run_artifacts(tracker, spec, data, model, cfg: StepConfig, history, coun
         tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
                                                    data.val.names[:k], out / "val_predictions.png",
                                                    num_classes=cfg.num_classes))
-        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, counts, boundary))
+        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, scored, train_counts))
     if not spec.log_model:
         return
     example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0

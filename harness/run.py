@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from harness import outputs, paths
-from harness.boundary import boundary_per_image
 from harness.build import build_parts, dtype_name, planned_precision, seed_everything, select_device, spec_data
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
 from harness.engine.loop import EpochCallback, LoopSettings, LoopState, Parts, train
+from harness.engine.native import NativeScorer
 from harness.engine.step import choose_threshold, evaluate
-from harness.metrics import per_image_scores
+from harness.metrics import per_image_scores, summarise_counts
 from harness.tracking.base import NullTracker
 from harness.tracking.provenance import environment, git_state
 
@@ -102,9 +102,14 @@ def val_threshold(spec: ExperimentSpec) -> float:
     return 0.5 if spec.eval.threshold == "auto" else spec.eval.threshold
 
 
+TRAIN_SIZE = "test_at_train_size"  # the test scores on masks resized to data.image_size, kept for comparison
+
+
 def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopState,
             world: distributed.World = distributed.ONE) -> RunResult:
-    """Test the best weights (best.pt) and log the artifacts."""
+    """Test the best weights (best.pt) and log the artifacts. The headline test/* metrics are scored
+    at each test image's stored size (harness.engine.native); the training-size ones are kept under
+    TRAIN_SIZE/."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
     chosen = {}
     threshold = val_threshold(spec)
@@ -113,20 +118,22 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
         chosen = {"eval/threshold": threshold, "eval/val_dice_at_threshold": at}
         print(f"threshold {threshold:.2f}: val/dice {at:.4f} (chosen on validation)", flush=True)
     start = time.perf_counter()
+    truth = p.data.test.native if p.data.test.native is not None else p.data.test.masks
+    scorer = NativeScorer(truth, threshold=threshold, num_classes=p.cfg.num_classes,
+                          tolerance=spec.eval.nsd_tolerance, device=p.cfg.device)
     test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=threshold, prefix="test",
-                    keep_predictions=True)
-    test_metrics = {k: v for k, v in test.metrics.items() if k.startswith("test/")}
-    boundary = None
-    if p.cfg.num_classes == 2:  # NSD and HD95 per image, from the thresholded masks
-        boundary = boundary_per_image(test.predictions.numpy(), p.data.test.masks.astype(bool),
-                                      spec.eval.nsd_tolerance)
-        test_metrics |= {"test/nsd": float(boundary["nsd"].mean()), "test/hd95": float(boundary["hd95"].mean())}
+                    keep_predictions=True, scorer=scorer)
+    scored = scorer.result()
+    test_metrics = {f"test/{k}": v for k, v in summarise_counts(scored.counts).items()}
+    if scored.boundary is not None:
+        test_metrics |= {f"test/{k}": float(v.mean()) for k, v in scored.boundary.items()}
+    at_train_size = {k.replace("test/", f"{TRAIN_SIZE}/", 1): v for k, v in test.metrics.items()
+                     if k.startswith("test/")}
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
-        tracker.log_metrics({**test_metrics, **chosen, "best/epoch": state.best_epoch, "best/val_dice": state.best,
-                             "time/test_s": time.perf_counter() - start}, step=state.epoch)
+        tracker.log_metrics({**test_metrics, **at_train_size, **chosen, "best/epoch": state.best_epoch,
+                             "best/val_dice": state.best, "time/test_s": time.perf_counter() - start}, step=state.epoch)
     if world.is_main:
-        outputs.log_run_artifacts(tracker, spec, p.data, p.model, p.cfg, state.history, test.counts, boundary,
-                                  threshold=threshold)
+        outputs.log_run_artifacts(tracker, spec, p, state.history, scored, test.counts, threshold=threshold)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, state.history, test_metrics, state.best_epoch, state.best)

@@ -10,7 +10,7 @@ float masks (N, 1, H, W) in {0, 1}; conversion to float and normalisation happen
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from harness.data import cache, readers, synthetic
 from harness.data.audit import audit as run_audit
 from harness.data.kinds import KINDS
 from harness.data.loaders import SegDataset, make_loader
+from harness.data.native import NativeMasks
 from harness.data.readers import DataError, Decoded
 
 DATASETS = tuple(KINDS)
@@ -27,9 +28,10 @@ ON_BAD = ("error", "skip")
 
 @dataclass
 class Split:
-    images: np.ndarray  # (N, H, W, 3) uint8
-    masks: np.ndarray   # (N, H, W) uint8 in {0, 1}
+    images: np.ndarray  # (N, S, S, 3) uint8, at data.image_size
+    masks: np.ndarray   # (N, S, S) uint8 labels: {0, 1}, or class indices
     names: list[str]
+    native: NativeMasks | None = None  # the same labels at each file's stored size (test splits on disk)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -37,7 +39,7 @@ class Split:
     def take(self, idx) -> "Split":
         idx = list(idx)
         return Split(np.ascontiguousarray(self.images[idx]), np.ascontiguousarray(self.masks[idx]),
-                     [self.names[i] for i in idx])
+                     [self.names[i] for i in idx], self.native.take(idx) if self.native is not None else None)
 
 
 @dataclass
@@ -78,7 +80,8 @@ def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None,
     loaded = cache.load(entry) if entry else None
     if loaded is not None:
         return loaded[0], problems, str(entry)
-    decoded = {split: readers.decode_split(items, image_size, split, valid, palette) for split, items in files.items()}
+    decoded = {split: readers.decode_split(items, image_size, split, valid, palette, keep_native=split != "trainval")
+               for split, items in files.items()}  # 'test', or 'all' (test carved from it later)
     if entry:
         cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": dataset, "image_size": image_size})
     return decoded, problems, str(entry or "")
@@ -131,6 +134,8 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     fg = {split: kind.foreground(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
     report = _audit(decoded, fg, listing, entry, foreground)
     labels = {split: kind.labels(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
+    decoded = {split: _labelled_native(d, lambda raw: kind.labels(raw, foreground, num_classes, target))
+               for split, d in decoded.items()}
     train, val, test = _split(decoded, labels, val_fraction, folds, kind.stratum)
     if not len(train) or not len(test):
         raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
@@ -144,6 +149,13 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
     else:
         info["fg_fraction_train"] = round(float(train.masks.mean()), 4)
     return DataBundle(train, val, test, fp, info, report)
+
+
+def _labelled_native(d: Decoded, rule) -> Decoded:
+    """`d` with its stored-size masks read through the labels rule (the same one as the training masks)."""
+    if d.native is None:
+        return d
+    return Decoded(d.images, d.masks, d.thumbs, d.names, d.digest, d.problems, d.native.with_transform(rule))
 
 
 def fold_of(names: list[str], k: int, stratum=lambda name: "") -> list[int]:
@@ -165,10 +177,10 @@ def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, i
     test split ('all') has its test split carved the same way first."""
     if "all" in decoded:
         keep, test = _carve(decoded["all"].names, val_fraction)
-        whole = Split(decoded["all"].images, labels["all"], decoded["all"].names)
+        whole = Split(decoded["all"].images, labels["all"], decoded["all"].names, decoded["all"].native)
         splits = {"trainval": whole.take(keep), "test": whole.take(test)}
     else:
-        splits = {s: Split(d.images, labels[s], d.names) for s, d in decoded.items()}
+        splits = {s: Split(d.images, labels[s], d.names, d.native) for s, d in decoded.items()}
     if folds is None:
         train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
     else:  # (k, i): fold i of k is validation, the other folds train; test is untouched
@@ -176,8 +188,8 @@ def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, i
         assigned = fold_of(splits["trainval"].names, k, stratum)
         train_idx = [j for j, f in enumerate(assigned) if f != i]
         val_idx = [j for j, f in enumerate(assigned) if f == i]
-    test = splits["test"]
-    return splits["trainval"].take(train_idx), splits["trainval"].take(val_idx), test.take(range(len(test)))
+    test, trainval = splits["test"], replace(splits["trainval"], native=None)  # only test is scored at stored size
+    return trainval.take(train_idx), trainval.take(val_idx), test.take(range(len(test)))
 
 
 def _audit(decoded: dict, fg: dict, listing: list, entry: str, foreground: str) -> dict:

@@ -4,8 +4,10 @@ Key = the files' names, sizes and mtimes (`readers.stat_key`) + dataset kind + i
 CACHE_VERSION, so editing, adding or removing a file makes a new entry and never serves stale
 pixels. Masks are stored as the raw label values from the files; the foreground rule (or
 multi-class target) is applied after loading, a vectorised compare, so one entry serves every
-rule and cannot hand a run masks made under another rule. An entry is written to a temporary
-folder and renamed into place, so a crash or a concurrent builder never leaves half an entry.
+rule and cannot hand a run masks made under another rule. The splits a test set comes from also
+keep their masks at the stored size (PNG bytes + offsets), which the test metrics are scored on.
+An entry is written to a temporary folder and renamed into place, so a crash or a concurrent
+builder never leaves half an entry.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.native import NativeMasks
 from harness.data.readers import Decoded, Problem
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: test masks also kept at their stored sizes (harness.data.native)
 ARRAYS = ("images", "masks", "thumbs")
+NATIVE = ("blob", "offsets")
 
 
 def entry_dir(cache_dir: Path, dataset: str, key: str, image_size: int) -> Path:
@@ -39,7 +43,10 @@ def load(entry: Path) -> tuple[dict[str, Decoded], dict] | None:
         for split, info in meta["splits"].items():
             arrays = [np.load(entry / f"{split}_{a}.npy", mmap_mode="r") for a in ARRAYS]
             problems = [Problem(**p) for p in info["problems"]]
-            splits[split] = Decoded(*arrays, info["names"], bytes.fromhex(info["digest"]), problems)
+            stored = None
+            if info.get("native"):
+                stored = NativeMasks(*(np.load(entry / f"{split}_native_{a}.npy", mmap_mode="r") for a in NATIVE))
+            splits[split] = Decoded(*arrays, info["names"], bytes.fromhex(info["digest"]), problems, stored)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable entry: rebuild it rather than fail the run
     return splits, meta
@@ -54,7 +61,10 @@ def save(entry: Path, splits: dict[str, Decoded], extra: dict) -> None:
         for split, d in splits.items():
             for a in ARRAYS:
                 np.save(tmp / f"{split}_{a}.npy", getattr(d, a))
-            meta["splits"][split] = {"names": d.names, "digest": d.digest.hex(),
+            if d.native is not None:
+                for a in NATIVE:
+                    np.save(tmp / f"{split}_native_{a}.npy", getattr(d.native, a))
+            meta["splits"][split] = {"names": d.names, "digest": d.digest.hex(), "native": d.native is not None,
                                      "problems": [p.to_dict() for p in d.problems]}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, entry)

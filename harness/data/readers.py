@@ -17,6 +17,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from harness.data import native
+from harness.data.native import NativeMasks
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 THUMB = 32  # near-duplicate thumbnails: 32x32 bilinear, compared by MSE on 0-255 RGB
 Item = tuple[str, Path, Path]
@@ -54,6 +57,7 @@ class Decoded:
     names: list[str]
     digest: bytes       # sha256 over the bytes of every file read: the content fingerprint
     problems: list[Problem]
+    native: NativeMasks | None = None  # the masks at their stored sizes (raw values), where kept
 
 
 def _read_split_file(path: Path) -> list[str]:
@@ -158,7 +162,8 @@ def _palette_to_index(m: Image.Image, palette: list, path: Path) -> Image.Image:
     return Image.fromarray(out, mode="L")
 
 
-def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None):
+def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None,
+            keep_native: bool = False):
     name, image_path, mask_path = item
     raw, im = _open_image(image_path, "image", f"image listed for '{name}'")
     with im:
@@ -176,20 +181,22 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
             raise _Bad("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
                        f"{image_path.name} is {original[0]}x{original[1]}")
         mask = np.asarray(m.resize((size, size), Image.NEAREST)).astype(np.uint8)  # labels: never interpolate
+        stored = native.encode(np.asarray(m).astype(np.uint8)) if keep_native else b""
     if valid is not None:
         extra = sorted(set(np.unique(mask).tolist()) - set(valid))
         if extra:
             raise _Bad("mask_values", mask_path, f"mask of '{name}' has values {extra}; expected only {list(valid)}")
     digest = hashlib.sha256(name.encode() + raw + raw_mask).digest()
-    return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest
+    return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest, stored
 
 
 def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None,
-                 palette: list | None = None) -> Decoded:
-    """Decode and resize in threads (PIL releases the GIL). Unusable items become Problems."""
+                 palette: list | None = None, keep_native: bool = False) -> Decoded:
+    """Decode and resize in threads (PIL releases the GIL). Unusable items become Problems.
+    keep_native: also keep each mask at its stored size (Decoded.native), for test scoring."""
     def one(item):
         try:
-            return _decode(item, size, valid, palette)
+            return _decode(item, size, valid, palette, keep_native)
         except _Bad as bad:
             return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
 
@@ -202,4 +209,5 @@ def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...
              np.zeros((0, THUMB, THUMB, 3), np.uint8))
     stack = [np.stack([r[i] for _, r in good]) if good else empty[i] for i in range(3)]
     digest = hashlib.sha256(b"".join(r[3] for _, r in good)).digest()
-    return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems)
+    stored = NativeMasks.from_png([r[4] for _, r in good]) if keep_native else None
+    return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems, stored)

@@ -125,21 +125,25 @@ def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: float = 0.5,
-             prefix: str = "val", keep_predictions: bool = False) -> EpochStats:
-    """Loss and Dice/IoU/accuracy over `loader`, keys '<prefix>/...'; counts per image in order,
-    and with keep_predictions the thresholded masks (one device-to-host copy per batch)."""
+             prefix: str = "val", keep_predictions: bool = False, scorer=None) -> EpochStats:
+    """Loss and Dice/IoU/accuracy over `loader` at the training size, keys '<prefix>/...'; counts per
+    image in order, and with keep_predictions the thresholded masks (one device-to-host copy per
+    batch). A `scorer` (harness.engine.native.NativeScorer) also sees every batch's logits, to score
+    them at the images' stored sizes."""
     model.eval()
     acc = MetricAccumulator(threshold, cfg.num_classes)
     kept = []
     loss_sum = torch.zeros((), device=cfg.device)
     seen = 0
     start = time.perf_counter()
-    for images, masks, _ in tqdm(loader, desc=prefix, unit="batch", leave=False, dynamic_ncols=True):
+    for images, masks, index in tqdm(loader, desc=prefix, unit="batch", leave=False, dynamic_ncols=True):
         images, masks = cfg.to_device(images, masks)
         with cfg.autocast():
             logits = model(images)
         loss_sum += loss_fn(logits, masks) * images.shape[0]
         acc.update(logits.float(), masks)
+        if scorer is not None:
+            scorer.update(logits, index)
         if keep_predictions:  # binary: bool masks; K classes: uint8 class maps
             kept.append(logits.argmax(1).to(torch.uint8).cpu() if cfg.num_classes > 2
                         else (torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())

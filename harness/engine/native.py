@@ -1,0 +1,68 @@
+"""Test scores at each image's stored resolution: the headline `test/*` metrics.
+
+The network sees images at the training size S x S. For each test image, its logits (C, S, S) are
+upsampled on the device, bilinearly, to the size its mask has on disk (H, W), thresholded there
+(binary: sigmoid > threshold; K classes: argmax) and compared with that stored mask, so runs at
+different `data.image_size` are scored on the same truth, and none on a squashed copy of it.
+Binary runs also get NSD and HD95 per image (harness.boundary) on the same stored-size masks.
+Where the stored size is S x S already (the shared 128 px sets at image_size 128) the two coincide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.boundary import boundary_scores
+from harness.engine import distributed
+from harness.metrics import MetricAccumulator
+
+
+@dataclass
+class NativeResult:
+    counts: torch.Tensor      # (N, 4) binary or (N, K, 3) per-image confusion counts, split order
+    sizes: torch.Tensor       # (N, 2) int64 (H, W) each image was scored at
+    boundary: dict | None     # binary: {'nsd': (N,), 'hd95': (N,)} float arrays; K classes: None
+
+
+class NativeScorer:
+    """Collects stored-size scores batch by batch during `harness.engine.step.evaluate`.
+
+    `masks[i]` -> (H_i, W_i) uint8 labels of split image i (harness.data.native.NativeMasks, or
+    the training-size masks where no stored size is kept). Each rank scores the images its loader
+    holds; `result()` gathers them in split order (distributed.interleave)."""
+
+    def __init__(self, masks, *, threshold: float, num_classes: int, tolerance: float, device: torch.device):
+        self.masks, self.num_classes, self.tolerance, self.device = masks, num_classes, tolerance, device
+        self.cut = math.log(threshold / (1 - threshold))  # sigmoid(x) > t, without the sigmoid
+        self.acc = MetricAccumulator(threshold, num_classes)
+        self.sizes: list[tuple[int, int]] = []
+        self.boundary: list[tuple[float, float]] = []
+
+    def update(self, logits: torch.Tensor, index: torch.Tensor) -> None:
+        """logits (B, C, S, S) of the split images `index` (B,)."""
+        for j, i in enumerate(index.tolist()):
+            truth = np.asarray(self.masks[i])
+            x = logits[j:j + 1].float()
+            if tuple(x.shape[-2:]) != truth.shape:
+                x = F.interpolate(x, size=truth.shape, mode="bilinear", align_corners=False)
+            target = torch.from_numpy(np.ascontiguousarray(truth)).to(self.device)
+            self.sizes.append(truth.shape)
+            if self.num_classes > 2:
+                self.acc.update(x, target[None].long())
+                continue
+            self.acc.update(x, target[None, None].float())
+            pred = (x[0, 0] > self.cut).cpu().numpy()
+            self.boundary.append(boundary_scores(pred, truth > 0, self.tolerance))
+
+    def result(self) -> NativeResult:
+        sizes = distributed.interleave(torch.tensor(self.sizes, dtype=torch.long).reshape(-1, 2))
+        counts = distributed.interleave(self.acc.counts())
+        if self.num_classes > 2:
+            return NativeResult(counts, sizes, None)
+        both = distributed.interleave(torch.tensor(self.boundary, dtype=torch.float64).reshape(-1, 2)).numpy()
+        return NativeResult(counts, sizes, {"nsd": both[:, 0], "hd95": both[:, 1]})
