@@ -84,3 +84,41 @@ def checkpoint_times(model: torch.nn.Module, optimizer) -> tuple[float, float]:
             block_s = time.perf_counter() - start
             writer.wait()
     return sync_s, block_s
+
+
+def scoring_ms(root: str, image_size: int, tolerance: float = 2.0) -> dict:
+    """ms per test image of stored-size scoring (harness.engine.native): the whole scorer (upsample,
+    threshold, counts, NSD + HD95) and its boundary part alone, on `root`'s test split (oxford_pet
+    layout). The logits are the training-size masks with noise, so outlines are realistic."""
+    from harness.boundary import boundary_per_image
+    from harness.engine.native import NativeScorer
+
+    data = build_data("oxford_pet", root=root, image_size=image_size, cache_dir=None)
+    test = data.test
+    noise = torch.randn(len(test), 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    logits = torch.from_numpy(test.masks[:, None].astype("float32")) * 4 - 2 + noise
+    scorer = NativeScorer(test.native, threshold=0.5, num_classes=2, tolerance=tolerance, device=torch.device("cpu"))
+    start = time.perf_counter()
+    for lo in range(0, len(test), 32):
+        scorer.update(logits[lo:lo + 32], torch.arange(lo, min(lo + 32, len(test))))
+    scorer.result()
+    whole = time.perf_counter() - start
+    preds = [(torch.nn.functional.interpolate(logits[i:i + 1], size=test.native[i].shape, mode="bilinear")[0, 0] > 0)
+             .numpy() for i in range(len(test))]
+    truths = [test.native[i] > 0 for i in range(len(test))]
+    start = time.perf_counter()
+    boundary_per_image(preds, truths, tolerance)
+    boundary = time.perf_counter() - start
+    n = len(test)
+    return {"images": n, "image_size": image_size, "scorer_s": round(whole, 2),
+            "scorer_ms_per_image": round(1e3 * whole / n, 2), "boundary_ms_per_image": round(1e3 * boundary / n, 2)}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ms per test image of stored-size scoring and of NSD/HD95")
+    parser.add_argument("root", help="an oxford_pet layout, e.g. ../shared/data/oxford-pet-mini")
+    parser.add_argument("--image-size", type=int, default=128, help="training size the logits are at")
+    args = parser.parse_args()
+    print(scoring_ms(args.root, args.image_size))
