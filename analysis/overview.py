@@ -26,7 +26,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis import plots
-from analysis.report import compare_axis, paired_frames, setting_labels
+from analysis.paired import (
+    METRICS,
+    compare_axis,
+    headline_metrics,
+    load_scores,
+    paired_frames,
+    setting_labels,
+    strata_of,
+)
 from analysis.runs import load_campaign, tracking_uri
 from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, decisive_p, evidence
 
@@ -48,23 +56,25 @@ def _stats(result: dict) -> dict:
             "p_wilcoxon": result["p_wilcoxon"], "p_raw": decisive_p(result), "_result": result}
 
 
-def _arm(side: str, runs: pd.DataFrame) -> dict:
-    """An arm's run count and test Dice: mean over its runs with a 95% bootstrap CI over them."""
-    mean, low, high = bootstrap_ci(runs["test/dice"])
+def _arm(side: str, runs: pd.DataFrame, metric: str) -> dict:
+    """An arm's run count and test `metric`: mean over its runs with a 95% bootstrap CI over them."""
+    mean, low, high = bootstrap_ci(runs[f"test/{metric}"])
     return {f"runs_{side}": len(runs), f"dice_{side}": mean, f"dice_{side}_low": low, f"dice_{side}_high": high}
 
 
-def _row(campaign: str, axis: str, setting: str, a, b, runs: pd.DataFrame, result: dict) -> dict:
-    """One comparison: `runs` are the runs in its scope (both levels); `result` is compare_arms'."""
-    return {"campaign": campaign, "compared": axis, "setting": setting, "A": a, "B": b,
-            **_arm("a", runs[runs[axis] == a]), **_arm("b", runs[runs[axis] == b]), **_stats(result),
+def _row(campaign: str, axis: str, setting: str, a, b, runs: pd.DataFrame, result: dict, metric: str) -> dict:
+    """One comparison: `runs` are the runs in its scope (both levels); `result` is compare_arms'.
+    The dice_* columns hold the arms' test `metric` (the `metric` column says which)."""
+    return {"campaign": campaign, "compared": axis, "metric": METRICS[metric], "setting": setting, "A": a, "B": b,
+            **_arm("a", runs[runs[axis] == a], metric), **_arm("b", runs[runs[axis] == b], metric), **_stats(result),
             "b_better": result["b_better"], "n_images": result["n"],
             "commits": " ".join(sorted(runs["git.commit"].dropna().str[:7].unique()))}
 
 
-def _gap_row(campaign: str, axis: str, first: str, setting: str, a, b, result: dict) -> dict:
+def _gap_row(campaign: str, axis: str, first: str, setting: str, a, b, result: dict, metric: str) -> dict:
     """Does B - A change from the first setting to `setting`? `result` is compare_gaps'."""
-    return {"campaign": campaign, "compared": axis, "setting": f"change of the gap: {first} -> {setting}",
+    return {"campaign": campaign, "compared": axis, "metric": METRICS[metric],
+            "setting": f"change of the gap: {first} -> {setting}",
             "A": a, "B": b, **_stats(result), "n_images": result["n"]}
 
 
@@ -77,31 +87,43 @@ def _settle(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _folds(paired, keys) -> list | None:
+    """The folds of the cells `keys`, when runs come in folds (hierarchical intervals), else None."""
+    return [paired.groups[k] for k in keys] if paired.groups else None
+
+
 def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) -> list[dict]:
-    """The campaign's comparisons (see the module docstring), then, with several settings, whether
-    the B - A gap changes from the first setting to each other one (an interaction, as in the
-    report); [] while no setting has finished runs of two levels. Per-image test Dice is averaged
-    over each arm's seeds, as in the report."""
+    """The campaign's comparisons (see the module docstring) for each headline metric (Dice, and NSD
+    where every run has it), then, with several settings, whether the B - A gap changes from the
+    first setting to each other one (an interaction, as in the report); [] while no setting has
+    finished runs of two levels. Per-image scores are averaged over each arm's seeds, as in the
+    report; with data.fold varied, the intervals over runs resample folds, then seeds, then images."""
     runs, axes = load_campaign(campaign, uri=uri)
     axis = compare_axis(axes)
-    strata = [x for x in axes if x not in ("seed", axis)]
-    paired = paired_frames(runs, axis, uri, strata)
-    settings, cells = paired.complete_settings(), paired.cells
-    if len(paired.levels) < 2 or not settings:
-        return []
+    strata = strata_of(axes, axis)
+    scores = load_scores(runs, uri)
     labels = setting_labels(runs, strata)
-    pooled = f"pooled over {len(settings)} settings" if len(settings) > 1 else (settings[0] or "-")
-    scopes = [(pooled, settings)] + ([(s, [s]) for s in settings] if len(settings) > 1 else [])
-    a, *others = paired.levels
     rows = []
-    for b in others:
-        for name, chosen in scopes:
-            result = compare_arms([cells[(s, a)] for s in chosen], [cells[(s, b)] for s in chosen])
-            rows.append(_row(campaign, axis, name, a, b, runs[labels.isin(chosen)], result))
-        first = settings[0]
-        rows += [_gap_row(campaign, axis, first, s, a, b,
-                          compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)]))
-                 for s in settings[1:]]
+    for metric in headline_metrics(scores):
+        paired = paired_frames(runs, axis, uri, strata, scores, metric)
+        settings, cells = paired.complete_settings(), paired.cells
+        if len(paired.levels) < 2 or not settings:
+            break
+        pooled = f"pooled over {len(settings)} settings" if len(settings) > 1 else (settings[0] or "-")
+        scopes = [(pooled, settings)] + ([(s, [s]) for s in settings] if len(settings) > 1 else [])
+
+        a, *others = paired.levels
+        for b in others:
+            for name, chosen in scopes:
+                keys = [(s, a) for s in chosen] + [(s, b) for s in chosen]
+                result = compare_arms([cells[k] for k in keys[:len(chosen)]], [cells[k] for k in keys[len(chosen):]],
+                                      groups=_folds(paired, keys))
+                rows.append(_row(campaign, axis, name, a, b, runs[labels.isin(chosen)], result, metric))
+            first = settings[0]
+            for s in settings[1:]:
+                keys = [(first, a), (first, b), (s, a), (s, b)]
+                result = compare_gaps(*(cells[k] for k in keys), groups=_folds(paired, keys))
+                rows.append(_gap_row(campaign, axis, first, s, a, b, result, metric))
     return _settle(rows) if settle else rows  # alone, the campaign's rows are the family
 
 
@@ -127,10 +149,11 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     comparison = table["runs_a"].notna()
     seeds = interval("seed_ci_low", "seed_ci_high")
     return pd.DataFrame({
-        "campaign": table["campaign"], "compared": table["compared"], "setting": table["setting"],
+        "campaign": table["campaign"], "compared": table["compared"], "metric": table["metric"],
+        "setting": table["setting"],
         "A": table["A"], "B": table["B"],
         "runs": [f"{x:.0f} / {y:.0f}" if ok else "" for x, y, ok in zip(table["runs_a"], table["runs_b"], comparison)],
-        "test Dice A": dice("a"), "test Dice B": dice("b"), "B - A": [f"{d:+.4f}" for d in table["diff"]],
+        "test score A": dice("a"), "test score B": dice("b"), "B - A": [f"{d:+.4f}" for d in table["diff"]],
         "CI over images": interval("ci_low", "ci_high"),
         "CI over runs and images": [s or ("one run in an arm" if ok else "one run in a cell")
                                     for s, ok in zip(seeds, comparison)],
@@ -146,8 +169,8 @@ def forest(table: pd.DataFrame):
     """Every comparison row (not the gap changes) as a forest plot: B - A with the CI over runs and
     images where every arm has two or more runs, else the CI over images."""
     rows = table[table["runs_a"].notna()]
-    frame = pd.DataFrame({"level": rows["campaign"] + " | " + rows["setting"].replace("-", "") + " | "
-                                   + rows["B"].astype(str) + " vs " + rows["A"].astype(str),
+    frame = pd.DataFrame({"level": rows["campaign"] + " | " + rows["metric"] + " | " + rows["setting"].replace("-", "")
+                                   + " | " + rows["B"].astype(str) + " vs " + rows["A"].astype(str),
                           "mean_diff": rows["diff"], "ci_low": rows["seed_ci_low"].fillna(rows["ci_low"]),
                           "ci_high": rows["seed_ci_high"].fillna(rows["ci_high"])})
     return plots.effect_forest(frame.iloc[::-1], "A", title="B - A, every campaign (first row at the top)")

@@ -45,15 +45,17 @@ def time_to_score(history: pd.DataFrame, arm: str = "arm", metric: str = "val/di
     return fig
 
 
-def paired_scatter(paired: pd.DataFrame, a: str, b: str):
-    """paired: one row per image with columns a and b (per-image Dice). Scatter + difference histogram."""
+def paired_scatter(paired: pd.DataFrame, a: str, b: str, metric: str = "test Dice"):
+    """paired: one row per image with columns a and b (a per-image score in [0, 1], named `metric`).
+    Scatter + difference histogram."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     sns.scatterplot(data=paired, x=a, y=b, s=14, alpha=0.6, ax=left)
     left.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-    left.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel=f"Dice, {a}", ylabel=f"Dice, {b}", title="Per-image test Dice")
+    name = metric.split()[-1]
+    left.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel=f"{name}, {a}", ylabel=f"{name}, {b}", title=f"Per-image {metric}")
     sns.histplot(paired[b] - paired[a], bins=30, ax=right)
     right.axvline(0, color="grey", ls="--")
-    right.set(xlabel=f"Dice({b}) - Dice({a})", title="Paired differences")
+    right.set(xlabel=f"{name}({b}) - {name}({a})", title="Paired differences")
     fig.tight_layout()
     return fig
 

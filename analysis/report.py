@@ -16,17 +16,16 @@ import html
 import io
 import re
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from analysis import plots, sections
-from analysis.runs import campaign_names, experiment_name, load_campaign, load_history, load_per_image, log_report
-from analysis.stats import adjust_family, bootstrap_ci, compare_arms, decisive_p, evidence
+from analysis.paired import FOLD, METRICS, compare_axis, headline_metrics, load_scores, paired_frames, setting_labels
+from analysis.paired import strata_of as _others
+from analysis.runs import campaign_names, experiment_name, load_campaign, load_history, log_report
+from analysis.stats import FEW_RUNS, adjust_family, bootstrap_ci, compare_arms, decisive_p, evidence, run_contrast_t
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
               "averaged over test images; <b>micro</b>: TP/FP/FN summed over every test pixel first. "
@@ -48,18 +47,27 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm, group in runs.groupby("arm", sort=True):
         row = {"arm": arm, "n runs": len(group)}
-        metrics = ["test/dice", "test/dice_micro", "test/iou"]
+        metrics = ["test/dice", "test/nsd", "test/hd95", "test/dice_micro", "test/iou"]
         if "test/miou" in group and group["test/miou"].notna().any():  # K-class runs: mIoU, no micro Dice
             metrics = ["test/dice", "test/miou", "test/pixel_acc"]
-        for metric in metrics:
-            mean, low, high = bootstrap_ci(group[metric])
-            row[metric] = f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+        for metric in (m for m in metrics if m in group and group[m].notna().all()):
+            row[metric] = run_interval(group[metric])
         row["threshold"] = _threshold(group)
         row["params"] = f"{group['model/num_params'].mean():,.0f}"
         row["run time (s)"] = f"{group['time/total_s'].mean():.0f}"
         row["train img/s"] = f"{group['throughput/train_img_s'].mean():.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def run_interval(values: pd.Series) -> str:
+    """'mean [low, high]' over runs: a t-interval below FEW_RUNS runs (a percentile bootstrap over 2-4
+    values is far too narrow), else the bootstrap; one run is that run's value."""
+    if 2 <= len(values) < FEW_RUNS:
+        mean, low, high, _ = run_contrast_t([values.to_numpy()[:, None]], [1.0])
+        return f"{mean:.4f} [{low:.4f}, {high:.4f}] t"
+    mean, low, high = bootstrap_ci(values)
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def _threshold(group: pd.DataFrame) -> str:
@@ -71,80 +79,21 @@ def _threshold(group: pd.DataFrame) -> str:
         else "0.5"
 
 
-def compare_axis(axes: list[str], requested: str | None = None) -> str:
-    """The axis the paired comparison is about: `requested` when given (it must be one of the
-    varied axes, else LookupError naming them), else model.arch when varied, else the first
-    non-seed axis."""
-    varied = [a for a in axes if a != "seed"]
-    if requested:
-        if requested not in varied:
-            raise LookupError(f"axis {requested!r} is not varied by this campaign; choose one of: {', '.join(varied)}")
-        return requested
-    return "model.arch" if "model.arch" in varied else (varied[0] if varied else "model.arch")
-
-
-@dataclass
-class Paired:
-    """Per-image test Dice of a campaign, split by the compared axis and the other axes' settings.
-
-    wide: image x level, Dice averaged over each level's runs (every setting); levels: the
-    compared axis's values in matrix order; settings: labels of the combinations of the other
-    varied axes ('augment=none'), in matrix order, [''] when there are none; cells: (setting, level) -> array
-    (runs, images), columns in `wide`'s row order (what stats.compare_arms takes)."""
-
-    wide: pd.DataFrame
-    levels: list
-    settings: list[str]
-    cells: dict
-
-    def arm(self, level) -> list[np.ndarray]:
-        """One (runs, images) array per setting that every level has: a stratified arm."""
-        return [self.cells[(s, level)] for s in self.complete_settings()]
-
-    def complete_settings(self) -> list[str]:
-        return [s for s in self.settings if all((s, lvl) in self.cells for lvl in self.levels)]
-
-
-def load_scores(runs: pd.DataFrame, uri: str | None) -> pd.DataFrame:
-    """Every run's test_per_image.csv, stacked (one row per run and image)."""
-    return pd.concat([load_per_image(r, uri) for r in tqdm(runs.run_id, desc="per-image test scores", unit="run",
-                                                           leave=False)], ignore_index=True)
-
-
-def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = (),
-                  scores: pd.DataFrame | None = None) -> Paired:
-    """Split every run's per-image test Dice (`scores`, else loaded) by `axis` and by `strata`,
-    the other varied axes (seed excluded), so that levels are compared within each setting."""
-    scores = load_scores(runs, uri) if scores is None else scores
-    per_image = scores.merge(runs[["run_id", axis, *strata]], on="run_id")
-    per_image["setting"] = setting_labels(per_image, strata)
-    levels = list(dict.fromkeys(runs[axis].dropna()))  # order of first run: the matrix's order
-    settings = list(dict.fromkeys(setting_labels(runs, strata)))
-    wide = per_image.pivot_table(index="name", columns=axis, values="dice", aggfunc="mean").dropna()
-    cells = {key: rows.pivot_table(index="run_id", columns="name", values="dice").reindex(columns=wide.index).to_numpy()
-             for key, rows in per_image.groupby(["setting", axis], sort=False)}
-    return Paired(wide, levels, settings, cells)
-
-
-def setting_labels(frame: pd.DataFrame, strata: list[str]) -> pd.Series:
-    """'augment=none, train.loss=bce' per row; '' when there are no other axes."""
-    if not strata:
-        return pd.Series("", index=frame.index)
-    return frame[list(strata)].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1)
-
-
-def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "") -> str:
+def conclusion(a: str, b: str, result: dict, seeds, axis: str, scope: str = "", metric: str = "dice") -> str:
     """seeds: an int (the same count in every arm) or a text such as 'unet 3, resnet34_unet 1'.
-    `result` may hold `seed_ci_low/high` (contrast_ci), given when every cell has >= 2 runs.
-    scope: what the comparison averages over, e.g. 'mean over augment=none, augment=flip'."""
+    `result` may hold `seed_ci_low/high` (contrast_ci), given when every cell has >= 2 runs, and
+    `n_folds` when runs come in folds. scope: what the comparison averages over, e.g. 'mean over
+    augment=none, augment=flip'."""
     direction = "higher" if result["mean_diff"] > 0 else "lower"
     half = (result["ci_high"] - result["ci_low"]) / 2
     where = f"{axis}; {html.escape(scope)}" if scope else axis
     per = "per cell" if scope else "per arm"
-    return (f"<b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> ({where}) by "
-            f"{abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test Dice (mean paired difference, "
-            f"95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} over "
-            f"{result['n']} test images and {seeds} seed(s) {per}{_unbalanced(seeds)}; "
+    folds = f"{result['n_folds']} folds &times; " if "n_folds" in result else ""
+    per = f"per fold {per}" if folds else per
+    return (f"<b>{METRICS[metric]}</b>: <b>{html.escape(str(b))}</b> is {direction} than <b>{html.escape(str(a))}</b> "
+            f"({where}) by {abs(result['mean_diff']):.4f} &plusmn; {half:.4f} per-image test {METRICS[metric]} (mean "
+            f"paired difference, 95% bootstrap CI over images), Wilcoxon signed-rank p = {result['p_wilcoxon']:.3g} "
+            f"over {result['n']} test images and {folds}{seeds} seed(s) {per}{_unbalanced(seeds)}; "
             f"rank-biserial r = {result['rank_biserial']:+.2f} ({result['b_better']} images better with "
             f"{html.escape(str(b))}, {result['a_better']} worse). {verdict(result)}")
 
@@ -184,20 +133,16 @@ def _seed_counts(runs: pd.DataFrame, cell_axes: list[str]):
     return ", ".join(f"{' / '.join(map(str, k)) if isinstance(k, tuple) else k} {v}" for k, v in counts.items())
 
 
-def _others(axes: list[str], axis: str) -> list[str]:
-    """The varied axes other than `axis` and seed: the settings a comparison is made within."""
-    return [a for a in axes if a not in ("seed", axis)]
-
-
-def _paired_section(paired: Paired, comparisons: list, axis: str, seeds, strata: list[str]) -> list[str]:
+def _paired_section(paired: dict, comparisons: list, axis: str, seeds, strata: list[str]) -> list[str]:
     within = f" within each setting of {', '.join(strata)} (then averaged over settings)" if strata else ""
     parts = [f"<h2>Paired per-image comparison ({html.escape(axis)})</h2>"
-             f"<p>Each point is one test image; its Dice is averaged over each arm's runs (seeds: {seeds}). "
-             f"The table pairs images{html.escape(within)}.</p>"]
-    table = pd.DataFrame([{"A": a, "B": b, **sections.rounded(r)} for a, b, r in comparisons])
+             f"<p>Each point is one test image; its score is averaged over each arm's runs (seeds: {seeds}). "
+             f"The table pairs images{html.escape(within)}, for every headline metric.</p>"]
+    table = pd.DataFrame([{"metric": METRICS[m], "A": a, "B": b, **sections.rounded(r)} for m, a, b, r in comparisons])
     parts.append(table.to_html(index=False))
-    for a, b, _ in comparisons:
-        parts.append(_png(plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))))
+    for m, a, b, _ in comparisons:
+        parts.append(_png(plots.paired_scatter(paired[m].wide.rename(columns=str), str(a), str(b),
+                                               metric=f"test {METRICS[m]}")))
     return parts
 
 
@@ -223,33 +168,39 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
 
     strata = _others(axes, axis)
     scores = load_scores(runs, uri)
-    paired = paired_frames(runs, axis, uri, strata, scores)
-    levels, seeds = paired.levels, _seed_counts(runs, [axis, *strata])
-    comparisons = [(levels[0], b, compare_arms(paired.arm(levels[0]), paired.arm(b))) for b in levels[1:]
-                   if paired.complete_settings()]  # none while no setting has runs of every level yet
-    within_results = sections.setting_results(paired) if strata and comparisons else ([], [])
-    # One family: every comparison the report prints together (overall, per setting, interactions).
-    adjust_family([r for *_, r in comparisons] + [r for *_, r in within_results[0] + within_results[1]])
-    within = sections.by_setting(paired, axis, _png, within_results) if strata and comparisons else None
+    metrics = headline_metrics(scores)
+    paired = {m: paired_frames(runs, axis, uri, strata, scores, m) for m in metrics}
+    dice = paired["dice"]
+    folded = FOLD in axes and axis != FOLD
+    levels, seeds = dice.levels, _seed_counts(runs, [axis, *strata] + [FOLD] * folded)
+    comparisons = [(m, levels[0], b, compare_arms(**paired[m].compare(levels[0], b))) for m in metrics
+                   for b in levels[1:] if dice.complete_settings()]  # none until a setting has every level
+    within_results = {m: sections.setting_results(paired[m]) for m in metrics} if strata and comparisons else {}
+    # One family: every comparison the report prints together (each metric: overall, per setting, interactions).
+    adjust_family([r for *_, r in comparisons] + [r for w, g in within_results.values() for *_, r in w + g])
+    within = {m: sections.by_setting(paired[m], axis, _png, res, METRICS[m]) for m, res in within_results.items()}
     if comparisons:
-        scope = ("mean over " + "; ".join(paired.complete_settings())) if strata else ""
-        lines = [conclusion(a, b, r, seeds, axis, scope) for a, b, r in comparisons] + (within[0] if within else [])
+        scope = ("mean over " + "; ".join(dice.complete_settings())) if strata else ""
+        lines = [conclusion(a, b, r, seeds, axis, scope, m) for m, a, b, r in comparisons]
+        lines += [line for lines_, _ in within.values() for line in lines_]
         parts.append("<h2>Conclusion</h2>" + "".join(f"<p>{line}</p>" for line in lines))
-    parts += ["<h2>Summary per arm</h2><p>Mean over runs with a 95% bootstrap CI over seeds.</p>",
+    parts += [f"<h2>Summary per arm</h2><p>Mean over runs with a 95% CI over them: a t-interval (marked t) "
+              f"below {FEW_RUNS} runs, else a bootstrap. test/dice and test/nsd: higher is better; test/hd95 (px): "
+              f"lower. Scored at each test image's stored size.</p>",
               summary_table(runs).to_html(index=False, escape=True), _png(plots.summary_bars(runs))]
     parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
     if comparisons:
         parts += _paired_section(paired, comparisons, axis, seeds, strata)
-        first = runs[setting_labels(runs, strata) == paired.complete_settings()[0]]  # one setting: same-seed runs
+        first = runs[setting_labels(runs, strata) == dice.complete_settings()[0]]  # one setting: same-seed runs
         parts += sections.worst_images(first, axis, levels, uri, _png)
-    if within:
-        parts += within[1]
+    for _, section in within.values():
+        parts += section
     if "train.loss" in axes:
         parts += sections.loss_stability(runs, campaign, uri, _png)
     for other in ("train.loss", "augment"):  # the training-recipe axes, each level against its reference
         if other in axes:
-            by = paired if axis == other else paired_frames(runs, other, uri, _others(axes, other), scores)
-            parts += sections.ablation(runs, other, {lvl: by.arm(lvl) for lvl in by.levels}, by.levels, _png)
+            by = dice if axis == other else paired_frames(runs, other, uri, _others(axes, other), scores)
+            parts += sections.ablation(runs, other, by, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 # One bar per artifact download drowns a report over dozens of runs; callers show one bar over runs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-TEST_METRICS = ["test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc"]
+TEST_METRICS = ["test/dice", "test/dice_micro", "test/iou", "test/iou_micro", "test/pixel_acc", "test/nsd",
+                "test/hd95"]
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/dice_micro", "val/iou", "lr", "time/epoch_s",
                  "throughput/train_img_s"]
 KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding_mode", "model.downsample",

@@ -93,11 +93,12 @@ def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: st
             png(plots.learning_curves(loss.assign(metric="train/loss"), arm="loss", metric="train/loss"))]
 
 
-def ablation(runs: pd.DataFrame, axis: str, by_run: dict, levels: list, png: Callable) -> list[str]:
-    """Each level against the reference ('none' when present): paired per-image differences.
-    by_run: level -> per-image Dice, array (runs, images), the same images for every level."""
+def ablation(runs: pd.DataFrame, axis: str, paired, png: Callable) -> list[str]:
+    """Each level against the reference ('none' when present): paired per-image differences of
+    test Dice. paired: analysis.paired.Paired of `axis`."""
+    levels = paired.levels
     reference = "none" if "none" in levels else levels[0]
-    results = {level: compare_arms(by_run[reference], by_run[level]) for level in levels if level != reference}
+    results = {level: compare_arms(**paired.compare(reference, level)) for level in levels if level != reference}
     adjust_family(list(results.values()))  # this section's comparisons are one family
     rows = []
     for level, r in results.items():
@@ -139,10 +140,17 @@ def setting_results(paired) -> tuple[list, list]:
     from the first setting to each other one (interaction). paired: report.Paired."""
     settings, (a, *others) = paired.complete_settings(), paired.levels
     cells, within, gaps = paired.cells, [], []
+
+    def folds(*keys):  # each cell's folds, when runs come in folds (hierarchical intervals)
+        return [paired.groups[k] for k in keys] if paired.groups else None
+
     for b in others:
-        within += [(s, a, b, compare_arms(cells[(s, a)], cells[(s, b)])) for s in settings]
-        gaps += [(settings[0], s, b, compare_gaps(cells[(settings[0], a)], cells[(settings[0], b)],
-                                                  cells[(s, a)], cells[(s, b)])) for s in settings[1:]]
+        within += [(s, a, b, compare_arms(cells[(s, a)], cells[(s, b)], groups=folds((s, a), (s, b))))
+                   for s in settings]
+        first = settings[0]
+        gaps += [(first, s, b, compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)],
+                                            groups=folds((first, a), (first, b), (s, a), (s, b))))
+                 for s in settings[1:]]
     return within, gaps
 
 
@@ -167,23 +175,25 @@ def setting_tables(paired, results=None) -> tuple[pd.DataFrame, pd.DataFrame, li
     return pd.DataFrame(rows), pd.DataFrame(gaps), lines
 
 
-def by_setting(paired, axis: str, png: Callable, results=None) -> tuple[list[str], list[str]]:
-    """setting_tables as report HTML: (conclusion sentences, section HTML with a forest plot)."""
+def by_setting(paired, axis: str, png: Callable, results=None, metric: str = "Dice") -> tuple[list[str], list[str]]:
+    """setting_tables as report HTML: (conclusion sentences, section HTML with a forest plot), for
+    the per-image `metric` that `paired` holds."""
     table, gaps, lines = setting_tables(paired, results)
+    lines = [f"{metric}: {line}" for line in lines]
     a, others = paired.levels[0], paired.levels[1:]
     forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
     if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
         forest = forest.assign(ci_low=forest["seed_ci_low"].fillna(forest["ci_low"]),
                                ci_high=forest["seed_ci_high"].fillna(forest["ci_high"]))
-    parts = [f"<h2>Under which settings ({html.escape(axis)} within each setting)</h2>"
+    parts = [f"<h2>Under which settings ({html.escape(axis)} within each setting): {metric}</h2>"
              f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
-             "setting of the other axes: mean paired difference of per-image test Dice (averaged over seeds), 95% CI "
-             "over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
+             f"setting of the other axes: mean paired difference of per-image test {metric} (averaged over seeds), "
+             "95% CI over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
              "(seed_ci_low/high: a t-interval over run means below 5 runs per cell). Verdict 'real' needs p "
              "&lt; 0.05 and both CIs to exclude 0, and the Holm-adjusted p (p_holm, over the family_size "
              "comparisons the report prints) below 0.05.</p>",
              table.to_html(index=False),
-             png(plots.effect_forest(forest, str(a), title="Difference within each setting"))]
+             png(plots.effect_forest(forest, str(a), title=f"{metric} difference within each setting"))]
     if len(gaps):
         parts += ["<h3>Does the gap change with the setting? (interaction)</h3><p>Per image: (B &minus; A in "
                   "<i>to</i>) minus (B &minus; A in <i>from</i>), each averaged over seeds; the CI over runs and "

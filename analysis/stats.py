@@ -142,14 +142,17 @@ def _strata(x) -> list[np.ndarray]:
     return [np.atleast_2d(np.asarray(c, float)) for c in cells]
 
 
-def compare_arms(a, b, seed: int = 0) -> dict:
+def compare_arms(a, b, *, seed: int = 0, groups=None) -> dict:
     """paired_comparison of the arms' seed-averaged per-image scores, plus `seed_ci_low/high`
     (contrast_ci over runs and images) when every cell has two or more runs.
 
     a, b: (runs, images) arrays, or lists of them, one per setting of the campaign's other axes
     (the same settings in the same order for both arms). Then the comparison is stratified: each
     arm's per-image score is its mean over settings, and runs are resampled within their setting,
-    so the difference between settings is not mistaken for seed-to-seed noise."""
+    so the difference between settings is not mistaken for seed-to-seed noise.
+
+    groups: each row's fold, as arrays matching the cells of a then b (analysis.paired.Paired.compare).
+    Then the interval over runs is hierarchical: folds, then runs within each fold, then images."""
     a, b = _strata(a), _strata(b)
     if len(a) != len(b):
         raise ValueError(f"arms cover different settings: {len(a)} vs {len(b)}")
@@ -157,7 +160,7 @@ def compare_arms(a, b, seed: int = 0) -> dict:
     result = paired_comparison(np.mean([c.mean(axis=0) for c in a], axis=0),
                                np.mean([c.mean(axis=0) for c in b], axis=0), seed=seed)
     if min(len(c) for c in a + b) >= 2:
-        _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed)
+        _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed, groups)
     return result
 
 
@@ -180,10 +183,60 @@ def run_contrast_t(cells, weights, level: float = 0.95) -> tuple[float, float, f
     return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, df))
 
 
-def _runs_and_images(result: dict, cells, weights, seed: int) -> None:
+def fold_contrast_draws(cells, groups, weights, n_boot: int = 4_000, seed: int = 0) -> np.ndarray:
+    """Hierarchical bootstrap draws of the contrast (as contrast_draws): each draw resamples the
+    folds (one set shared by every cell: fold f of one arm trained on the same split as fold f of
+    the other), then each cell's runs within each drawn fold, then the images (shared)."""
+    cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
+    rows = [{f: np.flatnonzero(np.asarray(g) == f) for f in set(g)} for g in groups]
+    folds = sorted(set.intersection(*(set(r) for r in rows)))
+    rng, n_img = np.random.default_rng(seed), cells[0].shape[1]
+    draws = np.empty(n_boot)
+    for t in range(n_boot):
+        picked = rng.choice(folds, len(folds))
+        per_image = sum(w * c[np.concatenate([rng.choice(r[f], r[f].size) for f in picked])].mean(axis=0)
+                        for w, c, r in zip(weights, cells, rows))
+        draws[t] = per_image[rng.integers(0, n_img, n_img)].mean()
+    return draws
+
+
+def fold_contrast_t(cells, groups, weights, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(point, low, high, p): a t-interval over the K per-fold contrasts (each fold's runs averaged
+    first), K - 1 degrees of freedom; for fewer than FEW_RUNS folds, where a bootstrap over K values
+    is too narrow."""
+    cells = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
+    folds = sorted(set.intersection(*(set(g) for g in groups)))
+    per_fold = np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, cells, groups))
+                         for f in folds])
+    point, se = float(per_fold.mean()), float(per_fold.std(ddof=1) / np.sqrt(len(folds)))
+    if se == 0:
+        return point, point, point, 1.0 if point == 0 else 0.0
+    half = float(stats.t.ppf(0.5 + level / 2, len(folds) - 1)) * se
+    return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, len(folds) - 1))
+
+
+def _by_folds(result: dict, cells, weights, seed: int, groups) -> None:
+    """_runs_and_images when runs come in folds: FEW_RUNS or more folds, the hierarchical bootstrap;
+    fewer, the t-interval over per-fold contrasts."""
+    k = len(set.intersection(*(set(g) for g in groups)))
+    result["n_folds"] = k
+    if k < FEW_RUNS:
+        _, low, high, p = fold_contrast_t(cells, groups, weights)
+        result.update(seed_ci_low=low, seed_ci_high=high, p_boot_runs=p, runs_interval="t over fold means")
+        return
+    draws = fold_contrast_draws(cells, groups, weights, seed=seed)
+    result["seed_ci_low"], result["seed_ci_high"] = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+    result["p_boot_runs"], result["runs_interval"] = bootstrap_p(draws), "bootstrap over folds, seeds and images"
+
+
+def _runs_and_images(result: dict, cells, weights, seed: int, groups=None) -> None:
     """The interval that counts the runs (`seed_ci_low/high`) and its p-value (`p_boot_runs`): with
     FEW_RUNS or more runs in every cell, the bootstrap over runs and images; with fewer, the Welch
-    t-interval over run means (`run_contrast_t`), and `runs_interval` says which."""
+    t-interval over run means (`run_contrast_t`), and `runs_interval` says which. With `groups`
+    (each row's fold) and two or more folds: `_by_folds`."""
+    if groups is not None and len(set.intersection(*(set(g) for g in groups))) >= 2:
+        _by_folds(result, cells, weights, seed, groups)
+        return
     if min(np.atleast_2d(c).shape[0] for c in cells) < FEW_RUNS:
         _, low, high, p = run_contrast_t(cells, weights)
         result.update(seed_ci_low=low, seed_ci_high=high, p_boot_runs=p, runs_interval="t over run means")
@@ -193,16 +246,16 @@ def _runs_and_images(result: dict, cells, weights, seed: int) -> None:
     result["p_boot_runs"], result["runs_interval"] = bootstrap_p(draws), "bootstrap over runs and images"
 
 
-def compare_gaps(a1, b1, a2, b2, seed: int = 0) -> dict:
+def compare_gaps(a1, b1, a2, b2, *, seed: int = 0, groups=None) -> dict:
     """Does the B - A gap change between two settings (an interaction)? Each argument is a
     (runs, images) array of one cell, the same images throughout. paired_comparison of the
     per-image gaps (gap 2 - gap 1 as `mean_diff`), plus `seed_ci_low/high` over runs and images
-    when every cell has two or more runs."""
+    when every cell has two or more runs (with `groups`, each cell's folds: hierarchical)."""
     cells = [np.atleast_2d(np.asarray(c, float)) for c in (a1, b1, a2, b2)]
     gap1, gap2 = (cells[1].mean(axis=0) - cells[0].mean(axis=0)), (cells[3].mean(axis=0) - cells[2].mean(axis=0))
     result = paired_comparison(gap1, gap2, seed=seed)
     if min(len(c) for c in cells) >= 2:
-        _runs_and_images(result, cells, [1.0, -1.0, -1.0, 1.0], seed)
+        _runs_and_images(result, cells, [1.0, -1.0, -1.0, 1.0], seed, groups)
     return result
 
 

@@ -182,11 +182,13 @@ def test_overview_tabulates_every_campaign(campaign_store, capsys):
     tmp, _, _, _ = campaign_store
     assert main(["--out", str(tmp / "ov")]) == 0
     table = pd.read_csv(tmp / "ov.csv")
-    # debug_campaign: unet against resnet34_unet, one setting, the report's numbers
-    assert list(table.campaign) == ["debug_campaign"] and list(table.B) == ["resnet34_unet"]
-    assert f"by {abs(table['diff'][0]):.4f}" in build_report(campaign="debug_campaign")
+    # debug_campaign: unet against resnet34_unet, one setting, per headline metric; the report's numbers
+    assert list(table.campaign) == ["debug_campaign"] * 2 and list(table.B) == ["resnet34_unet"] * 2
+    assert list(table.metric) == ["Dice", "NSD"] and set(table.family_size) == {2}  # one family: both metrics
+    page = build_report(campaign="debug_campaign")
+    assert f"by {abs(table['diff'][0]):.4f}" in page and f"by {abs(table['diff'][1]):.4f}" in page
     assert (table.runs_a[0], table.runs_b[0]) == (2, 2) and table.seed_ci_low[0] <= table["diff"][0]
-    assert (tmp / "ov.md").read_text().splitlines()[2].startswith("| debug_campaign | model.arch |")
+    assert (tmp / "ov.md").read_text().splitlines()[2].startswith("| debug_campaign | model.arch | Dice |")
     assert "| debug_campaign |" in capsys.readouterr().out
     # An unknown campaign: exit 2, naming the ones there are
     assert main(["--campaign", "nope", "--out", str(tmp / "ov2")]) == 2
@@ -237,7 +239,7 @@ def test_seed_and_image_ci_counts_run_to_run_variation():
 
 def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
     from analysis import plots
-    from analysis.report import Paired
+    from analysis.paired import Paired
     from analysis.sections import by_setting
     from analysis.stats import compare_arms, compare_gaps, evidence
 
@@ -268,9 +270,9 @@ def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
 
     paired = Paired(wide=None, levels=["a", "b"], settings=["augment=none", "augment=crop"], cells=cells)
     lines, parts = by_setting(paired, "model.arch", lambda fig: plots.plt.close(fig) or "<img>")
-    assert lines[0].startswith("With augment=none: b &minus; a = +0.03") and lines[0].endswith(": real.")
-    assert lines[1].startswith("With augment=crop:") and lines[1].endswith("no difference shown.")
-    assert lines[2].startswith("The b &minus; a gap changes from augment=none to augment=crop: -0.03")
+    assert lines[0].startswith("Dice: With augment=none: b &minus; a = +0.03") and lines[0].endswith(": real.")
+    assert lines[1].startswith("Dice: With augment=crop:") and lines[1].endswith("no difference shown.")
+    assert lines[2].startswith("Dice: The b &minus; a gap changes from augment=none to augment=crop: -0.03")
     assert "Does the gap change" in "".join(parts)
 
 
@@ -363,17 +365,19 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
                  "Ablation over train.loss", "Every level against <b>bce</b>",
                  "Every level against <b>none</b>", "Worst test images per arm (train.loss)",
-                 "Under which settings (train.loss within each setting)", "With augment=none: bce_with_logits",
+                 "Under which settings (train.loss within each setting): Dice",
+                 "Under which settings (train.loss within each setting): NSD", "With augment=none: bce_with_logits",
                  "mean over augment=none; augment=flip"):
         assert text in page, text
     from analysis.overview import campaign_rows  # pooled, each setting, then the change of the gap
     rows = campaign_rows("loss_aug")
     assert [r["setting"] for r in rows] == ["pooled over 2 settings", "augment=none", "augment=flip",
-                                            "change of the gap: augment=none -> augment=flip"]
+                                            "change of the gap: augment=none -> augment=flip"] * 2
+    assert [r["metric"] for r in rows] == ["Dice"] * 4 + ["NSD"] * 4 and {r["family_size"] for r in rows} == {8}
     assert all(np.isnan(r["seed_ci_low"]) for r in rows)  # one seed per cell: no CI over runs
     from analysis.overview import readable
     assert list(readable(pd.DataFrame(rows))["CI over runs and images"]) == (["one run in an arm"] * 3
-                                                                            + ["one run in a cell"])
+                                                                            + ["one run in a cell"]) * 2
     # The other view of the same runs: augmentation compared within each loss
     page = build_report(campaign="loss_aug", axis="augment")
     for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",

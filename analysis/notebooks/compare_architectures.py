@@ -25,7 +25,8 @@ import os
 
 from analysis import plots
 from analysis.overview import forest, overview_table, readable
-from analysis.report import compare_axis, paired_frames, summary_table, verdict
+from analysis.paired import compare_axis, paired_frames
+from analysis.report import summary_table, verdict
 from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
 from analysis.stats import compare_arms
