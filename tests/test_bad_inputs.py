@@ -52,6 +52,11 @@ MORE_SPECS = {
     "override_without_equals": ("name: x\n", ["train.lr"], ["train.lr", "KEY=VALUE"]),
     "override_into_scalar": ("name: x\n", ["seed.value=1"], ["seed.value"]),
     "override_unknown_section": ("name: x\n", ["optim.lr=1"], ["optim", "does not exist"]),
+    "seed_overflow": ("seed: 99999999999999999999\n", [], ["seed", "less than or equal to 4294967295"]),
+    "seed_overflow_override": ("name: x\n", ["seed=4294967296"], ["seed", "less than or equal to"]),
+    "alias_bomb": ("".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 10 if p else ['x'] * 10)}]\n"
+                           for p, k in zip(["", "a", "b", "c", "d"], "abcde")), [], ["aliases", "10,000", "refused"]),
+    "alias_self_reference": ("a: &a [1, *a]\n", [], ["refers to itself", ":1"]),
 }
 
 

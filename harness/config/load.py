@@ -31,8 +31,9 @@ def read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
         raise SpecError(f"{path}: spec file not found")
     text = path.read_text()
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # aliases stay shared nodes here: nothing expanded yet
+        _check_expansion(path, node)
         data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -42,6 +43,38 @@ def read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a mapping of sections, got {type(data).__name__}")
     return data, node
+
+
+MAX_NODES = 10_000  # a real spec has a few hundred; nested aliases ("billion laughs") reach millions
+
+
+def _check_expansion(path: Path, root: yaml.Node | None) -> None:
+    """SpecError if `root` would expand to more than MAX_NODES nodes or refers to itself. Counted
+    on the composed tree, where an alias is one shared node, so a bomb is refused before expansion."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise SpecError(f"{path}:{node.start_mark.line + 1}: a YAML alias refers to itself")
+        open_.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_NODES:
+                raise SpecError(f"{path}: YAML aliases expand this spec to more than {MAX_NODES:,} values; "
+                                f"refused before expanding it (a spec needs a few hundred)")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _merge(base: dict, child: dict) -> dict:

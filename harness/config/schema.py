@@ -162,7 +162,7 @@ ADDED_LATER = (("train", "compile_mode", "default"), ("eval", "nsd_tolerance", 2
 
 class ExperimentSpec(_Section):
     name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed is 32-bit: a larger one fails only after the run starts
     tracking: str = Field("segmentation", description="MLflow experiment name")
     log_model: bool = Field(True, description="log the best model to MLflow (torch.export: seconds per run)")
     model: ModelSpec = ModelSpec()
