@@ -108,7 +108,9 @@ def data_kwargs(spec: ExperimentSpec) -> dict:
                 folds=(d.folds, d.fold) if d.folds else None,
                 limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, download=d.download,
                 num_classes=d.num_classes, target=d.target,
-                palette=tuple(map(tuple, d.palette)) if d.palette else None)  # hashable for the lru_cache
+                palette=tuple(map(tuple, d.palette)) if d.palette else None,  # hashable for the lru_cache
+                layout=(("images_dir", d.images_dir), ("masks_dir", d.masks_dir), ("mask_suffix", d.mask_suffix))
+                if d.dataset == "folder" else None, mask_threshold=d.mask_threshold)  # pairs: hashable
 
 
 def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.ONE,

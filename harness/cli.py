@@ -138,7 +138,8 @@ def _audit(args) -> int:
     kind = args.dataset or ("oxford_pet" if (args.root / "annotations" / "trimaps").is_dir() else "folder")
     try:
         data = build_data(kind, root=str(args.root), image_size=args.image_size, foreground=args.foreground,
-                          on_bad="skip", cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None)
+                          on_bad="skip", cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
+                          require_splits=False)  # a folder whose files are all unusable is reported, not an error
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

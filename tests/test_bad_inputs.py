@@ -97,8 +97,9 @@ def _missing_trimap(root):
     return "pet_0.png"
 
 
-def _rgb_trimap(root):
-    Image.fromarray(np.full((20, 24, 3), 2, np.uint8)).save(root / "annotations" / "trimaps" / "pet_1.png")
+def _rgb_trimap(root):  # coloured: an RGB mask with equal channels would be read as gray
+    Image.fromarray(np.dstack([np.full((20, 24), v, np.uint8) for v in (2, 1, 3)]) * 40).save(
+        root / "annotations" / "trimaps" / "pet_1.png")
     return "pet_1.png"
 
 
@@ -145,12 +146,21 @@ def _folder_unmatched_stems(root):
     return "c.png"
 
 
+def _folder_test_split_all_unusable(root):  # as Kvasir-SEG's coloured masks were for the whole folder
+    (root / "test.txt").write_text("c\nd\n")
+    for stem in "cd":
+        Image.fromarray(np.dstack([np.eye(8, dtype=np.uint8) * 200, np.zeros((8, 8, 2), np.uint8)])).save(
+            root / "masks" / f"{stem}.png")
+    return "c.png"
+
+
 # Files that are unusable on their own: skippable. The rest break the layout: always an error.
 SKIPPABLE = {"corrupt_jpeg", "zero_byte", "missing_trimap", "rgb_trimap", "unknown_values", "size_mismatch",
              "split_names_no_file", "folder_unmatched_stems"}
 BROKEN = {f.__name__.lstrip("_"): f for f in (_corrupt_jpeg, _zero_byte, _missing_trimap, _rgb_trimap, _unknown_values,
                                               _size_mismatch, _empty_split, _split_names_no_file, _missing_split_file,
-                                              _root_is_a_file, _unreadable_dir, _folder_unmatched_stems)}
+                                              _root_is_a_file, _unreadable_dir, _folder_unmatched_stems,
+                                              _folder_test_split_all_unusable)}
 
 
 def _broken_dataset(case: str, parent: Path) -> tuple[str, Path, str]:

@@ -86,6 +86,12 @@ class DataSpec(_Section):
     target: Literal["binary", "trimap3"] = Field("binary", description="trimap3: pet/background/border as 3 classes")
     palette: list[tuple[int, int, int]] | None = Field(None,
                                                        description="folder: RGB colour of each class in the masks")
+    images_dir: str | None = Field(None, description="folder: the images folder (default: images/ or imgs/)")
+    masks_dir: str | None = Field(None, description="folder: the masks folder (default: masks/)")
+    mask_suffix: str | None = Field(None, description="folder: mask name = <stem><suffix>.* (default: detected, "
+                                    "'' or '_mask')")
+    mask_threshold: float | None = Field(None, ge=0, description="folder, binary: foreground = mask value above "
+                                         "this (default: half each mask's maximum)")
 
     @model_validator(mode="after")
     def _root_needed(self):
@@ -100,6 +106,12 @@ class DataSpec(_Section):
         if self.palette is not None and (not kind.palette or len(self.palette) != self.num_classes):
             raise ValueError(f"data.palette is for the folder dataset and needs one colour per class "
                              f"({self.num_classes}), got {len(self.palette)}")
+        layout = [f for f in ("images_dir", "masks_dir", "mask_suffix", "mask_threshold")
+                  if getattr(self, f) is not None]
+        if layout and self.dataset != "folder":
+            raise ValueError(f"data.{layout[0]} is for the folder dataset, not {self.dataset}")
+        if self.mask_threshold is not None and self.num_classes > 2:
+            raise ValueError("data.mask_threshold is for binary masks (data.num_classes: 2), not class indices")
         if self.num_classes > 2 and not kind.free_classes and self.target != "trimap3":
             raise ValueError(f"{self.dataset} has 3 classes only as data.target=trimap3")
         return self
@@ -157,7 +169,8 @@ class EvalSpec(_Section):
 # Fields added after runs were recorded: left out of the hash at their defaults, so those runs still
 # count as the same spec (campaigns skip them, resume finds them). A value a field did not exist for.
 ADDED_LATER = (("train", "compile_mode", "default"), ("eval", "nsd_tolerance", 2.0), ("data", "folds", None),
-               ("data", "fold", 0))
+               ("data", "fold", 0), ("data", "images_dir", None), ("data", "masks_dir", None),
+               ("data", "mask_suffix", None), ("data", "mask_threshold", None))
 
 
 class ExperimentSpec(_Section):

@@ -66,12 +66,13 @@ TARGETS = ("binary", "trimap3")
 
 
 def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None, num_classes: int,
-               palette) -> tuple[dict, list, str]:
-    """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off)."""
+               palette, layout: dict) -> tuple[dict, list, str]:
+    """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off).
+    layout: the folder kind's images_dir, masks_dir and mask_suffix (None: detected)."""
     if not path.is_dir():
         raise DataError(f"{path}: data.root is not a directory")
     kind = KINDS[dataset]
-    files, problems = kind.list_files(path)
+    files, problems = kind.list_files(path, **layout)
     valid = kind.valid_values(num_classes)
     key = readers.stat_key(files)
     if palette:  # palette masks are cached as class indices, so the palette is part of the key
@@ -80,8 +81,9 @@ def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None,
     loaded = cache.load(entry) if entry else None
     if loaded is not None:
         return loaded[0], problems, str(entry)
-    decoded = {split: readers.decode_split(items, image_size, split, valid, palette, keep_native=split != "trainval")
-               for split, items in files.items()}  # 'test', or 'all' (test carved from it later)
+    decoded = {split: readers.decode_split(items, image_size, split, valid, palette,
+                                           keep_native=split in ("test", "all"))  # 'all': test is carved from it
+               for split, items in files.items()}
     if entry:
         cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": dataset, "image_size": image_size})
     return decoded, problems, str(entry or "")
@@ -104,13 +106,18 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
                synthetic_size=(400, 100),
                synthetic_seed: int = 0, on_bad: str = "error", cache_dir: str | None = None,
                download: bool = False, num_classes: int = 2, target: str = "binary",
-               palette: list | None = None) -> DataBundle:
+               palette: list | None = None, layout=None,
+               mask_threshold: float | None = None, require_splits: bool = True) -> DataBundle:
     """Load a dataset by name into train/val/test splits, audited.
 
     on_bad='error' raises DataError naming the first unusable file; 'skip' drops unusable files
     and counts them in info['skipped']. cache_dir=None decodes every time. Masks are {0, 1}
     (num_classes 2) or class indices: target='trimap3' (pet, background, border), a `folder`
     of index masks (or RGB masks with a `palette`, one colour per class), or synthetic K-class.
+    layout: images_dir / masks_dir / mask_suffix of a `folder` (harness.data.readers.folder_files), a
+    dict or (key, value) pairs;
+    mask_threshold: a binary `folder` mask's foreground is value > it (default: half each mask's max).
+    require_splits=False (the audit) returns empty train or test splits instead of raising DataError.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
@@ -123,7 +130,8 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size) + (f"-k{k_mode}" if k_mode > 2 else "")
     else:
         path = kind.prepare_root(Path(root), download)
-        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir, num_classes, palette)
+        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir, num_classes, palette,
+                                              dict(layout or ()))
         fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{image_size}".encode()).hexdigest()[:16]
     listing = problems
     problems = listing + [p for d in decoded.values() for p in d.problems]
@@ -131,15 +139,21 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}. `make audit DATA=<root>` lists them all; "
                         f"data.on_bad=skip trains without them")
-    fg = {split: kind.foreground(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
-    report = _audit(decoded, fg, listing, entry, foreground)
-    labels = {split: kind.labels(d.masks, foreground, num_classes, target) for split, d in decoded.items()}
-    decoded = {split: _labelled_native(d, lambda raw: kind.labels(raw, foreground, num_classes, target))
+    fg = {split: kind.foreground(d.masks, foreground, num_classes, target, mask_threshold)
+          for split, d in decoded.items()}
+    binary_folder = dataset == "folder" and num_classes == 2
+    report = _audit(decoded, fg, listing, entry, f"{foreground}-t{mask_threshold}", binary_folder)
+    labels = {split: kind.labels(d.masks, foreground, num_classes, target, mask_threshold)
+              for split, d in decoded.items()}
+    decoded = {split: _labelled_native(d, lambda raw: kind.labels(raw, foreground, num_classes, target, mask_threshold))
                for split, d in decoded.items()}
+    if folds is not None and "val" in decoded:
+        raise DataError(f"{root}: data.folds splits trainval into folds, but this dataset declares a val split")
     train, val, test = _split(decoded, labels, val_fraction, folds, kind.stratum)
-    if not len(train) or not len(test):
+    if (not len(train) or not len(test)) and require_splits:
+        first = f" (first: {problems[0].path})" if problems else ""
         raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
-                        f"after skipping {len(problems)} unusable files")
+                        f"after skipping {len(problems)} unusable files{first}")
     if limit:
         train, val, test = (s.take(range(min(limit, len(s)))) for s in (train, val, test))
     info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": len(problems)}
@@ -155,7 +169,7 @@ def _labelled_native(d: Decoded, rule) -> Decoded:
     """`d` with its stored-size masks read through the labels rule (the same one as the training masks)."""
     if d.native is None:
         return d
-    return Decoded(d.images, d.masks, d.thumbs, d.names, d.digest, d.problems, d.native.with_transform(rule))
+    return replace(d, native=d.native.with_transform(rule))
 
 
 def fold_of(names: list[str], k: int, stratum=lambda name: "") -> list[int]:
@@ -173,32 +187,34 @@ def fold_of(names: list[str], k: int, stratum=lambda name: "") -> list[int]:
 
 def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, int] | None = None,
            stratum=lambda name: "") -> tuple[Split, Split, Split]:
-    """(train, val, test): val carved from trainval by name hash; a folder layout with no declared
-    test split ('all') has its test split carved the same way first."""
-    if "all" in decoded:
-        keep, test = _carve(decoded["all"].names, val_fraction)
-        whole = Split(decoded["all"].images, labels["all"], decoded["all"].names, decoded["all"].native)
-        splits = {"trainval": whole.take(keep), "test": whole.take(test)}
-    else:
-        splits = {s: Split(d.images, labels[s], d.names, d.native) for s, d in decoded.items()}
+    """(train, val, test). A declared val split (val/ folder, val.txt) is used as given; otherwise val
+    is carved from trainval by name hash, or is fold i of data.folds. A layout with no declared test
+    split ('all') has its test split carved the same way first."""
+    splits = {s: Split(d.images, labels[s], d.names, d.native) for s, d in decoded.items()}
+    if "all" in splits:
+        keep, test = _carve(splits["all"].names, val_fraction)
+        splits |= {"trainval": splits["all"].take(keep), "test": splits.pop("all").take(test)}
+    test, trainval = splits["test"], replace(splits["trainval"], native=None)  # only test is scored at stored size
+    if "val" in splits:
+        train_idx, val = range(len(trainval)), splits["val"]
+        return trainval.take(train_idx), val.take(range(len(val))), test.take(range(len(test)))
     if folds is None:
-        train_idx, val_idx = _carve(splits["trainval"].names, val_fraction)
+        train_idx, val_idx = _carve(trainval.names, val_fraction)
     else:  # (k, i): fold i of k is validation, the other folds train; test is untouched
         k, i = folds
-        assigned = fold_of(splits["trainval"].names, k, stratum)
+        assigned = fold_of(trainval.names, k, stratum)
         train_idx = [j for j, f in enumerate(assigned) if f != i]
         val_idx = [j for j, f in enumerate(assigned) if f == i]
-    test, trainval = splits["test"], replace(splits["trainval"], native=None)  # only test is scored at stored size
     return trainval.take(train_idx), trainval.take(val_idx), test.take(range(len(test)))
 
 
-def _audit(decoded: dict, fg: dict, listing: list, entry: str, foreground: str) -> dict:
+def _audit(decoded: dict, fg: dict, listing: list, entry: str, rule: str, binary_folder: bool = False) -> dict:
     """The audit of these splits (read from the cache entry when computed before) plus the
     listing problems, which are not part of the entry (an unmatched stem has no cached pixels)."""
-    name = f"audit-{foreground}.json"
+    name = f"audit-{rule}.json"
     report = cache.read_json(Path(entry), name) if entry else None
     if report is None:
-        report = run_audit(decoded, fg)
+        report = run_audit(decoded, fg, lossy_check=binary_folder)
         if entry:
             cache.write_json(Path(entry), name, report)
     report["problems"] = [p.to_dict() for p in listing] + report["problems"]

@@ -23,7 +23,7 @@ import numpy as np
 from harness.data.native import NativeMasks
 from harness.data.readers import Decoded, Problem
 
-CACHE_VERSION = 2  # 2: test masks also kept at their stored sizes (harness.data.native)
+CACHE_VERSION = 3  # 2: test masks kept at their stored sizes (harness.data.native); 3: conversion notes
 ARRAYS = ("images", "masks", "thumbs")
 NATIVE = ("blob", "offsets")
 
@@ -46,7 +46,8 @@ def load(entry: Path) -> tuple[dict[str, Decoded], dict] | None:
             stored = None
             if info.get("native"):
                 stored = NativeMasks(*(np.load(entry / f"{split}_native_{a}.npy", mmap_mode="r") for a in NATIVE))
-            splits[split] = Decoded(*arrays, info["names"], bytes.fromhex(info["digest"]), problems, stored)
+            notes = [Problem(**p) for p in info.get("notes", [])]
+            splits[split] = Decoded(*arrays, info["names"], bytes.fromhex(info["digest"]), problems, stored, notes)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable entry: rebuild it rather than fail the run
     return splits, meta
@@ -65,7 +66,8 @@ def save(entry: Path, splits: dict[str, Decoded], extra: dict) -> None:
                 for a in NATIVE:
                     np.save(tmp / f"{split}_native_{a}.npy", getattr(d.native, a))
             meta["splits"][split] = {"names": d.names, "digest": d.digest.hex(), "native": d.native is not None,
-                                     "problems": [p.to_dict() for p in d.problems]}
+                                     "problems": [p.to_dict() for p in d.problems],
+                                     "notes": [p.to_dict() for p in d.notes]}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, entry)
     except OSError:

@@ -28,7 +28,8 @@ class OxfordPet:
 
     on_disk = True
 
-    def list_files(self, root: Path):
+    def list_files(self, root: Path, **layout):
+        """layout: the folder kind's images_dir, masks_dir, mask_suffix (this layout is fixed)."""
         return readers.oxford_pet_files(root)
 
     def stratum(self, name: str) -> str:
@@ -38,10 +39,10 @@ class OxfordPet:
     def valid_values(self, num_classes: int) -> tuple | None:
         return TRIMAP_VALUES
 
-    def foreground(self, raw: np.ndarray, rule: str, num_classes: int, target: str) -> np.ndarray:
+    def foreground(self, raw: np.ndarray, rule: str, num_classes: int, target: str, threshold=None) -> np.ndarray:
         return FOREGROUND_RULES[rule](raw)
 
-    def labels(self, raw: np.ndarray, rule: str, num_classes: int, target: str) -> np.ndarray:
+    def labels(self, raw: np.ndarray, rule: str, num_classes: int, target: str, threshold=None) -> np.ndarray:
         """{0, 1} by the foreground rule, or with target trimap3 0 pet, 1 background, 2 border."""
         if target == "trimap3":
             return (raw - 1).astype(np.uint8)
@@ -52,11 +53,13 @@ class OxfordPet:
 
 
 class Folder(OxfordPet):
-    """images/ + masks/ with matching stems. Binary: any nonzero pixel is foreground; K classes:
-    the mask values are the classes (0..K-1), or RGB colours mapped through data.palette."""
+    """images/ (or imgs/) + masks/ by stem, as datasets ship them (harness.data.readers.folder_files).
+    Binary: foreground = value above half the mask's maximum (`binary_foreground`), or above
+    data.mask_threshold; K classes: the mask values are the classes (0..K-1), or RGB colours mapped
+    through data.palette."""
 
-    def list_files(self, root: Path):
-        return readers.folder_files(root)
+    def list_files(self, root: Path, **layout):
+        return readers.folder_files(root, **layout)
 
     def stratum(self, name: str) -> str:
         return ""  # no classes to balance folds over
@@ -64,11 +67,11 @@ class Folder(OxfordPet):
     def valid_values(self, num_classes: int) -> tuple | None:
         return tuple(range(num_classes)) if num_classes > 2 else None
 
-    def foreground(self, raw, rule, num_classes, target):
-        return raw > 0
+    def foreground(self, raw, rule, num_classes, target, threshold=None):
+        return binary_foreground(raw, threshold) if num_classes == 2 else raw > 0
 
-    def labels(self, raw, rule, num_classes, target):
-        return raw.astype(np.uint8) if num_classes > 2 else (raw > 0).astype(np.uint8)
+    def labels(self, raw, rule, num_classes, target, threshold=None):
+        return raw.astype(np.uint8) if num_classes > 2 else binary_foreground(raw, threshold).astype(np.uint8)
 
     def prepare_root(self, root: Path, download: bool) -> Path:
         return root
@@ -86,15 +89,31 @@ class Synthetic(OxfordPet):
     def _as_folder(self, num_classes: int, target: str) -> bool:
         return num_classes > 2 and target == "binary"
 
-    def foreground(self, raw, rule, num_classes, target):
+    def foreground(self, raw, rule, num_classes, target, threshold=None):
         if self._as_folder(num_classes, target):
             return Folder().foreground(raw, rule, num_classes, target)
         return super().foreground(raw, rule, num_classes, target)
 
-    def labels(self, raw, rule, num_classes, target):
+    def labels(self, raw, rule, num_classes, target, threshold=None):
         if self._as_folder(num_classes, target):
             return Folder().labels(raw, rule, num_classes, target)
         return super().labels(raw, rule, num_classes, target)
+
+
+def binary_foreground(raw: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Foreground of binary masks (..., H, W): value > threshold, or by default > half of each mask's
+    own maximum. A clean {0, v} mask gives exactly its v pixels (as "nonzero" did); a lossy one (a
+    JPEG's ringing around the edge, values 1..254) is split at the midpoint, not read as all
+    foreground. Integer values: raw > max // 2 is raw > max / 2, without a wider dtype."""
+    if threshold is not None:
+        return raw > threshold
+    return raw > raw.max(axis=(-2, -1), keepdims=True) // 2
+
+
+def lossy_masks(raw: np.ndarray) -> np.ndarray:
+    """(N,) bool: masks (N, H, W) whose values are not exactly {0, v} (the audit's lossy_masks)."""
+    top = raw.max(axis=(-2, -1), keepdims=True)
+    return ((raw != 0) & (raw != top)).reshape(len(raw), -1).any(axis=1)
 
 
 KINDS = {"synthetic": Synthetic(), "oxford_pet": OxfordPet(), "folder": Folder()}

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from harness.data import native
+from harness.data import forms, native
 from harness.data.native import NativeMasks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -58,6 +58,7 @@ class Decoded:
     digest: bytes       # sha256 over the bytes of every file read: the content fingerprint
     problems: list[Problem]
     native: NativeMasks | None = None  # the masks at their stored sizes (raw values), where kept
+    notes: list[Problem] = field(default_factory=list)  # conversions of usable files (harness.data.forms)
 
 
 def _read_split_file(path: Path) -> list[str]:
@@ -93,27 +94,77 @@ def oxford_pet_files(root: Path) -> tuple[dict[str, list[Item]], list[Problem]]:
     return out, []
 
 
-def folder_files(root: Path) -> tuple[dict[str, list[Item]], list[Problem]]:
-    """images/<stem>.* paired with masks/<stem>.* by stem.
+IMAGE_DIRS, MASK_DIRS, SPLIT_DIRS = ("images", "imgs"), ("masks",), ("train", "val", "test")
+MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # Carvana's masks are palette GIFs
 
-    If root/test.txt lists stems, those are the test split; otherwise no test split is
-    declared ('all') and the caller carves one deterministically. Images without a mask are
-    problems of kind unmatched_stem.
-    """
-    images_dir, masks_dir = root / "images", root / "masks"
-    images = {p.stem: p for p in _list_dir(images_dir) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in _list_dir(masks_dir) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+def folder_files(root: Path, images_dir: str | None = None, masks_dir: str | None = None,
+                 mask_suffix: str | None = None) -> tuple[dict[str, list[Item]], list[Problem]]:
+    """A folder dataset as it ships, as {split: [(name, image, mask)]} plus the pairing problems.
+
+    Layouts: split folders train/ (required), val/ and test/ under root, each holding the images and
+    masks folders; or the two folders at root, with optional split lists train.txt, val.txt,
+    test.txt (stems, one per line). Splits: 'trainval' (+ 'val' when declared) and 'test'; with no
+    test split declared, 'all', from which the caller carves test. Images folder: images/ or imgs/
+    (or `images_dir`); masks: masks/ (or `masks_dir`), named <stem>.* or <stem>_mask.* (detected, or
+    `mask_suffix`). An image without its mask is a problem of kind unmatched_stem."""
+    found = [s for s in SPLIT_DIRS if (root / s).is_dir()]
+    if found:
+        if "train" not in found:
+            raise DataError(f"{root}: split folders {', '.join(f + '/' for f in found)} but no train/")
+        out, problems = {}, []
+        for split in found:
+            pairs, more = _pair_folder(root / split, split, images_dir, masks_dir, mask_suffix)
+            out[{"train": "trainval"}.get(split, split)] = pairs
+            problems += more
+        return _all_unless_test(out), problems
+    pairs, problems = _pair_folder(root, "all", images_dir, masks_dir, mask_suffix)
+    lists = {s: set(_read_split_file(root / f"{s}.txt")) for s in SPLIT_DIRS if (root / f"{s}.txt").is_file()}
+    if not lists:
+        return {"all": pairs}, problems
+    known = {p[0] for p in pairs}
+    problems += [Problem(s, n, str(root / f"{s}.txt"), "missing_image", f"{s}.txt lists '{n}', which has no "
+                         f"image and mask pair") for s, names in lists.items() for n in sorted(names - known)]
+    declared = set().union(*(names for s, names in lists.items() if s != "train"))
+    out = {"trainval": [p for p in pairs if (p[0] in lists["train"] if "train" in lists else p[0] not in declared)]}
+    out |= {s: [p for p in pairs if p[0] in lists[s]] for s in ("val", "test") if s in lists}
+    return _all_unless_test(out), problems
+
+
+def _all_unless_test(splits: dict) -> dict:
+    """Without a declared test split, trainval is 'all': the caller carves test from it first."""
+    if "test" not in splits:
+        splits["all"] = splits.pop("trainval")
+    return splits
+
+
+def _pick(folder: Path, given: str | None, candidates: tuple[str, ...], field: str) -> Path:
+    if given:
+        if not (folder / given).is_dir():
+            raise DataError(f"{folder / given}: folder not found (data.{field})")
+        return folder / given
+    there = [c for c in candidates if (folder / c).is_dir()]
+    if len(there) > 1:
+        raise DataError(f"{folder}: both {' and '.join(c + '/' for c in there)} exist; set data.{field} to choose")
+    if not there:
+        raise DataError(f"{folder}: no {' or '.join(c + '/' for c in candidates)} folder (or set data.{field})")
+    return folder / there[0]
+
+
+def _pair_folder(folder: Path, split: str, images_dir, masks_dir, mask_suffix) -> tuple[list[Item], list[Problem]]:
+    """(stem, image, mask) for every image of one folder's images and masks folders, by stem."""
+    images_at, masks_at = _pick(folder, images_dir, IMAGE_DIRS, "images_dir"), _pick(folder, masks_dir, MASK_DIRS,
+                                                                                     "masks_dir")
+    images = {p.stem: p for p in _list_dir(images_at) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in _list_dir(masks_at) if p.suffix.lower() in MASK_SUFFIXES}
     if not images:
-        raise DataError(f"{images_dir}: no images found")
-    problems = [Problem("all", s, str(images[s]), "unmatched_stem", f"no mask for image stem '{s}' in {masks_dir}")
-                for s in sorted(set(images) - set(masks))]
-    pairs = [(s, images[s], masks[s]) for s in sorted(images) if s in masks]
-    test_list = root / "test.txt"
-    if test_list.is_file():
-        test = set(_read_split_file(test_list))
-        return {"trainval": [p for p in pairs if p[0] not in test],
-                "test": [p for p in pairs if p[0] in test]}, problems
-    return {"all": pairs}, problems
+        raise DataError(f"{images_at}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    if mask_suffix is None:  # <stem>_mask.* (Carvana, Pytorch-UNet) when more images pair that way
+        mask_suffix = "_mask" if sum(f"{s}_mask" in masks for s in images) > sum(s in masks for s in images) else ""
+    paired = [s for s in sorted(images) if f"{s}{mask_suffix}" in masks]
+    problems = [Problem(split, s, str(images[s]), "unmatched_stem", f"no mask '{s}{mask_suffix}.*' for image "
+                        f"stem '{s}' in {masks_at}") for s in sorted(images) if f"{s}{mask_suffix}" not in masks]
+    return [(s, images[s], masks[f"{s}{mask_suffix}"]) for s in paired], problems
 
 
 def stat_key(files: dict[str, list[Item]]) -> str:
@@ -131,9 +182,7 @@ def stat_key(files: dict[str, list[Item]]) -> str:
     return h.hexdigest()[:16]
 
 
-class _Bad(Exception):
-    def __init__(self, kind: str, path: Path, detail: str):
-        self.kind, self.path, self.detail = kind, path, detail
+_Bad = forms.BadFile
 
 
 def _open_image(path: Path, kind: str, what: str):
@@ -148,46 +197,33 @@ def _open_image(path: Path, kind: str, what: str):
         raise _Bad(f"bad_{kind}", path, f"cannot decode {what} ({err})") from None
 
 
-def _palette_to_index(m: Image.Image, palette: list, path: Path) -> Image.Image:
-    """RGB-coded mask -> 'L' image of class indices; a colour outside the palette is a Problem."""
-    rgb = np.asarray(m.convert("RGB"), np.int32)
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette)}
-    out = np.full(codes.shape, 255, np.uint8)
-    for code, index in table.items():
-        out[codes == code] = index
-    if (out == 255).any():
-        extra = sorted({tuple(rgb[y, x]) for y, x in zip(*np.nonzero(out == 255))})[:5]
-        raise _Bad("mask_values", path, f"mask colours {[list(map(int, c)) for c in extra]} are not in data.palette")
-    return Image.fromarray(out, mode="L")
-
-
 def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None,
             keep_native: bool = False):
+    """One item -> (image (S, S, 3), mask (S, S), thumb, digest, stored-size mask PNG or b'', notes),
+    notes being (path, kind, detail) of conversions (harness.data.forms)."""
     name, image_path, mask_path = item
+    image_notes, mask_notes = [], []
     raw, im = _open_image(image_path, "image", f"image listed for '{name}'")
     with im:
         original = im.size
-        rgb = im.convert("RGB")
+        rgb = forms.to_rgb(im, image_notes)
         image = rgb.resize((size, size), Image.BILINEAR)
         thumb = rgb.resize((THUMB, THUMB), Image.BILINEAR)
     raw_mask, m = _open_image(mask_path, "mask", f"mask for '{name}'")
     with m:
-        if palette:
-            m = _palette_to_index(m, palette, mask_path)
-        elif m.mode not in ("L", "P", "I", "1", "I;16"):
-            raise _Bad("mask_mode", mask_path, f"mask must be single-channel, got mode {m.mode}")
         if m.size != original:  # resizing both would hide a mask drawn for another image
             raise _Bad("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
                        f"{image_path.name} is {original[0]}x{original[1]}")
-        mask = np.asarray(m.resize((size, size), Image.NEAREST)).astype(np.uint8)  # labels: never interpolate
-        stored = native.encode(np.asarray(m).astype(np.uint8)) if keep_native else b""
+        labels = forms.mask_array(m, palette, mask_path, mask_notes)
+    mask = np.asarray(Image.fromarray(labels, mode="L").resize((size, size), Image.NEAREST))  # never interpolate
+    stored = native.encode(labels) if keep_native else b""
     if valid is not None:
         extra = sorted(set(np.unique(mask).tolist()) - set(valid))
         if extra:
             raise _Bad("mask_values", mask_path, f"mask of '{name}' has values {extra}; expected only {list(valid)}")
     digest = hashlib.sha256(name.encode() + raw + raw_mask).digest()
-    return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest, stored
+    notes = [(image_path, *n) for n in image_notes] + [(mask_path, *n) for n in mask_notes]
+    return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest, stored, notes
 
 
 def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None,
@@ -210,4 +246,5 @@ def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...
     stack = [np.stack([r[i] for _, r in good]) if good else empty[i] for i in range(3)]
     digest = hashlib.sha256(b"".join(r[3] for _, r in good)).digest()
     stored = NativeMasks.from_png([r[4] for _, r in good]) if keep_native else None
-    return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems, stored)
+    notes = [Problem(split, n, str(path), kind, detail) for n, r in good for path, kind, detail in r[5]]
+    return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems, stored, notes)
