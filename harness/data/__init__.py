@@ -161,7 +161,7 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
         counts = np.bincount(train.masks.reshape(-1), minlength=num_classes)[:num_classes]
         info["class_fractions_train"] = " ".join(f"{c / max(counts.sum(), 1):.3f}" for c in counts)
     else:
-        info["fg_fraction_train"] = round(float(train.masks.mean()), 4)
+        info["fg_fraction_train"] = round(float(train.masks.mean()), 4) if len(train) else 0.0
     return DataBundle(train, val, test, fp, info, report)
 
 

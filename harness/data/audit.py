@@ -22,7 +22,7 @@ def near_duplicates(thumbs: np.ndarray, threshold: float = DUPLICATE_MSE,
 
     All pairs via ||a||^2 + ||b||^2 - 2ab in float64 chunks: 7,349 images take a few seconds.
     """
-    x = thumbs.reshape(len(thumbs), -1).astype(np.float64)
+    x = thumbs.reshape(len(thumbs), int(np.prod(thumbs.shape[1:]))).astype(np.float64)  # -1 fails for 0 images
     dim = x.shape[1]
     sq = (x * x).sum(1)
     pairs = []
@@ -65,7 +65,7 @@ def audit(splits: dict, foreground_masks: dict[str, np.ndarray], lossy_check: bo
 
 
 def _any_per_image(masks: np.ndarray, n: int) -> np.ndarray:
-    return np.asarray(masks).reshape(n, -1).any(1) if n else np.zeros(0, bool)
+    return np.asarray(masks).reshape(n, -1).any(1) if n else np.zeros(0, bool)  # reshape(0, -1) raises
 
 
 def _by_kind(rows: list[dict], prefix: str) -> dict[str, int]:
