@@ -8,6 +8,7 @@ model build) happens before the MLflow run is created, so a bad input leaves no 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
             **{f"data.audit.{k}": v for k, v in parts.data.audit.get("counts", {}).items()},
             **git_state(), **environment(device), "dist.world_size": world.size}
     tags["mlflow.source.git.commit"] = tags["git.commit"]
+    if weights := weights_file(spec):  # the file's content, not its path, says which encoder trained
+        tags["model.encoder_weights.sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     tracker_cm = make_tracker(flatten(spec.to_dict()), tags) if world.is_main else NullTracker()
     with tracker_cm as tracker:  # under torchrun only rank 0 writes to MLflow and checkpoints
         folder = checkpoint_root / tracker.run_id if tracker.run_id != "none" else Path(tempfile.mkdtemp())
@@ -86,6 +89,12 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
     if world.is_main:  # the run is FINISHED now: never resumed again, so only best.pt is worth its space
         checkpoint.drop_resume_state(folder)
     return result
+
+
+def weights_file(spec: ExperimentSpec) -> Path | None:
+    """The encoder weights file the spec names (model.encoder_weights: a .pth / .pt path), or None."""
+    weights = spec.model.encoder_weights
+    return Path(weights) if weights not in ("none", "imagenet") else None
 
 
 def loop_settings(spec: ExperimentSpec, resumable: bool = True) -> LoopSettings:

@@ -209,5 +209,38 @@ def test_encoder_freeze_leaves_the_encoder_untouched_then_releases_it():
 def test_encoder_freeze_needs_pretrained_weights(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("model: {arch: resnet34_unet, encoder_freeze_epochs: 2}\n")
-    with pytest.raises(SpecError, match="encoder_freeze_epochs needs model.encoder_weights=imagenet"):
+    with pytest.raises(SpecError, match="encoder_freeze_epochs needs pretrained model.encoder_weights"):
         load_spec(path)
+
+
+def test_encoder_weights_from_a_local_state_dict_file(tmp_path):
+    """A saved, randomly initialised torchvision resnet34: the encoder equals the file after the
+    build, its sha256 is what the run tags, and a wrong file names its first mismatch."""
+    from torchvision.models import resnet34
+
+    from harness.build import build_model
+    from harness.models import WeightsUnavailable
+
+    torch.manual_seed(7)
+    saved = resnet34(weights=None).state_dict()
+    torch.save(saved, tmp_path / "r34.pth")
+    (tmp_path / "s.yaml").write_text("model: {arch: resnet34_unet, encoder_weights: r34.pth}\n")
+    spec = load_spec(tmp_path / "s.yaml")  # relative to the spec file
+    assert spec.model.encoder_weights == str(tmp_path / "r34.pth")
+    net = build_model(spec).net
+    assert torch.equal(net.stem[0].weight, saved["conv1.weight"])
+    assert torch.equal(net.stages[3][0].conv2.weight, saved["layer4.0.conv2.weight"])
+    torch.manual_seed(8)
+    random_spec = load_spec(tmp_path / "s.yaml", ["model.encoder_weights=none"])
+    random = build_model(random_spec).net
+    assert not torch.equal(random.stem[0].weight, saved["conv1.weight"])
+    from harness.run import weights_file  # the file whose sha256 the run tags (model.encoder_weights.sha256)
+
+    assert weights_file(spec) == tmp_path / "r34.pth" and weights_file(random_spec) is None
+    bad = dict(saved)
+    bad["layer1.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightsUnavailable, match=r"'layer1.0.conv1.weight' has shape \[3, 3, 3, 3\]"):
+        build_model(load_spec(tmp_path / "s.yaml", ["model.encoder_weights=" + str(tmp_path / "bad.pth")]))
+    with pytest.raises(SpecError, match="model.encoder_weights.*or a path"):
+        load_spec(tmp_path / "s.yaml", ["model.encoder_weights=coco"])

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.config.schema import ExperimentSpec, flatten  # noqa: F401 (flatten re-exported)
+from harness.config.schema import WEIGHT_SUFFIXES, ExperimentSpec, flatten  # noqa: F401 (flatten re-exported)
 
 
 class SpecError(Exception):
@@ -179,23 +179,25 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
     return spec
 
 
-PATH_FIELDS = ("root", "cache_dir")
+PATH_FIELDS = (("data", "root"), ("data", "cache_dir"), ("model", "encoder_weights"))
 SOURCE_TREE = Path(__file__).resolve().parents[2]
 PROTECTED = tuple(SOURCE_TREE / d for d in ("harness", "analysis", "experiments", "tests", ".git"))
 
 
 def _resolve_paths(data: dict, chain, overrides) -> None:
     """Paths in specs are relative to the file that names them, not to the working directory;
-    an override's path is relative to the working directory, as on any command line."""
-    section = data.get("data")
-    if not isinstance(section, dict):
-        return
-    for key in PATH_FIELDS:
-        value = section.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute():
-            from_override = any(o.split("=", 1)[0].strip() == f"data.{key}" for o in overrides)
-            anchor = Path.cwd() if from_override else _defining_file(chain, ("data", key)).parent
-            section[key] = str((anchor / value).resolve())
+    an override's path is relative to the working directory, as on any command line. (A weights
+    path is told from `none`/`imagenet` by its suffix, .pth or .pt.)"""
+    for name, key in PATH_FIELDS:
+        section = data.get(name)
+        value = section.get(key) if isinstance(section, dict) else None
+        if not isinstance(value, str) or Path(value).is_absolute():
+            continue
+        if name == "model" and not value.endswith(WEIGHT_SUFFIXES):
+            continue
+        from_override = any(o.split("=", 1)[0].strip() == f"{name}.{key}" for o in overrides)
+        anchor = Path.cwd() if from_override else _defining_file(chain, (name, key)).parent
+        section[key] = str((anchor / value).resolve())
 
 
 def _check_write_paths(spec: "ExperimentSpec", chain) -> None:

@@ -39,6 +39,9 @@ def _knob(name: str, **field) -> Any:
     return Field(KNOBS[name].default, **field)
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt")  # model.encoder_weights naming a file rather than none / imagenet
+
+
 class ModelSpec(_Section):
     arch: _one_of(ARCHS) = "unet"
     upsample: _one_of(KNOBS["upsample"].choices) = _knob("upsample")
@@ -52,16 +55,26 @@ class ModelSpec(_Section):
                                    "averaged")
     decoder_widths: list[int] | None = _knob("decoder_widths", min_length=5, max_length=5,
                                              description="resnet34_unet decoder widths (default 256 128 64 32 16)")
-    encoder_weights: _one_of(KNOBS["encoder_weights"].choices) = _knob("encoder_weights")
+    encoder_weights: str = _knob("encoder_weights", description="none, imagenet (torch hub cache), or a .pth file: "
+                                 "a torchvision resnet34 state dict (relative to the spec file)")
     encoder_freeze_epochs: int = _knob("encoder_freeze_epochs", ge=0, description="resnet34_unet + imagenet: train "
                                        "only the decoder first")
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        choices = KNOBS["encoder_weights"].choices
+        if value not in choices and not value.endswith(WEIGHT_SUFFIXES):
+            raise ValueError(f"unknown encoder_weights {value!r}; valid: {', '.join(choices)}, or a path to a "
+                             f"{' or '.join(WEIGHT_SUFFIXES)} state dict")
+        return value
 
     @model_validator(mode="after")
     def _knobs_apply(self):
         check_knobs(self.arch, self.model_dump())
         if self.encoder_freeze_epochs and self.encoder_weights == "none":
-            raise ValueError("model.encoder_freeze_epochs needs model.encoder_weights=imagenet (a random encoder "
-                             "would stay random)")
+            raise ValueError("model.encoder_freeze_epochs needs pretrained model.encoder_weights (imagenet or a "
+                             "file; a random encoder would stay random)")
         return self
 
 

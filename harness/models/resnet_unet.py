@@ -10,14 +10,17 @@ from harness.models.blocks import Up, run_block
 
 
 class WeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for and could not be obtained (offline, no cache)."""
+    """Pretrained weights were asked for and could not be used: offline with no cache, or a weights
+    file that is missing or does not hold a torchvision resnet34 state dict (the message says which)."""
 
 
 def _encoder(weights: str) -> nn.Module:
+    """torchvision's resnet34: random (`none`), ImageNet through the torch hub cache (`imagenet`), or
+    the state dict in the file `weights` (.pth / .pt)."""
     if weights == "none":
         return resnet34(weights=None)
     if weights != "imagenet":
-        raise ValueError(f"unknown encoder_weights '{weights}'; valid: none, imagenet")
+        return _from_file(weights)
     try:
         return resnet34(weights=ResNet34_Weights.IMAGENET1K_V1)
     except Exception as err:  # URLError, HTTPError, OSError: all mean "not obtainable here"
@@ -28,6 +31,32 @@ def _encoder(weights: str) -> nn.Module:
             f"$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), "
             f"or set model.encoder_weights=none."
         ) from None
+
+
+def _from_file(path: str) -> nn.Module:
+    """resnet34 with the state dict in `path` ({'state_dict': ...} or {'model': ...} wrappers are
+    unwrapped). Keys and shapes must match torchvision's resnet34; the classifier (fc.*), which the
+    UNet does not use, may be absent. The first mismatch is named."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise WeightsUnavailable(f"model.encoder_weights={path}: cannot load it ({err})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    net = resnet34(weights=None)
+    expected = net.state_dict()
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"model.encoder_weights={path}: holds a {type(state).__name__}, not a state dict")
+    problems = [f"unexpected key '{k}'" for k in state if k not in expected]
+    problems += [f"missing key '{k}'" for k in expected if k not in state and not k.startswith("fc.")]
+    problems += [f"'{k}' has shape {list(v.shape)}, resnet34 needs {list(expected[k].shape)}"
+                 for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if problems:
+        raise WeightsUnavailable(f"model.encoder_weights={path}: not a torchvision resnet34 state dict: "
+                                 f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    net.load_state_dict(state, strict=False)
+    return net
 
 
 DECODER_WIDTHS = (256, 128, 64, 32, 16)
