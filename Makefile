@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict evaluate clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,9 +50,9 @@ dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 
 campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped; DRY_RUN=1: list what would run)
 	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET) $(if $(DRY_RUN),--dry-run)
 
-report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> (or "a b": pooled) or EXPERIMENT=<name> [AXIS=<field> to compare]
-	@test -n "$(CAMPAIGN)$(EXPERIMENT)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment>"; exit 2; }
-	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),--experiment $(EXPERIMENT)) $(if $(AXIS),--axis $(AXIS))
+report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> (or "a b": pooled), EXPERIMENT=<name> or EVALUATION=<dataset> [AXIS=<field> to compare]
+	@test -n "$(CAMPAIGN)$(EXPERIMENT)$(EVALUATION)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment> | EVALUATION=<dataset name or fingerprint>"; exit 2; }
+	$(PY) -m analysis.report $(if $(CAMPAIGN),--campaign $(CAMPAIGN),$(if $(EVALUATION),--evaluation $(EVALUATION),--experiment $(EXPERIMENT))) $(if $(AXIS),--axis $(AXIS))
 
 overview: $(VENV)/.installed  ## one table over every campaign in the store: each comparison, pooled and per setting, with its verdict
 	$(PY) -m analysis.overview $(if $(CAMPAIGN),--campaign $(CAMPAIGN)) $(if $(OUT),--out $(OUT))
@@ -72,6 +72,10 @@ test-all: $(VENV)/.installed  ## every test, slow ones included
 ui: $(VENV)/.installed  ## MLflow UI on http://HOST:PORT (default 127.0.0.1:5000)
 	@mkdir -p mlruns
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
+
+evaluate: $(VENV)/.installed  ## score a run on other labelled data: RUN=<run id> DATA=<root> [DATASET=..] [SPLIT=test]
+	@test -n "$(RUN)" -a -n "$(DATA)" || { echo "usage: make evaluate RUN=<run id> DATA=<root> [DATASET=oxford_pet|folder] [SPLIT=test]"; exit 2; }
+	$(PY) -m harness evaluate --run $(RUN) --data $(DATA) $(if $(DATASET),--dataset $(DATASET)) --split $(or $(SPLIT),test)
 
 predict: $(VENV)/.installed  ## masks + overlays: RUN=<run id> INPUT=<file|dir> OUTPUT=<dir>
 	@test -n "$(RUN)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict RUN=<run id> INPUT=<file or folder> OUTPUT=<folder>"; exit 2; }

@@ -24,7 +24,7 @@ import pandas as pd
 from analysis import plots, sections
 from analysis.paired import FOLD, METRICS, compare_axis, headline_metrics, load_scores, paired_frames, setting_labels
 from analysis.paired import strata_of as _others
-from analysis.runs import campaign_names, experiment_name, load_campaign, load_history, log_report
+from analysis.runs import campaign_names, experiment_name, load_campaign, load_evaluation, load_history, log_report
 from analysis.stats import FEW_RUNS, adjust_family, bootstrap_ci, compare_arms, decisive_p, evidence, run_contrast_t
 
 DEFINITION = ("Dice = 2TP / (2TP + FP + FN) with prediction = sigmoid(logit) > threshold. <b>Per-image</b>: "
@@ -147,7 +147,8 @@ def _paired_section(paired: dict, comparisons: list, axis: str, seeds, strata: l
 
 
 def build_report(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,
-                 loaded: tuple[pd.DataFrame, list[str]] | None = None, axis: str | None = None) -> str:
+                 loaded: tuple[pd.DataFrame, list[str]] | None = None, axis: str | None = None,
+                 title: str | None = None) -> str:
     """The report as an HTML string. Raises LookupError when there are no finished runs, or when
     `axis` (the field whose levels are compared; default: see compare_axis) is not varied.
 
@@ -156,10 +157,12 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
     axis = compare_axis(axes, axis)
     names = campaign_names(campaign)
-    title = f"Campaign{'s' * (len(names) > 1)} {' + '.join(names)}" if names else f"Experiment {experiment}"
+    title = title or (f"Campaign{'s' * (len(names) > 1)} {' + '.join(names)}" if names else f"Experiment {experiment}")
     rules = ", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown"
-    history = load_history(list(runs.run_id), uri, metrics=["val/dice", "time/epoch_s"])
-    history = runs[["run_id", "arm"]].merge(history, on="run_id")  # keeps the runs' (matrix) order
+    trained = runs["source_run_id"] if "source_run_id" in runs else runs.run_id  # evaluation runs: their sources'
+    history = load_history(list(trained), uri, metrics=["val/dice", "time/epoch_s"]).rename(
+        columns={"run_id": "trained_id"})
+    history = runs[["run_id", "arm"]].assign(trained_id=list(trained)).merge(history, on="trained_id")  # runs' order
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(runs)} finished runs; axes: {html.escape(', '.join(axes))}; compared: "
              f"<b>{html.escape(axis)}</b>; generated "
@@ -241,6 +244,8 @@ def main(argv=None) -> int:
     who.add_argument("--campaign", nargs="+", help="campaign name (the runs' `campaign` tag); several names pool "
                      "their runs as one campaign, the params they differ in becoming axes")
     who.add_argument("--experiment", help="MLflow experiment: every finished run, arms by model.arch")
+    who.add_argument("--evaluation", metavar="DATASET", help="the evaluation runs (make evaluate) on one dataset, by "
+                     "its folder name or data fingerprint: the source runs' arms compared image by image there")
     p.add_argument("--out", type=Path,
                    help="HTML file, or a folder (existing, or a path without suffix) to write <name>.html into "
                         "(default reports/<name>.html)")
@@ -249,14 +254,19 @@ def main(argv=None) -> int:
                                   "<name>-by-<axis>.html")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = p.parse_args(argv)
-    name = ("+".join(args.campaign) if args.campaign else args.experiment) + (f"-by-{args.axis}" if args.axis else "")
+    name = ("+".join(args.campaign) if args.campaign else args.experiment or f"evaluation-{args.evaluation}") \
+        + (f"-by-{args.axis}" if args.axis else "")
     out = args.out or Path("reports")
     if out.is_dir() or not out.suffix:  # a folder, existing or to be made
         out = out / f"{name}.html"
     try:
-        runs, axes = load_campaign(args.campaign, args.experiment)
+        if args.evaluation:
+            runs, axes = load_evaluation(args.evaluation)
+        else:
+            runs, axes = load_campaign(args.campaign, args.experiment)
         axis = compare_axis(axes, args.axis)
-        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis)
+        title = f"Evaluation on {args.evaluation} (test split)" if args.evaluation else None
+        page = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis, title=title)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -268,7 +278,8 @@ def main(argv=None) -> int:
     if not args.no_log:
         experiment = args.experiment or experiment_name(runs.run_id.iloc[0])
         run_id = log_report(out, f"report-{name}", experiment,
-                            {"report.of": " ".join(args.campaign or [args.experiment]), "report.axis": axis})
+                            {"report.of": " ".join(args.campaign or [args.experiment or args.evaluation]),
+                             "report.axis": axis})
         print(f"logged to MLflow run {run_id} (experiment '{experiment}')")
     return 0
 

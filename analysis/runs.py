@@ -117,6 +117,29 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     return runs, axes
 
 
+def load_evaluation(dataset: str, uri: str | None = None, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
+    """Evaluation runs (`python -m harness evaluate`: tag run.kind=evaluation) of `split` of one
+    dataset, named by its folder name (tag evaluation.dataset) or its data fingerprint; as
+    load_campaign returns them, with the source campaign's axes (else model.arch and seed)."""
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    clause = (f"attributes.status = 'FINISHED' and tags.`run.kind` = 'evaluation' "
+              f"and tags.`evaluation.split` = '{split}'")
+    raw = pd.DataFrame()
+    for tag in ("evaluation.dataset", "data.fingerprint"):
+        raw = mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.`{tag}` = '{dataset}'")
+        if not raw.empty:
+            break
+    if raw.empty:
+        raise LookupError(f"no finished evaluation runs of the {split} split of dataset {dataset!r} (a folder name "
+                          "or data fingerprint); make evaluate RUN=<run id> DATA=<root> makes them")
+    tagged = raw["tags.source.campaign.axes"].dropna() if "tags.source.campaign.axes" in raw else []
+    axes = tagged.iloc[0].split(",") if len(tagged) else ["model.arch", "seed"]
+    axes = [*_unexplained_tags(raw, axes), *axes]
+    runs = _with_arms(raw.sort_values("start_time"), axes)
+    runs["source_run_id"] = raw.sort_values("start_time")["tags.source.run_id"].to_numpy()  # their training curves
+    return runs, axes
+
+
 def _axes(raw: pd.DataFrame) -> list[str]:
     """A campaign's matrix fields, from the tag its newest run carries (cells ran in matrix order)."""
     tagged = raw["tags.campaign.axes"].dropna() if "tags.campaign.axes" in raw else []

@@ -1,4 +1,4 @@
-"""Command line: `python -m harness experiment|validate|study|campaign|audit|predict|models`.
+"""Command line: `python -m harness experiment|validate|study|campaign|audit|evaluate|predict|models`.
 
 Exit status: 0 ok, 1 run failed, 2 bad input (spec, data, arguments), 130 interrupted.
 """
@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python -m harness experiment experiments/unet.yaml data.root=../shared/data/oxford-pet-mini train.epochs=3
   python -m harness validate experiments/resnet34_unet.yaml train.lr=3e-4
   python -m harness audit ../shared/data/oxford-pet-128 --json audit.json
+  python -m harness evaluate --run <run id> --data ../shared/data/oxford-pet-128
   python -m harness predict --run <run id> --input photo.jpg --output predictions/
 """
 
@@ -62,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, type=Path, help="folder for <stem>_mask.png and <stem>_overlay.png")
     s.add_argument("--threshold", type=float, default=None,
                    help="default: the run's eval.threshold (with auto: the one it chose, metric eval/threshold)")
+    s = sub.add_parser("evaluate", help="score a trained run on another labelled dataset (an evaluation run)",
+                       description="Score a trained run's best weights (best.pt, or its logged model) on a split of "
+                                   "another labelled dataset, with the run's image size, foreground rule and classes, "
+                                   "and log an evaluation run (tag run.kind=evaluation) in <experiment>-evaluation. "
+                                   "The same run, data and split again is skipped.")
+    s.add_argument("--run", required=True, help="MLflow run id of a finished training run")
+    s.add_argument("--data", required=True, help="dataset root (official Oxford-IIIT Pet layout, or a folder dataset)")
+    s.add_argument("--dataset", choices=ON_DISK, default=None, help="layout (default: the run's)")
+    s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     s = sub.add_parser("audit", help="check a dataset: unusable files, empty masks, near-duplicates across splits",
                        description="Audit a dataset folder (decoding it into the cache if needed) and print what "
                                    "is wrong with it. Exit 0 when every file is usable, 1 when some are not, "
@@ -126,7 +136,24 @@ def _dispatch(args) -> int:
         return _campaign(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     return _predict(args)
+
+
+def _evaluate(args) -> int:
+    from harness.data import DataError
+    from harness.tools.evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(args.run, args.data, args.dataset, args.split)
+    except (DataError, LookupError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not result.skipped:
+        print("  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+        print(f"evaluation run {result.run_id} FINISHED")
+    return 0
 
 
 def _audit(args) -> int:
@@ -227,22 +254,19 @@ def _campaign(args) -> int:
 
 def _predict(args) -> int:
     from harness.tools.predict import list_inputs, predict_paths
-    from harness.tracking.mlflow import load_model, run_metrics, run_params
+    from harness.tools.trained import run_threshold, source_spec, trained_model
 
     try:
         inputs = list_inputs(args.input)
-        params = run_params(args.run)
-    except Exception as err:
+        spec = source_spec(args.run)
+        model, origin = trained_model(args.run, spec)  # best.pt, or the logged model
+    except (LookupError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = load_model(args.run)
-    threshold = args.threshold
-    if threshold is None:
-        recorded = params.get("eval.threshold", "0.5")
-        threshold = float(run_metrics(args.run)["eval/threshold"] if recorded == "auto" else recorded)
-    written = predict_paths(model, inputs, args.output, size=int(params["data.image_size"]), threshold=threshold,
-                            num_classes=int(params.get("data.num_classes", 2)))  # runs before K classes: binary
-    print(f"wrote {len(written)} mask(s) and overlay(s) to {args.output}")
+    threshold = args.threshold if args.threshold is not None else run_threshold(args.run, spec)
+    written = predict_paths(model, inputs, args.output, size=spec.data.image_size, threshold=threshold,
+                            num_classes=spec.data.num_classes)
+    print(f"wrote {len(written)} mask(s) and overlay(s) to {args.output} (weights: {origin})")
     return 0
 
 

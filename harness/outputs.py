@@ -28,6 +28,16 @@ def log_json(tracker, name: str, payload: dict) -> None:
         tracker.log_artifact(path)
 
 
+def log_splits(tracker, data, dataset: str, root: str | None, splits=("train", "val", "test")) -> None:
+    """Each split as an MLflow dataset input: name = the root's folder name (or the kind), digest =
+    the data fingerprint, source = the root, context = the split, profile = its counts."""
+    name = Path(root).name if root else dataset
+    for split in splits:
+        part = getattr(data, split)
+        tracker.log_dataset(name, data.fingerprint, str(root or dataset), split,
+                            {"images": len(part), "dataset": dataset, "image_size": int(part.images.shape[1])})
+
+
 def log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
     """test_predictions.npz: every test mask predicted and true (image order of test_per_image.csv;
     binary masks bit-packed, K-class maps as uint8), plus the pixels of this run's WORST_K images

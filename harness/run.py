@@ -21,9 +21,9 @@ from harness.build import build_parts, dtype_name, planned_precision, seed_every
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
 from harness.engine.loop import EpochCallback, LoopSettings, LoopState, Parts, train
-from harness.engine.native import NativeScorer
-from harness.engine.step import choose_threshold, evaluate
-from harness.metrics import per_image_scores, summarise_counts
+from harness.engine.native import score_split
+from harness.engine.step import choose_threshold
+from harness.metrics import per_image_scores
 from harness.tracking.base import NullTracker
 from harness.tracking.provenance import environment, git_state
 
@@ -79,6 +79,8 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         folder = Path(distributed.broadcast(str(folder)))
         lock = checkpoint.hold_lock(folder) if world.is_main else None  # noqa: F841 (held until this process ends)
         outputs.log_json(tracker, "audit.json", parts.data.audit)
+        if tracker.last_step("time/epoch_s") < 0:  # a new run (a resumed one logged its inputs before)
+            outputs.log_splits(tracker, parts.data, spec.data.dataset, spec.data.root)
         setup = time.perf_counter() - run_start  # data, model, loaders, MLflow run: before the first epoch
         state = train(parts, loop_settings(spec, resumable), tracker, folder, on_epoch, world)
         result = _finish(spec, parts, tracker, folder, state, world)
@@ -111,14 +113,11 @@ def val_threshold(spec: ExperimentSpec) -> float:
     return 0.5 if spec.eval.threshold == "auto" else spec.eval.threshold
 
 
-TRAIN_SIZE = "test_at_train_size"  # the test scores on masks resized to data.image_size, kept for comparison
-
-
 def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopState,
             world: distributed.World = distributed.ONE) -> RunResult:
     """Test the best weights (best.pt) and log the artifacts. The headline test/* metrics are scored
     at each test image's stored size (harness.engine.native); the training-size ones are kept under
-    TRAIN_SIZE/."""
+    test_at_train_size/."""
     p.model.load_state_dict(torch.load(folder / checkpoint.BEST, map_location=p.cfg.device, weights_only=True)["model"])
     chosen = {}
     threshold = val_threshold(spec)
@@ -127,22 +126,14 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
         chosen = {"eval/threshold": threshold, "eval/val_dice_at_threshold": at}
         print(f"threshold {threshold:.2f}: val/dice {at:.4f} (chosen on validation)", flush=True)
     start = time.perf_counter()
-    truth = p.data.test.native if p.data.test.native is not None else p.data.test.masks
-    scorer = NativeScorer(truth, threshold=threshold, num_classes=p.cfg.num_classes,
-                          tolerance=spec.eval.nsd_tolerance, device=p.cfg.device)
-    test = evaluate(p.model, p.loaders["test"], p.loss_fn, p.cfg, threshold=threshold, prefix="test",
-                    keep_predictions=True, scorer=scorer)
-    scored = scorer.result()
-    test_metrics = {f"test/{k}": v for k, v in summarise_counts(scored.counts).items()}
-    if scored.boundary is not None:
-        test_metrics |= {f"test/{k}": float(v.mean()) for k, v in scored.boundary.items()}
-    at_train_size = {k.replace("test/", f"{TRAIN_SIZE}/", 1): v for k, v in test.metrics.items()
-                     if k.startswith("test/")}
+    test = score_split(p.model, p.loaders["test"], p.loss_fn, p.cfg, p.data.test, threshold=threshold,
+                       tolerance=spec.eval.nsd_tolerance)
+    test_metrics = test.metrics
     if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
-        tracker.log_metrics({**test_metrics, **at_train_size, **chosen, "best/epoch": state.best_epoch,
+        tracker.log_metrics({**test_metrics, **test.at_train_size, **chosen, "best/epoch": state.best_epoch,
                              "best/val_dice": state.best, "time/test_s": time.perf_counter() - start}, step=state.epoch)
     if world.is_main:
-        outputs.log_run_artifacts(tracker, spec, p, state.history, scored, test.counts, threshold=threshold)
+        outputs.log_run_artifacts(tracker, spec, p, state.history, test.scored, test.counts, threshold=threshold)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, state.history, test_metrics, state.best_epoch, state.best)

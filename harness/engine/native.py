@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from harness.boundary import boundary_scores
 from harness.engine import distributed
-from harness.metrics import MetricAccumulator
+from harness.engine.step import evaluate
+from harness.metrics import MetricAccumulator, summarise_counts
 
 
 @dataclass
@@ -66,3 +67,31 @@ class NativeScorer:
             return NativeResult(counts, sizes, None)
         both = distributed.interleave(torch.tensor(self.boundary, dtype=torch.float64).reshape(-1, 2)).numpy()
         return NativeResult(counts, sizes, {"nsd": both[:, 0], "hd95": both[:, 1]})
+
+
+@dataclass
+class TestScores:
+    metrics: dict[str, float]        # test/*: at stored size (NSD, HD95 for binary)
+    at_train_size: dict[str, float]  # TRAIN_SIZE/*: the same split at data.image_size (with the loss)
+    scored: NativeResult
+    counts: torch.Tensor             # training-size per-image counts
+    predictions: torch.Tensor        # training-size thresholded masks (N, S, S)
+
+
+TRAIN_SIZE = "test_at_train_size"  # the test scores on masks resized to data.image_size, kept for comparison
+
+
+def score_split(model, loader, loss_fn, cfg, split, *, threshold: float, tolerance: float) -> TestScores:
+    """Score `model` on `split` (harness.data.Split, loaded by `loader` in order): at each image's
+    stored size where the split keeps it (`split.native`), else at the training size."""
+    truth = split.native if split.native is not None else split.masks
+    scorer = NativeScorer(truth, threshold=threshold, num_classes=cfg.num_classes, tolerance=tolerance,
+                          device=cfg.device)
+    stats = evaluate(model, loader, loss_fn, cfg, threshold=threshold, prefix="test", keep_predictions=True,
+                     scorer=scorer)
+    scored = scorer.result()
+    metrics = {f"test/{k}": v for k, v in summarise_counts(scored.counts).items()}
+    if scored.boundary is not None:
+        metrics |= {f"test/{k}": float(v.mean()) for k, v in scored.boundary.items()}
+    small = {k.replace("test/", f"{TRAIN_SIZE}/", 1): v for k, v in stats.metrics.items() if k.startswith("test/")}
+    return TestScores(metrics, small, scored, stats.counts, stats.predictions)

@@ -34,6 +34,7 @@ class Tracker(Protocol):
     def log_model(self, model, example) -> None: ...  # torch.nn.Module, example batch (N, 3, H, W)
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def last_step(self, key: str) -> int: ...  # highest step logged for `key`, or -1
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None: ...
 
 
 class NullTracker:
@@ -60,6 +61,9 @@ class NullTracker:
         pass
 
     def set_tags(self, tags):
+        pass
+
+    def log_dataset(self, name, digest, source, context, profile):
         pass
 
     def last_step(self, key):

@@ -8,6 +8,7 @@ to the working directory (harness.paths); `MLFLOW_TRACKING_URI` overrides it.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 import traceback
@@ -17,6 +18,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Metric, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -132,6 +135,10 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
+        """One split as an MLflow dataset input (mlflow.log_input): the run's Datasets column."""
+        mlflow.log_input(SplitDataset(name, digest, source, profile), context=context)
+
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log with torch.export ('pt2', MLflow 3's default off Databricks: no pickle on load).
 
@@ -152,6 +159,22 @@ class MlflowTracker:
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
         mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature, input_example=example.numpy(),
                                  serialization_format="pt2", pip_requirements=requirements)
+
+
+class SplitDataset(MetaDataset):
+    """A split as MLflow records it: name, digest (the data fingerprint), source (the root) and a
+    profile of counts. MetaDataset carries no profile of its own; this adds one."""
+
+    def __init__(self, name: str, digest: str, source: str, profile: dict):
+        super().__init__(source=LocalArtifactDatasetSource(source), name=name, digest=digest)
+        self._profile = profile
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
 def _experiment_id(name: str, uri: str) -> str:
@@ -253,3 +276,26 @@ def log_run_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> No
 
 def log_run_artifact(run_id: str, path: str | Path, folder: str | None = None) -> None:
     _client().log_artifact(run_id, str(path), folder)
+
+
+def run_artifact_text(run_id: str, path: str) -> str:
+    """The text of one of a run's artifacts (e.g. its spec.yaml); FileNotFoundError naming it if absent."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = _client().download_artifacts(run_id, path, tmp)
+        except Exception as err:  # MlflowException (no such artifact), OSError
+            raise FileNotFoundError(f"run {run_id} has no artifact {path!r} ({err})") from None
+        return Path(local).read_text()
+
+
+def has_logged_model(run_id: str) -> bool:
+    """Whether the run logged a model (log_model: true), as an MLflow 3 LoggedModel output."""
+    outputs = _client().get_run(run_id).outputs
+    return bool(outputs and outputs.model_outputs)
+
+
+def run_experiment_name(run_id: str) -> str:
+    client = _client()
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
