@@ -81,6 +81,7 @@ def test_evaluate_scores_a_run_on_new_data_as_its_test_and_skips_a_repeat(traine
     assert again.skipped and again.run_id == result.run_id
 
 
+@pytest.mark.slow  # ~40 s: three CLI processes
 def test_predict_and_evaluate_work_without_a_logged_model_through_the_cli(trained):
     tmp, (_, second) = trained
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
