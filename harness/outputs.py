@@ -29,13 +29,15 @@ def log_json(tracker, name: str, payload: dict) -> None:
 
 
 def log_splits(tracker, data, dataset: str, root: str | None, splits=("train", "val", "test")) -> None:
-    """Each split as an MLflow dataset input: name = the root's folder name (or the kind), digest =
-    the data fingerprint, source = the root, context = the split, profile = its counts."""
+    """Each split as an MLflow dataset input: name = '<root folder name>-<split>' (MLflow keeps one
+    input per name and digest, so the splits need names of their own), digest = the data
+    fingerprint, source = the root, context = the split, profile = its counts."""
     name = Path(root).name if root else dataset
     for split in splits:
         part = getattr(data, split)
-        tracker.log_dataset(name, data.fingerprint, str(root or dataset), split,
-                            {"images": len(part), "dataset": dataset, "image_size": int(part.images.shape[1])})
+        tracker.log_dataset(f"{name}-{split}", data.fingerprint, str(root or dataset), split,
+                            {"images": len(part), "dataset": name, "kind": dataset,
+                             "image_size": int(part.images.shape[1])})
 
 
 def log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:

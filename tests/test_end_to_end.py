@@ -183,3 +183,14 @@ def test_run_keys_match_the_recorded_list(finished_run):
     assert sorted(tags) == [t for t in recorded["tags"] if t not in ("device.name", "env.cuda")]
     assert sorted(run.data.metrics) == recorded["metrics"]
     assert sorted(a for a in walk() if not a.startswith("model/")) == recorded["artifacts"]
+
+
+def test_experiment_opens_in_the_model_training_view_and_runs_log_their_splits(finished_run):
+    """MLflow 3's UI reads mlflow.experimentKind (else the GenAI view); each split is a dataset input."""
+    _, _, client, run = finished_run
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    assert {d.digest for d in inputs.values()} == {run.data.tags["data.fingerprint"]}
+    assert json.loads(inputs["test"].profile)["images"] == int(run.data.tags["data.n_test"])

@@ -70,7 +70,7 @@ def test_evaluate_scores_a_run_on_new_data_as_its_test_and_skips_a_repeat(traine
     assert client.get_experiment(run.info.experiment_id).name == "debug-evaluation"
     assert run.data.params["data.root"] == str(tmp / "other") and run.data.params["data.image_size"] == "32"
     [source_input] = run.inputs.dataset_inputs
-    assert source_input.dataset.name == "other" and source_input.dataset.digest == tags["data.fingerprint"]
+    assert source_input.dataset.name == "other-test" and source_input.dataset.digest == tags["data.fingerprint"]
     assert '"images": 6' in source_input.dataset.profile
     rows = list(csv.DictReader(open(client.download_artifacts(result.run_id, "test_per_image.csv", str(tmp)))))
     assert [r["name"] for r in rows] == [f"im{i:02d}" for i in range(6, 12)]

@@ -177,16 +177,25 @@ class SplitDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says otherwise; the value is the
+# model-training one (the bundled UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, checked in MLflow 3.17).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(name: str, uri: str) -> str:
+    """The experiment's id, created (with EXPERIMENT_KIND) if absent; an experiment made before the
+    harness set the kind gets it now."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND[0] not in found.tags:
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # another process created it first
         found = client.get_experiment_by_name(name)
         if found is None:
