@@ -12,11 +12,13 @@ split again is skipped. `make report EVALUATION=<dataset name or fingerprint>` c
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import outputs
 from harness.build import build_loss, dtype_name, resolve_amp, select_device, spec_data
+from harness.config.catalog import DATASETS, ON_DISK
 from harness.config.load import ExperimentSpec, flatten
 from harness.data import make_loader
 from harness.engine.native import score_split
@@ -44,6 +46,9 @@ def target_spec(spec: ExperimentSpec, root: str, dataset: str | None) -> Experim
     the source's split, limit and layout settings do not carry to other data."""
     d = spec.to_dict()
     d["data"] |= {**RESET, "root": str(Path(root).resolve()), "dataset": dataset or d["data"]["dataset"]}
+    if not DATASETS[d["data"]["dataset"]].on_disk:  # else the generator would be scored, not the files at root
+        raise LookupError(f"the run trained on {d['data']['dataset']} data; name the layout of {root} "
+                          f"(--dataset {' or '.join(ON_DISK)})")
     return ExperimentSpec.model_validate(d)
 
 
@@ -72,8 +77,9 @@ def evaluate_run(run_id: str, root: str, dataset: str | None = None, split: str 
         scores = score_split(model, loader, build_loss(spec), cfg, part, threshold=run_threshold(run_id, source),
                              tolerance=spec.eval.nsd_tolerance)
         tracker.log_metrics({**scores.metrics, **scores.at_train_size}, step=0)
-        tracker.log_artifact(outputs.write_per_image(_tmp() / "test_per_image.csv", part.names, scores.scored,
-                                                     scores.counts))
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifact(outputs.write_per_image(Path(tmp) / "test_per_image.csv", part.names,
+                                                         scores.scored, scores.counts))
         outputs.log_predictions(tracker, part, scores.predictions.numpy(), per_image_scores(scores.counts)["dice"])
     return Evaluation(tracker.run_id, False, scores.metrics)
 
@@ -88,9 +94,3 @@ def _source_tags(run_id: str, spec: ExperimentSpec) -> dict[str, str]:
         if key in tags:
             out[f"source.{key}"] = tags[key]
     return out
-
-
-def _tmp() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="evaluate-"))
