@@ -53,9 +53,10 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         for metric in (m for m in metrics if m in group and group[m].notna().all()):
             row[metric] = run_interval(group[metric])
         row["threshold"] = _threshold(group)
-        row["params"] = f"{group['model/num_params'].mean():,.0f}"
-        row["run time (s)"] = f"{group['time/total_s'].mean():.0f}"
-        row["train img/s"] = f"{group['throughput/train_img_s'].mean():.1f}"
+        for name, key, form in (("params", "model/num_params", "{:,.0f}"), ("run time (s)", "time/total_s", "{:.0f}"),
+                                ("train img/s", "throughput/train_img_s", "{:.1f}")):
+            if group[key].notna().any():  # evaluation runs have no training figures of their own
+                row[name] = form.format(group[key].mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
