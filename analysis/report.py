@@ -22,8 +22,16 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots, sections
-from analysis.paired import FOLD, METRICS, compare_axis, headline_metrics, load_scores, paired_frames, setting_labels
-from analysis.paired import strata_of as _others
+from analysis.paired import (
+    FOLD,
+    METRICS,
+    compare_axis,
+    headline_metrics,
+    load_scores,
+    paired_frames,
+    setting_labels,
+    strata_of,
+)
 from analysis.runs import campaign_names, experiment_name, load_campaign, load_evaluation, load_history, log_report
 from analysis.stats import FEW_RUNS, adjust_family, bootstrap_ci, compare_arms, decisive_p, evidence, run_contrast_t
 
@@ -170,7 +178,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
              f'<p class="def">{DEFINITION.format(rule=html.escape(rules))}</p>', *provenance_notes(runs, axes)]
 
-    strata = _others(axes, axis)
+    strata = strata_of(axes, axis)
     scores = load_scores(runs, uri)
     metrics = headline_metrics(scores)
     paired = {m: paired_frames(runs, axis, uri, strata, scores, m) for m in metrics}
@@ -203,7 +211,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
         parts += sections.loss_stability(runs, campaign, uri, _png)
     for other in ("train.loss", "augment"):  # the training-recipe axes, each level against its reference
         if other in axes:
-            by = dice if axis == other else paired_frames(runs, other, uri, _others(axes, other), scores)
+            by = dice if axis == other else paired_frames(runs, other, uri, strata_of(axes, other), scores)
             parts += sections.ablation(runs, other, by, _png)
     parts += ["<h2>Time to Dice</h2><p>Validation Dice against cumulative training time.</p>",
               _png(plots.time_to_score(history))]

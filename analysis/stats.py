@@ -183,13 +183,18 @@ def run_contrast_t(cells, weights, level: float = 0.95) -> tuple[float, float, f
     return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, df))
 
 
+def shared_folds(groups) -> list:
+    """The folds every cell has runs in (each group: one cell's per-run fold labels), sorted."""
+    return sorted(set.intersection(*(set(np.asarray(g).tolist()) for g in groups)))
+
+
 def fold_contrast_draws(cells, groups, weights, n_boot: int = 4_000, seed: int = 0) -> np.ndarray:
     """Hierarchical bootstrap draws of the contrast (as contrast_draws): each draw resamples the
     folds (one set shared by every cell: fold f of one arm trained on the same split as fold f of
     the other), then each cell's runs within each drawn fold, then the images (shared)."""
     cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
-    rows = [{f: np.flatnonzero(np.asarray(g) == f) for f in set(g)} for g in groups]
-    folds = sorted(set.intersection(*(set(r) for r in rows)))
+    folds = shared_folds(groups)
+    rows = [{f: np.flatnonzero(np.asarray(g) == f) for f in folds} for g in groups]
     rng, n_img = np.random.default_rng(seed), cells[0].shape[1]
     draws = np.empty(n_boot)
     for t in range(n_boot):
@@ -205,7 +210,7 @@ def fold_contrast_t(cells, groups, weights, level: float = 0.95) -> tuple[float,
     first), K - 1 degrees of freedom; for fewer than FEW_RUNS folds, where a bootstrap over K values
     is too narrow."""
     cells = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
-    folds = sorted(set.intersection(*(set(g) for g in groups)))
+    folds = shared_folds(groups)
     per_fold = np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, cells, groups))
                          for f in folds])
     point, se = float(per_fold.mean()), float(per_fold.std(ddof=1) / np.sqrt(len(folds)))
@@ -218,7 +223,7 @@ def fold_contrast_t(cells, groups, weights, level: float = 0.95) -> tuple[float,
 def _by_folds(result: dict, cells, weights, seed: int, groups) -> None:
     """_runs_and_images when runs come in folds: FEW_RUNS or more folds, the hierarchical bootstrap;
     fewer, the t-interval over per-fold contrasts."""
-    k = len(set.intersection(*(set(g) for g in groups)))
+    k = len(shared_folds(groups))
     result["n_folds"] = k
     if k < FEW_RUNS:
         _, low, high, p = fold_contrast_t(cells, groups, weights)
@@ -234,7 +239,7 @@ def _runs_and_images(result: dict, cells, weights, seed: int, groups=None) -> No
     FEW_RUNS or more runs in every cell, the bootstrap over runs and images; with fewer, the Welch
     t-interval over run means (`run_contrast_t`), and `runs_interval` says which. With `groups`
     (each row's fold) and two or more folds: `_by_folds`."""
-    if groups is not None and len(set.intersection(*(set(g) for g in groups))) >= 2:
+    if groups is not None and len(shared_folds(groups)) >= 2:
         _by_folds(result, cells, weights, seed, groups)
         return
     if min(np.atleast_2d(c).shape[0] for c in cells) < FEW_RUNS:

@@ -18,6 +18,7 @@ import torch
 
 from harness import outputs, paths
 from harness.build import build_parts, dtype_name, planned_precision, seed_everything, select_device, spec_data
+from harness.config.catalog import KNOBS
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
 from harness.engine.loop import EpochCallback, LoopSettings, LoopState, Parts, train
@@ -96,7 +97,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
 def weights_file(spec: ExperimentSpec) -> Path | None:
     """The encoder weights file the spec names (model.encoder_weights: a .pth / .pt path), or None."""
     weights = spec.model.encoder_weights
-    return Path(weights) if weights not in ("none", "imagenet") else None
+    return Path(weights) if weights not in KNOBS["encoder_weights"].choices else None
 
 
 def loop_settings(spec: ExperimentSpec, resumable: bool = True) -> LoopSettings:

@@ -16,13 +16,19 @@ EXPERIMENTS = REPO / "experiments"
 PET_MINI = (REPO.parent / "shared" / "data" / "oxford-pet-mini").resolve()
 
 
+def use_store(folder: Path, monkeypatch) -> str:
+    """Point MLflow at a fresh SQLite store under `folder` and move the cwd there (so mlruns/ lands
+    there too); `monkeypatch` undoes both. Module-scoped fixtures pass a pytest.MonkeyPatch()."""
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(folder)
+    return uri
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A fresh SQLite tracking store under tmp_path; the cwd moves there so mlruns/ lands there too."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
+    """A fresh SQLite tracking store under tmp_path (use_store)."""
+    return use_store(tmp_path, monkeypatch)
 
 
 def require_pet_mini() -> Path:

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from harness.config.sweeps import load_campaign_spec
 from harness.sweeps.campaign import run_campaign
 
-from conftest import EXPERIMENTS, REPO
+from conftest import EXPERIMENTS, REPO, use_store
 
 DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
 TINY = {"model.base_width": 4, "data.synthetic_size": [32, 8]}  # for campaigns whose runs only feed a report
@@ -64,8 +64,7 @@ def test_unknown_matrix_field_is_a_spec_error(tmp_path):
 def campaign_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("campaign")
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
-    mp.chdir(tmp)
+    use_store(tmp, mp)
     spec, base = load_campaign_spec(DEBUG_CAMPAIGN)
     first = run_campaign(spec, base)
     yield tmp, spec, base, first

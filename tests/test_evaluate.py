@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, use_store
 
 SIZES = [(40, 56), (64, 48), (33, 70), (50, 50)]
 
@@ -42,8 +42,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("evaluate")
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
-    mp.chdir(tmp)
+    use_store(tmp, mp)
     _folder(tmp / "train_data", 16, 0)
     _folder(tmp / "other", 12, 1)
     ids = []

@@ -141,12 +141,14 @@ def build_data(dataset: str, *, root: str | None, image_size: int, foreground: s
                         f"data.on_bad=skip trains without them")
     fg = {split: kind.foreground(d.masks, foreground, num_classes, target, mask_threshold)
           for split, d in decoded.items()}
-    binary_folder = dataset == "folder" and num_classes == 2
-    report = _audit(decoded, fg, listing, entry, f"{foreground}-t{mask_threshold}", binary_folder)
-    labels = {split: kind.labels(d.masks, foreground, num_classes, target, mask_threshold)
-              for split, d in decoded.items()}
-    decoded = {split: _labelled_native(d, lambda raw: kind.labels(raw, foreground, num_classes, target, mask_threshold))
-               for split, d in decoded.items()}
+    lossy_check = kind.thresholds_masks and num_classes == 2
+    report = _audit(decoded, fg, listing, entry, f"{foreground}-t{mask_threshold}", lossy_check)
+
+    def rule(raw):  # raw mask values -> training labels; the same for both resolutions
+        return kind.labels(raw, foreground, num_classes, target, mask_threshold)
+
+    labels = {split: rule(d.masks) for split, d in decoded.items()}
+    decoded = {split: _labelled_native(d, rule) for split, d in decoded.items()}
     if folds is not None and "val" in decoded:
         raise DataError(f"{root}: data.folds splits trainval into folds, but this dataset declares a val split")
     train, val, test = _split(decoded, labels, val_fraction, folds, kind.stratum)
@@ -208,13 +210,13 @@ def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, i
     return trainval.take(train_idx), trainval.take(val_idx), test.take(range(len(test)))
 
 
-def _audit(decoded: dict, fg: dict, listing: list, entry: str, rule: str, binary_folder: bool = False) -> dict:
+def _audit(decoded: dict, fg: dict, listing: list, entry: str, rule: str, lossy_check: bool = False) -> dict:
     """The audit of these splits (read from the cache entry when computed before) plus the
     listing problems, which are not part of the entry (an unmatched stem has no cached pixels)."""
     name = f"audit-{rule}.json"
     report = cache.read_json(Path(entry), name) if entry else None
     if report is None:
-        report = run_audit(decoded, fg, lossy_check=binary_folder)
+        report = run_audit(decoded, fg, lossy_check=lossy_check)
         if entry:
             cache.write_json(Path(entry), name, report)
     report["problems"] = [p.to_dict() for p in listing] + report["problems"]

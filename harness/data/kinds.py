@@ -27,6 +27,7 @@ class OxfordPet:
     Raw masks are trimaps (1 pet, 2 background, 3 border); data.foreground picks the binary rule."""
 
     on_disk = True
+    thresholds_masks = False  # binary foreground by a value threshold (so lossy masks can mislead it)
 
     def list_files(self, root: Path, **layout):
         """layout: the folder kind's images_dir, masks_dir, mask_suffix (this layout is fixed)."""
@@ -58,6 +59,8 @@ class Folder(OxfordPet):
     data.mask_threshold; K classes: the mask values are the classes (0..K-1), or RGB colours mapped
     through data.palette."""
 
+    thresholds_masks = True
+
     def list_files(self, root: Path, **layout):
         return readers.folder_files(root, **layout)
 
@@ -82,6 +85,7 @@ class Synthetic(OxfordPet):
     K >= 3 classes and target binary, K-class label maps read as a folder's."""
 
     on_disk = False
+    thresholds_masks = False
 
     def stratum(self, name: str) -> str:
         return ""

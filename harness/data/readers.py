@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from harness.data import forms, native
+from harness.data.forms import BadFile
 from harness.data.native import NativeMasks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -161,10 +162,10 @@ def _pair_folder(folder: Path, split: str, images_dir, masks_dir, mask_suffix) -
         raise DataError(f"{images_at}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     if mask_suffix is None:  # <stem>_mask.* (Carvana, Pytorch-UNet) when more images pair that way
         mask_suffix = "_mask" if sum(f"{s}_mask" in masks for s in images) > sum(s in masks for s in images) else ""
-    paired = [s for s in sorted(images) if f"{s}{mask_suffix}" in masks]
     problems = [Problem(split, s, str(images[s]), "unmatched_stem", f"no mask '{s}{mask_suffix}.*' for image "
                         f"stem '{s}' in {masks_at}") for s in sorted(images) if f"{s}{mask_suffix}" not in masks]
-    return [(s, images[s], masks[f"{s}{mask_suffix}"]) for s in paired], problems
+    return [(s, images[s], masks[f"{s}{mask_suffix}"]) for s in sorted(images) if f"{s}{mask_suffix}" in masks], \
+        problems
 
 
 def stat_key(files: dict[str, list[Item]]) -> str:
@@ -182,9 +183,6 @@ def stat_key(files: dict[str, list[Item]]) -> str:
     return h.hexdigest()[:16]
 
 
-_Bad = forms.BadFile
-
-
 def _open_image(path: Path, kind: str, what: str):
     try:
         raw = path.read_bytes()
@@ -192,9 +190,9 @@ def _open_image(path: Path, kind: str, what: str):
         im.load()
         return raw, im
     except FileNotFoundError:
-        raise _Bad(f"missing_{kind}", path, f"{what} not found") from None
+        raise BadFile(f"missing_{kind}", path, f"{what} not found") from None
     except OSError as err:  # truncated, zero-byte, not an image, unreadable
-        raise _Bad(f"bad_{kind}", path, f"cannot decode {what} ({err})") from None
+        raise BadFile(f"bad_{kind}", path, f"cannot decode {what} ({err})") from None
 
 
 def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None,
@@ -212,7 +210,7 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
     raw_mask, m = _open_image(mask_path, "mask", f"mask for '{name}'")
     with m:
         if m.size != original:  # resizing both would hide a mask drawn for another image
-            raise _Bad("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
+            raise BadFile("size_mismatch", mask_path, f"mask is {m.size[0]}x{m.size[1]} but its image "
                        f"{image_path.name} is {original[0]}x{original[1]}")
         labels = forms.mask_array(m, palette, mask_path, mask_notes)
     mask = np.asarray(Image.fromarray(labels, mode="L").resize((size, size), Image.NEAREST))  # never interpolate
@@ -220,7 +218,7 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
     if valid is not None:
         extra = sorted(set(np.unique(mask).tolist()) - set(valid))
         if extra:
-            raise _Bad("mask_values", mask_path, f"mask of '{name}' has values {extra}; expected only {list(valid)}")
+            raise BadFile("mask_values", mask_path, f"mask of '{name}' has values {extra}; expected only {list(valid)}")
     digest = hashlib.sha256(name.encode() + raw + raw_mask).digest()
     notes = [(image_path, *n) for n in image_notes] + [(mask_path, *n) for n in mask_notes]
     return np.asarray(image, np.uint8), mask, np.asarray(thumb, np.uint8), digest, stored, notes
@@ -233,7 +231,7 @@ def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...
     def one(item):
         try:
             return _decode(item, size, valid, palette, keep_native)
-        except _Bad as bad:
+        except BadFile as bad:
             return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
