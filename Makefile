@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict evaluate clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict evaluate register clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,11 +71,16 @@ test-all: $(VENV)/.installed  ## every test, slow ones included
 
 ui: $(VENV)/.installed  ## MLflow UI on http://HOST:PORT (default 127.0.0.1:5000)
 	@mkdir -p mlruns
+	@echo "runs tables (model training view):"; $(PY) -m harness links --url http://$(HOST):$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
 
 evaluate: $(VENV)/.installed  ## score a run on other labelled data: RUN=<run id> DATA=<root> [DATASET=..] [SPLIT=test]
 	@test -n "$(RUN)" -a -n "$(DATA)" || { echo "usage: make evaluate RUN=<run id> DATA=<root> [DATASET=oxford_pet|folder] [SPLIT=test]"; exit 2; }
 	$(PY) -m harness evaluate --run $(RUN) --data $(DATA) $(if $(DATASET),--dataset $(DATASET)) --split $(or $(SPLIT),test)
+
+register: $(VENV)/.installed  ## registry version + alias for a run's model: RUN=<run id> NAME=<name> [ALIAS=champion]
+	@test -n "$(RUN)" -a -n "$(NAME)" || { echo "usage: make register RUN=<run id> NAME=<registered model> [ALIAS=champion]"; exit 2; }
+	$(PY) -m harness register --run $(RUN) --name $(NAME) $(if $(ALIAS),--alias $(ALIAS))
 
 predict: $(VENV)/.installed  ## masks + overlays: RUN=<run id> INPUT=<file|dir> OUTPUT=<dir>
 	@test -n "$(RUN)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict RUN=<run id> INPUT=<file or folder> OUTPUT=<folder>"; exit 2; }

@@ -66,7 +66,7 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
 
 
 # Params that cannot change a result: campaigns that differ only in these are not different settings.
-NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "data.cache", "data.cache_dir", "data.download",
+NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "log_system_metrics", "data.cache", "data.cache_dir", "data.download",
                     "data.num_workers"}
 
 

@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="dataset root (official Oxford-IIIT Pet layout, or a folder dataset)")
     s.add_argument("--dataset", choices=ON_DISK, default=None, help="layout (default: the run's)")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    s = sub.add_parser("register", help="register a finished run's model in the MLflow model registry",
+                       description="Make a finished run's model a new version of a registered model, and point an "
+                                   "alias at it (models:/<name>@<alias>). A run trained with log_model: false has "
+                                   "its best.pt logged as its model first.")
+    s.add_argument("--run", required=True, help="MLflow run id of a finished training run")
+    s.add_argument("--name", required=True, help="registered model name (created if new)")
+    s.add_argument("--alias", default=None, help="alias for the new version, e.g. champion (default: none)")
     s = sub.add_parser("audit", help="check a dataset: unusable files, empty masks, near-duplicates across splits",
                        description="Audit a dataset folder (decoding it into the cache if needed) and print what "
                                    "is wrong with it. Exit 0 when every file is usable, 1 when some are not, "
@@ -86,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     s.add_argument("--limit", type=int, default=20, help="examples printed per finding (default 20)")
     sub.add_parser("models", help="list registered model names")
+    s = sub.add_parser("links", help="print each experiment's runs-table link in the MLflow UI")
+    s.add_argument("--url", default="http://127.0.0.1:5000", help="where the UI serves (default %(default)s)")
     return p
 
 
@@ -122,6 +131,11 @@ def _dispatch(args) -> int:
         from harness.build import list_models
         print("\n".join(list_models()))
         return 0
+    if args.command == "links":
+        from harness.tracking.mlflow import runs_table_links
+        for name, url in runs_table_links(args.url):
+            print(f"  {name:<32} {url}")
+        return 0
     if args.command == "validate":
         import yaml
         spec = load_spec(args.spec, args.overrides)
@@ -138,7 +152,23 @@ def _dispatch(args) -> int:
         return _audit(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "register":
+        return _register(args)
     return _predict(args)
+
+
+def _register(args) -> int:
+    from harness.tools.register import register_run
+
+    try:
+        done = register_run(args.run, args.name, args.alias)
+    except (LookupError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    alias = f", alias {args.alias}" if args.alias else ""
+    how = " (logged from best.pt first)" if done.logged_now else ""
+    print(f"registered {args.name} version {done.version}{alias}: model {done.model_id}{how}")
+    return 0
 
 
 def _evaluate(args) -> int:
@@ -191,7 +221,8 @@ def _experiment(args) -> int:
         resume = None if args.restart else _resumable(spec)
 
         def make_tracker(params, tags):
-            return open_run(spec.tracking, spec.name, params, tags, run_id=resume)
+            return open_run(spec.tracking, spec.name, params, tags, run_id=resume,
+                            system_metrics=spec.log_system_metrics)
 
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable, ResumeMismatch) as err:

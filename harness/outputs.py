@@ -28,14 +28,19 @@ def log_json(tracker, name: str, payload: dict) -> None:
         tracker.log_artifact(path)
 
 
+def split_input_name(dataset: str, root: str | None, split: str) -> str:
+    """'<root folder name>-<split>' (the dataset kind for generated data): MLflow keeps one input per
+    name and digest, so the splits need names of their own."""
+    return f"{Path(root).name if root else dataset}-{split}"
+
+
 def log_splits(tracker, data, dataset: str, root: str | None, splits=("train", "val", "test")) -> None:
-    """Each split as an MLflow dataset input: name = '<root folder name>-<split>' (MLflow keeps one
-    input per name and digest, so the splits need names of their own), digest = the data
+    """Each split as an MLflow dataset input: name = split_input_name, digest = the data
     fingerprint, source = the root, context = the split, profile = its counts."""
     name = Path(root).name if root else dataset
     for split in splits:
         part = getattr(data, split)
-        tracker.log_dataset(f"{name}-{split}", data.fingerprint, str(root or dataset), split,
+        tracker.log_dataset(split_input_name(dataset, root, split), data.fingerprint, str(root or dataset), split,
                             {"images": len(part), "dataset": name, "kind": dataset,
                              "image_size": int(part.images.shape[1])})
 
@@ -96,8 +101,9 @@ def write_per_image(path: Path, names: list[str], scored: NativeResult, train_co
 
 
 def log_run_artifacts(tracker, spec, parts: Parts, history, scored: NativeResult, train_counts, *,
-                      threshold: float = 0.5) -> None:
-    """Resolved spec, curves, a validation prediction grid, per-image test scores and the model."""
+                      threshold: float = 0.5, best_epoch: int = 0) -> str | None:
+    """Resolved spec, curves, a validation prediction grid, per-image test scores and the model (the
+    weights of `best_epoch`). Returns the logged model's id, or None (log_model: false)."""
     data, model, cfg = parts.data, parts.model, parts.cfg
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -111,8 +117,8 @@ def log_run_artifacts(tracker, spec, parts: Parts, history, scored: NativeResult
                                                    num_classes=cfg.num_classes))
         tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, scored, train_counts))
     if not spec.log_model:
-        return
+        return None
     example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0
     if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
         example = example.repeat(2, 1, 1, 1)
-    tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example)
+    return tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example, step=best_epoch)

@@ -129,12 +129,18 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
     start = time.perf_counter()
     test = score_split(p.model, p.loaders["test"], p.loss_fn, p.cfg, p.data.test, threshold=threshold,
                        tolerance=spec.eval.nsd_tolerance)
-    test_metrics = test.metrics
-    if tracker.last_step("test/dice") < 0:  # a resumed run may have logged them before it died
-        tracker.log_metrics({**test_metrics, **test.at_train_size, **chosen, "best/epoch": state.best_epoch,
-                             "best/val_dice": state.best, "time/test_s": time.perf_counter() - start}, step=state.epoch)
-    if world.is_main:
-        outputs.log_run_artifacts(tracker, spec, p, state.history, test.scored, test.counts, threshold=threshold)
+    test_metrics, test_s = test.metrics, time.perf_counter() - start
+    unlogged = tracker.last_step("test/dice") < 0  # a resumed run may have logged them before it died
+    model_id = None
+    if world.is_main:  # the model first, so that the test metrics can be logged against it
+        model_id = outputs.log_run_artifacts(tracker, spec, p, state.history, test.scored, test.counts,
+                                             threshold=threshold, best_epoch=state.best_epoch)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])
+    if unlogged:
+        split = (outputs.split_input_name(spec.data.dataset, spec.data.root, "test"), p.data.fingerprint)
+        tracker.log_metrics(test_metrics, step=state.epoch, model_id=model_id, dataset=split)
+        tracker.log_metrics({**test.at_train_size, **chosen, "best/epoch": state.best_epoch,
+                             "best/val_dice": state.best, "time/test_s": test_s}, step=state.epoch)
+    if world.is_main:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
     return RunResult(tracker.run_id, state.history, test_metrics, state.best_epoch, state.best)

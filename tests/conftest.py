@@ -16,6 +16,13 @@ EXPERIMENTS = REPO / "experiments"
 PET_MINI = (REPO.parent / "shared" / "data" / "oxford-pet-mini").resolve()
 
 
+# MLflow and Optuna mark deprecated APIs with FutureWarning, attributed to the caller (stacklevel);
+# DeprecationWarning attributed to harness code is ours too. A library's own internal deprecations
+# (SQLAlchemy's, raised inside mlflow) are not attributed to us, so they stay warnings.
+DEPRECATIONS_ARE_ERRORS = [pytest.mark.filterwarnings("error::FutureWarning"),
+                           pytest.mark.filterwarnings("error::DeprecationWarning:harness")]
+
+
 def use_store(folder: Path, monkeypatch) -> str:
     """Point MLflow at a fresh SQLite store under `folder` and move the cwd there (so mlruns/ lands
     there too); `monkeypatch` undoes both. Module-scoped fixtures pass a pytest.MonkeyPatch()."""

@@ -113,3 +113,32 @@ def test_the_report_compares_evaluation_runs_image_by_image(trained, capsys):
     assert main(["--evaluation", "other", "--out", str(tmp / "eval.html"), "--no-log"]) == 0
     page = (tmp / "eval.html").read_text()
     assert "Evaluation on other" in page and "over 6 test images" in page
+
+
+def test_register_gives_a_version_and_alias_logging_best_pt_first(trained):
+    """A log_model: false run gets its best.pt logged as its LoggedModel (test metrics attached,
+    status still FINISHED); a second registration reuses that model. Aliases, not stages."""
+    import mlflow
+
+    from harness.tools.register import register_run
+
+    tmp, (_, second) = trained
+    client = MlflowClient()
+    before = client.get_run(second)
+    done = register_run(second, "pets", "champion")
+    assert done.logged_now and done.version == "1"
+    after = client.get_run(second)
+    assert after.info.status == "FINISHED" and after.outputs.model_outputs[-1].model_id == done.model_id
+    assert len(client.get_metric_history(second, "test/dice")) == 1  # attached, not logged twice
+    assert mlflow.get_logged_model(done.model_id).metrics[0].run_id == second
+    linked = {m.key: m.value for m in mlflow.get_logged_model(done.model_id).metrics}
+    assert linked["test/dice"] == pytest.approx(before.data.metrics["test/dice"])
+    version = client.get_model_version_by_alias("pets", "champion")
+    assert str(version.version) == "1" and done.model_id in version.source
+    again = register_run(second, "pets")
+    assert not again.logged_now and again.version == "2" and again.model_id == done.model_id
+    loaded = mlflow.pyfunc.load_model("models:/pets@champion")
+    out = loaded.predict(np.zeros((2, 3, 32, 32), np.float32))
+    assert out.shape == (2, 1, 32, 32)
+    with pytest.raises(LookupError, match="not in this store"):
+        register_run("0" * 32, "pets")

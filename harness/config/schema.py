@@ -191,6 +191,8 @@ class ExperimentSpec(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed is 32-bit: a larger one fails only after the run starts
     tracking: str = Field("segmentation", description="MLflow experiment name")
     log_model: bool = Field(True, description="log the best model to MLflow (torch.export: seconds per run)")
+    log_system_metrics: bool = Field(True, description="MLflow system metrics (CPU, memory, disk; GPU with "
+                                     "nvidia-ml-py) every 10 s; not part of the spec hash")
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     augment: str | list[dict[str, Any]] = Field(
@@ -227,6 +229,7 @@ class ExperimentSpec(_Section):
         """Hash of the resolved spec: equal hashes mean the same experiment. Fields that cannot
         change a result (where the cache lives, whether it is used, downloading) are left out."""
         d = self.to_dict()
+        del d["log_system_metrics"]  # how the run is watched, not what it trains
         d["data"] = {k: v for k, v in d["data"].items() if k not in ("cache", "cache_dir", "download")}
         for section, key, default in ADDED_LATER:  # at their defaults, earlier runs' hashes still match
             if d[section][key] == default:

@@ -54,7 +54,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
                 results.append(CellResult(cell, "SKIPPED", done) if done else
                                CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
                 continue
-            result = run_experiment(exp, _opener(experiment, exp.name, tags, resume, made))
+            result = run_experiment(exp, _opener(experiment, exp, tags, resume, made))
             results.append(CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"]))
         except KeyboardInterrupt:
             raise
@@ -65,11 +65,12 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[
     return results
 
 
-def _opener(experiment: str, name: str, tags: dict, resume: str | None, made: list[Tracker]):
-    """run_experiment's make_tracker for a cell: opens its run (or reopens `resume`) with the cell's
-    tags, and keeps the tracker in `made`, so a failure can still name the run."""
+def _opener(experiment: str, exp, tags: dict, resume: str | None, made: list[Tracker]):
+    """run_experiment's make_tracker for the cell `exp`: opens its run (or reopens `resume`) with the
+    cell's tags, and keeps the tracker in `made`, so a failure can still name the run."""
     def make_tracker(params, run_tags):
-        made.append(open_run(experiment, name, params, {**run_tags, **tags}, run_id=resume))
+        made.append(open_run(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume,
+                             system_metrics=exp.log_system_metrics))
         return made[-1]
     return make_tracker
 

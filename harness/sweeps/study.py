@@ -110,7 +110,7 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
 
         def make_tracker(params, run_tags):
             made.append(open_run(experiment, exp.name, params, {**run_tags, **tags},
-                                               parent_run_id=parent_run_id))
+                                 parent_run_id=parent_run_id, system_metrics=exp.log_system_metrics))
             return made[-1]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:

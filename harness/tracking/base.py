@@ -1,7 +1,7 @@
 """What the loop and the sweeps see of a tracking backend: the `Tracker` interface, `NullTracker`,
 and `open_run`, the one place a run's tracker is made.
 
-The MLflow backend is `harness.tracking.mlflow` (the only module in harness that imports mlflow);
+The MLflow backend is `harness.tracking.mlflow` (the only package in harness that imports mlflow);
 the run queries that resume, campaigns and studies share are `harness.tracking.store`. A new
 backend implements `Tracker` and is returned by `open_run` (README, "Extending").
 """
@@ -29,9 +29,13 @@ class Tracker(Protocol):
 
     def __enter__(self) -> "Tracker": ...
     def __exit__(self, exc_type, exc, tb) -> bool: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    # model_id: also attach them to that logged model; dataset: (name, digest) they were measured on
+    def log_metrics(self, metrics: dict[str, float], step: int, *, model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None) -> None: ...
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
-    def log_model(self, model, example) -> None: ...  # torch.nn.Module, example batch (N, 3, H, W)
+    # torch.nn.Module, example batch (N, 3, H, W), `step` the epoch of the weights; logged after the
+    # test/* metrics, which it carries. Returns the model's id (None where nothing is recorded).
+    def log_model(self, model, example, step: int = 0) -> str | None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def last_step(self, key: str) -> int: ...  # highest step logged for `key`, or -1
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None: ...
@@ -51,14 +55,14 @@ class NullTracker:
     def __exit__(self, *exc) -> bool:
         return False
 
-    def log_metrics(self, metrics, step):
+    def log_metrics(self, metrics, step, *, model_id=None, dataset=None):
         pass
 
     def log_artifact(self, path, folder=None):
         pass
 
-    def log_model(self, model, example):
-        pass
+    def log_model(self, model, example, step=0):
+        return None
 
     def set_tags(self, tags):
         pass
@@ -77,10 +81,13 @@ def identity_differences(run_tags: dict[str, str], tags: dict[str, Any]) -> list
 
 
 def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any], *,
-             run_id: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None) -> Tracker:
+             run_id: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None,
+             system_metrics: bool = False) -> Tracker:
     """The tracker of one run, not yet entered: a new run in `experiment`, nested under `parent_run_id`
-    if given, or the existing run `run_id` reopened (resume). `tracking_uri`: default the store's."""
+    if given, or the existing run `run_id` reopened (resume). `tracking_uri`: default the store's.
+    `system_metrics`: sample CPU, memory, disk (and GPU) into the run while it is open; a resumed
+    run continues the samples' steps."""
     from harness.tracking.mlflow import MlflowTracker
 
     return MlflowTracker(experiment, run_name, params, tags, tracking_uri=tracking_uri, parent_run_id=parent_run_id,
-                         run_id=run_id)
+                         run_id=run_id, system_metrics=system_metrics)

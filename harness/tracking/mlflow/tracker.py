@@ -1,0 +1,136 @@
+"""`MlflowTracker`, one run as the loop sees it (harness.tracking.base.Tracker), and `SplitDataset`,
+a split as an MLflow dataset input."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from harness.tracking.base import ResumeMismatch, identity_differences
+from harness.tracking.mlflow import models
+from harness.tracking.mlflow.runs import default_tracking_uri, experiment_id_for, prepare_store
+
+
+def _check_same_run(run, tags: dict[str, Any]) -> None:
+    """Refuse to continue `run` with `tags` that say it would train differently; checked before the
+    run is reopened, so its record stays as it was."""
+    if differ := identity_differences(run.data.tags, tags):
+        raise ResumeMismatch(f"run {run.info.run_id} cannot be resumed here: it trained with {', '.join(differ)}; "
+                             "a run is continued only as it began. Start a new run instead (experiment --restart).")
+
+
+class MlflowTracker:
+    """One MLflow run. As a context manager it ends the run FINISHED, KILLED or FAILED, never RUNNING.
+
+    An exception marks the run FAILED and stores the traceback as `traceback.txt`; Ctrl-C
+    (KeyboardInterrupt) and SIGTERM (converted to KeyboardInterrupt by the CLI) mark it KILLED.
+    An exception may carry `run_status` ('KILLED', 'FINISHED') and `run_tags` to end the run
+    deliberately, as a pruned Optuna trial does. `parent_run_id` nests the run under another.
+    """
+
+    def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+                 tracking_uri: str | None = None, parent_run_id: str | None = None, run_id: str | None = None,
+                 system_metrics: bool = False):
+        self.experiment, self.run_name = experiment, run_name
+        self.system_metrics = system_metrics
+        self.params, self.tags = params, tags
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.parent_run_id = parent_run_id
+        self.resume_id = run_id  # reopen this run (resume) instead of starting a new one
+        self.run_id = ""
+
+    def __enter__(self) -> "MlflowTracker":
+        prepare_store(self.tracking_uri)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        experiment_id = experiment_id_for(self.experiment, self.tracking_uri)
+        if self.resume_id:
+            _check_same_run(MlflowClient(self.tracking_uri).get_run(self.resume_id), self.tags)
+            # MLflow continues the system metrics' steps after the run's last one (resume_logging)
+            run = mlflow.start_run(run_id=self.resume_id, log_system_metrics=self.system_metrics)
+            mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                                   parent_run_id=self.parent_run_id, log_system_metrics=self.system_metrics,
+                                   tags={k: str(v) for k, v in self.tags.items()})
+            mlflow.log_params(self.params)
+        self.run_id = run.info.run_id
+        self._client = MlflowClient(self.tracking_uri)  # by run id: usable from the checkpoint writer's thread
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            return False
+        if getattr(exc, "run_status", None):
+            mlflow.set_tags(getattr(exc, "run_tags", {}))
+            mlflow.end_run(exc.run_status)
+            return False
+        if issubclass(exc_type, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+            try:
+                mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt")
+                mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+            except Exception:  # the store itself may be what failed; still end the run
+                pass
+        mlflow.end_run(RunStatus.to_string(status))
+        return False
+
+    def log_metrics(self, metrics: dict[str, float], step: int, *, model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None) -> None:
+        """Safe from any thread (the checkpoint writer logs epochs): by run id, not through MLflow's
+        thread-local active run, which a fresh thread does not have. `model_id`: attach them to that
+        LoggedModel too; `dataset`: (name, digest) of the dataset input they were measured on."""
+        now = int(time.time() * 1000)
+        on = {"dataset_name": dataset[0], "dataset_digest": dataset[1]} if dataset else {}
+        batch = [Metric(k, float(v), now, step, model_id=model_id, **on) for k, v in metrics.items()]
+        self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def last_step(self, key: str) -> int:
+        """Highest step logged for `key` in this run, or -1."""
+        history = self._client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
+        """One split as an MLflow dataset input (mlflow.log_input): the run's Datasets column."""
+        mlflow.log_input(SplitDataset(name, digest, source, profile), context=context)
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
+        """Log the model (weights of epoch `step`) as this run's LoggedModel, with any test/* metrics
+        the run has attached to it (harness.tracking.mlflow.models). Returns its model id."""
+        return models.log_model(self.run_id, model, example, step)
+
+
+class SplitDataset(MetaDataset):
+    """A split as MLflow records it: name, digest (the data fingerprint), source (the root) and a
+    profile of counts. MetaDataset carries no profile of its own; this adds one."""
+
+    def __init__(self, name: str, digest: str, source: str, profile: dict):
+        super().__init__(source=LocalArtifactDatasetSource(source), name=name, digest=digest)
+        self._profile = profile
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+

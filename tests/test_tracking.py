@@ -1,0 +1,46 @@
+"""The MLflow side of a run as MLflow users expect it: system metrics (on by default, off with
+log_system_metrics: false, continued by a resumed run) and the spec hash they leave alone."""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.tracking import MlflowClient
+
+from harness.config.load import load_spec
+from harness.tracking.base import open_run
+
+from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
+
+pytestmark = DEPRECATIONS_ARE_ERRORS
+
+CPU = "system/cpu_utilization_percentage"
+
+
+def _open_for(uri: str, seconds: float, system_metrics: bool, run_id: str | None = None) -> str:
+    with open_run("sys", "r", {"a": 1}, {}, tracking_uri=uri, run_id=run_id, system_metrics=system_metrics) as t:
+        time.sleep(seconds)
+    return t.run_id
+
+
+def test_system_metrics_are_sampled_and_a_resumed_run_continues_their_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = _open_for(uri, 2.0, True)
+    client = MlflowClient(uri)
+    first = [m.step for m in client.get_metric_history(run_id, CPU)]
+    assert first and first == list(range(len(first)))
+    _open_for(uri, 2.0, True, run_id=run_id)  # the resumed run: same run, steps carry on
+    steps = [m.step for m in client.get_metric_history(run_id, CPU)]
+    assert len(steps) > len(first) and sorted(steps) == list(range(len(steps)))  # none repeated
+    assert client.get_run(run_id).info.status == "FINISHED"
+    off = _open_for(uri, 1.5, False)
+    assert not [k for k in client.get_run(off).data.metrics if k.startswith("system/")]
+
+
+def test_log_system_metrics_is_top_level_and_not_part_of_the_spec_hash():
+    on = load_spec(EXPERIMENTS / "debug.yaml")
+    off = load_spec(EXPERIMENTS / "debug.yaml", ["log_system_metrics=false"])
+    assert on.log_system_metrics and not off.log_system_metrics
+    assert on.spec_hash() == off.spec_hash()
+    assert on.spec_hash() != load_spec(EXPERIMENTS / "debug.yaml", ["log_model=false"]).spec_hash()
