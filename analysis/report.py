@@ -224,13 +224,18 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
 
 
 def provenance_notes(runs: pd.DataFrame, axes: list[str]) -> list[str]:
-    """A paragraph for each of amp.dtype and data.fingerprint that load_campaign made an axis: the
-    runs trained in more than one precision, or on more than one version of the data."""
+    """What the runs were tested on (their test dataset input: name and digest; the fingerprint tag
+    for runs that predate inputs), then a paragraph for each of amp.dtype and data.fingerprint that
+    load_campaign made an axis: runs in more than one precision, or on more than one version of the data."""
+    named = runs.get("dataset.test", pd.Series(dtype=object)).notna()
+    tested = ", ".join(f"{html.escape(str(name))} ({html.escape(str(digest))})" for name, digest in
+                       runs[named][["dataset.test", "data.fingerprint"]].drop_duplicates().itertuples(index=False))
+    older = f"; {(~named).sum()} run(s) predate dataset inputs (their data.fingerprint tag is used)" * (~named).any()
+    notes = [f"<p>Tested on: {tested or 'unrecorded'} (name and digest of each run's MLflow dataset input){older}.</p>"]
     what = {"amp.dtype": ("Mixed precision", "autocast dtype", "as <code>amp: auto</code> does on machines with "
                           "and without native bf16"),
             "data.fingerprint": ("Data changed", "data fingerprint", "so the files under the same data settings "
                                  "changed between runs")}
-    notes = []
     for tag, (title, noun, why) in what.items():
         if tag in axes:
             counts = ", ".join(f"{n} with {html.escape(str(v))}" for v, n in runs[tag].value_counts().items())

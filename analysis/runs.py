@@ -37,6 +37,27 @@ FINAL_METRICS = [*TEST_METRICS, "test/miou", "model/num_params", "best/val_dice"
                  "throughput/train_img_s"]
 
 
+def with_test_input(raw: pd.DataFrame, context: str = "test") -> pd.DataFrame:
+    """`raw` (mlflow.search_runs) with each run's data read from its `context` dataset input, as
+    MLflow records it (name, digest): `dataset.<context>` holds the name, and the data fingerprint
+    (tags.data.fingerprint) is the input's digest. A run made before the harness logged inputs keeps
+    its tag and has no name."""
+    raw = raw.copy()
+    found: dict[str, tuple[str, str]] = {}
+    ids = list(raw["run_id"]) if "run_id" in raw else []
+    for lo in range(0, len(ids), 100):  # one query per 100 runs: search_runs returns inputs, pandas does not
+        chunk = ", ".join(f"'{i}'" for i in ids[lo:lo + 100])
+        for run in mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                      filter_string=f"attributes.run_id IN ({chunk})"):
+            for inp in run.inputs.dataset_inputs if run.inputs else []:
+                if any(t.key == "mlflow.data.context" and t.value == context for t in inp.tags):
+                    found[run.info.run_id] = (inp.dataset.name, inp.dataset.digest)
+    raw[f"dataset.{context}"] = [found.get(i, (None, None))[0] for i in ids]
+    digest = pd.Series([found.get(i, (None, None))[1] for i in ids], index=raw.index, dtype=object)
+    raw["tags.data.fingerprint"] = digest.fillna(raw.get("tags.data.fingerprint", pd.Series(index=raw.index)))
+    return raw
+
+
 def _tidy(raw: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """mlflow.search_runs output -> one row per run with named params, tags and final metrics.
 
@@ -47,6 +68,7 @@ def _tidy(raw: pd.DataFrame, params: list[str]) -> pd.DataFrame:
         out[name] = raw.get(f"params.{name}")
     for name in KEY_TAGS:
         out[name] = raw.get(f"tags.{name}")
+    out["dataset.test"] = raw.get("dataset.test")
     for name in FINAL_METRICS:
         out[name] = pd.to_numeric(raw.get(f"metrics.{name}"), errors="coerce")
     for name in NUMERIC_PARAMS:
@@ -62,12 +84,12 @@ def load_runs(experiment: str, uri: str | None = None, status: str | None = "FIN
     raw = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
     if raw.empty:
         return pd.DataFrame(columns=["run_id", "status", "start_time", *KEY_PARAMS, *KEY_TAGS, *FINAL_METRICS])
-    return _tidy(raw, KEY_PARAMS)
+    return _tidy(with_test_input(raw), KEY_PARAMS)
 
 
 # Params that cannot change a result: campaigns that differ only in these are not different settings.
-NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "log_system_metrics", "data.cache", "data.cache_dir", "data.download",
-                    "data.num_workers"}
+NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "log_system_metrics", "data.cache", "data.cache_dir",
+                    "data.download", "data.num_workers"}
 
 
 def campaign_names(campaign: str | list[str] | None) -> list[str]:
@@ -95,6 +117,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         raw = mlflow.search_runs(experiment_names=[experiment], filter_string=clause)
         if raw.empty:
             raise LookupError(f"no {status} runs for experiment {experiment!r}")
+        raw = with_test_input(raw)
         axes = [*_unexplained_tags(raw, []), "model.arch", "seed"]
         return _with_arms(raw.sort_values("start_time"), axes), axes
     names = campaign_names(campaign)
@@ -106,7 +129,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     if len(frames) > 1:
         differ = _differing_params(frames)
         axes = [*differ, *[a for a in axes if a not in differ]]
-    raw = pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True)
+    raw = with_test_input(pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True))
     axes = [*_unexplained_tags(raw, axes), *axes]
     runs = _with_arms(raw, axes)
     if len(frames) > 1:
@@ -119,19 +142,23 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
 
 def load_evaluation(dataset: str, uri: str | None = None, split: str = "test") -> tuple[pd.DataFrame, list[str]]:
     """Evaluation runs (`python -m harness evaluate`: tag run.kind=evaluation) of `split` of one
-    dataset, named by its folder name (tag evaluation.dataset) or its data fingerprint; as
-    load_campaign returns them, with the source campaign's axes (else model.arch and seed)."""
+    dataset, named by its folder name or its data fingerprint: found through the runs' dataset input
+    (name '<folder>-<split>', digest = fingerprint), else through their tags (evaluation.dataset,
+    data.fingerprint); as load_campaign returns them, with the source campaign's axes (else
+    model.arch and seed)."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     clause = (f"attributes.status = 'FINISHED' and tags.`run.kind` = 'evaluation' "
               f"and tags.`evaluation.split` = '{split}'")
     raw = pd.DataFrame()
-    for tag in ("evaluation.dataset", "data.fingerprint"):
-        raw = mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.`{tag}` = '{dataset}'")
+    for where in (f"dataset.name = '{dataset}-{split}'", f"dataset.digest = '{dataset}'",
+                  f"tags.`evaluation.dataset` = '{dataset}'", f"tags.`data.fingerprint` = '{dataset}'"):
+        raw = mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and {where}")
         if not raw.empty:
             break
     if raw.empty:
         raise LookupError(f"no finished evaluation runs of the {split} split of dataset {dataset!r} (a folder name "
                           "or data fingerprint); make evaluate RUN=<run id> DATA=<root> makes them")
+    raw = with_test_input(raw, split)
     tagged = raw["tags.source.campaign.axes"].dropna() if "tags.source.campaign.axes" in raw else []
     axes = tagged.iloc[0].split(",") if len(tagged) else ["model.arch", "seed"]
     axes = [*_unexplained_tags(raw, axes), *axes]

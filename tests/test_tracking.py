@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness.config.load import load_spec
@@ -44,3 +45,41 @@ def test_log_system_metrics_is_top_level_and_not_part_of_the_spec_hash():
     assert on.log_system_metrics and not off.log_system_metrics
     assert on.spec_hash() == off.spec_hash()
     assert on.spec_hash() != load_spec(EXPERIMENTS / "debug.yaml", ["log_model=false"]).spec_hash()
+
+
+def test_analysis_reads_the_data_from_the_runs_dataset_inputs_with_the_tag_as_fallback(tmp_path):
+    """A run's test input (name, digest) is its data; a run made before inputs keeps its tag."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    from analysis.runs import load_evaluation, load_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("inputs")
+    tags = {"data.fingerprint": "old-tag", "run.kind": "evaluation", "evaluation.split": "test", "source.run_id": "s"}
+    with mlflow.start_run(tags={**tags, "data.fingerprint": "stale"}) as new:
+        mlflow.log_params({"model.arch": "unet", "seed": 0})
+        mlflow.log_input(MetaDataset(LocalArtifactDatasetSource("/data/pets"), name="pets-test", digest="d1g3st"),
+                         context="test")
+    with mlflow.start_run(tags=tags) as old:
+        mlflow.log_params({"model.arch": "unet", "seed": 1})
+    runs = load_runs("inputs", uri).set_index("run_id")
+    assert runs.loc[new.info.run_id, "data.fingerprint"] == "d1g3st"  # the input, not the tag
+    assert runs.loc[new.info.run_id, "dataset.test"] == "pets-test"
+    assert runs.loc[old.info.run_id, "data.fingerprint"] == "old-tag"
+    assert pd.isna(runs.loc[old.info.run_id, "dataset.test"])
+    found, _ = load_evaluation("pets", uri)  # by the input's name '<folder>-<split>'
+    assert list(found["run_id"]) == [new.info.run_id]
+    assert list(load_evaluation("d1g3st", uri)[0]["run_id"]) == [new.info.run_id]
+    assert list(load_evaluation("old-tag", uri)[0]["run_id"]) == [old.info.run_id]  # the tag, for older runs
+
+
+def test_one_system_metrics_sample_costs_time_and_logs_a_step(tmp_path):
+    from harness.tracking.mlflow.tracker import system_metrics_sample_s
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert system_metrics_sample_s(uri, samples=2) > 0
+    [run] = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, CPU)] == [0, 1]

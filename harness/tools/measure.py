@@ -114,11 +114,29 @@ def scoring_ms(root: str, image_size: int, tolerance: float = 2.0) -> dict:
             "scorer_ms_per_image": round(1e3 * whole / n, 2), "boundary_ms_per_image": round(1e3 * boundary / n, 2)}
 
 
+def system_metrics_cost(interval_s: float = 10.0) -> dict:
+    """What log_system_metrics costs: seconds per sample (in a throwaway SQLite store) and the
+    fraction of one core that is at MLflow's sampling interval; an epoch pays that fraction."""
+    from harness.tracking.mlflow.tracker import system_metrics_sample_s
+
+    with tempfile.TemporaryDirectory() as tmp:
+        per = system_metrics_sample_s(f"sqlite:///{tmp}/mlflow.db")
+    return {"sample_ms": round(1e3 * per, 2), "interval_s": interval_s,
+            "share_of_one_core_pct": round(100 * per / interval_s, 3)}
+
+
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="ms per test image of stored-size scoring and of NSD/HD95")
-    parser.add_argument("root", help="an oxford_pet layout, e.g. ../shared/data/oxford-pet-mini")
+    parser = argparse.ArgumentParser(description="ms per test image of stored-size scoring and of NSD/HD95; "
+                                                 "with --system-metrics, the cost of MLflow's system metrics")
+    parser.add_argument("root", nargs="?", help="an oxford_pet layout, e.g. ../shared/data/oxford-pet-mini")
     parser.add_argument("--image-size", type=int, default=128, help="training size the logits are at")
+    parser.add_argument("--system-metrics", action="store_true", help="measure one system-metrics sample instead")
     args = parser.parse_args()
-    print(scoring_ms(args.root, args.image_size))
+    if args.system_metrics:
+        print(system_metrics_cost())
+    elif args.root:
+        print(scoring_ms(args.root, args.image_size))
+    else:
+        parser.error("give a dataset root, or --system-metrics")

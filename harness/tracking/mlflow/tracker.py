@@ -118,6 +118,24 @@ class MlflowTracker:
         return models.log_model(self.run_id, model, example, step)
 
 
+def system_metrics_sample_s(tracking_uri: str, samples: int = 20) -> float:
+    """Seconds of work one system-metrics sample costs the process: what MLflow's monitor thread
+    does each interval (read CPU, memory, disk, network and GPU counters, check the run is still
+    RUNNING, log the batch), timed `samples` times in a throwaway run of the store at `tracking_uri`."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment(f"system-metrics-cost-{time.time_ns()}"))
+    monitor = SystemMetricsMonitor(run.info.run_id, tracking_uri=tracking_uri)
+    start = time.perf_counter()
+    for _ in range(samples):
+        monitor.collect_metrics()
+        client.get_run(run.info.run_id)
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    return (time.perf_counter() - start) / samples
+
+
 class SplitDataset(MetaDataset):
     """A split as MLflow records it: name, digest (the data fingerprint), source (the root) and a
     profile of counts. MetaDataset carries no profile of its own; this adds one."""
