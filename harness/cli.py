@@ -257,9 +257,9 @@ def _study(args) -> int:
     from harness.sweeps.study import StudyMismatch, run_study, run_worker, storage_for
 
     if args.worker_index is not None:
-        run_worker(spec, base, storage_for(spec, args.storage), args.worker_index)
+        run_worker(spec, base, storage_for(spec, args.storage), args.worker_index, args.workers)
         return 0
-    cmd = [sys.executable, "-m", "harness", "study", str(args.spec), *args.overrides]
+    cmd = [sys.executable, "-m", "harness", "study", str(args.spec), *args.overrides, f"--workers={args.workers}"]
     if args.storage:
         cmd += ["--storage", args.storage]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from harness.sweeps import study as study_module
 from harness.sweeps.study import run_study
 from harness.tracking.base import NullTracker
 
-from conftest import EXPERIMENTS
+from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
 
+pytestmark = DEPRECATIONS_ARE_ERRORS  # Optuna's and MLflow's deprecations fail these tests
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
+DEBUG_PARETO = EXPERIMENTS / "studies" / "debug_pareto.yaml"
 
 
 @pytest.mark.parametrize("path", sorted((EXPERIMENTS / "studies").glob("*.yaml")), ids=lambda p: p.name)
@@ -70,6 +73,9 @@ def test_study_nests_trials_resumes_and_writes_best_spec(store, tmp_path):
     assert "figures/optimization_history.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}
     children = _children(client, parent_id)
     assert len(children) == 3 == len(study.trials)
+    assert study.metric_names == ["val/dice"]  # optuna-dashboard's label, not "Objective 0"
+    assert study.trials[0].params == {"model.base_width": 8, "train.lr": 0.01}  # the base spec: the baseline
+    assert study.trials[0].user_attrs["baseline"] is True
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
     for trial in study.trials:
         assert by_trial[trial.number].data.tags["trial.state"] == trial.state.name
@@ -92,7 +98,9 @@ def test_study_nests_trials_resumes_and_writes_best_spec(store, tmp_path):
 
 
 def test_pruned_trial_is_pruned_in_optuna_and_mlflow(store, monkeypatch):
-    monkeypatch.setattr(study_module, "_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=1.01))
+    from harness.sweeps.study import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "pruner_for", lambda spec: optuna.pruners.ThresholdPruner(lower=1.01))
     spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=1"])
     study = run_study(spec, base, DEBUG_STUDY)
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
@@ -155,7 +163,7 @@ def _study_cli(args, cwd, uri, spec=DEBUG_STUDY, **popen):
 @pytest.mark.slow
 def test_workers_share_a_postgresql_study_and_mlflow_store(postgres, tmp_path):
     storage, mlflow_uri = f"{postgres}/optuna", f"{postgres}/mlflow"
-    proc = _study_cli(["n_trials=4", "--workers", "2", "--storage", storage], tmp_path, mlflow_uri)
+    proc = _study_cli(["n_trials=4", "sampler=tpe", "--workers", "2", "--storage", storage], tmp_path, mlflow_uri)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
     study = optuna.load_study(study_name="debug_study", storage=storage)
@@ -164,6 +172,8 @@ def test_workers_share_a_postgresql_study_and_mlflow_store(postgres, tmp_path):
     children = _children(MlflowClient(mlflow_uri), study.user_attrs["mlflow_parent_run_id"])
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(t.number for t in study.trials)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    # each worker sampled for parallel work: multivariate TPE with a constant liar
+    assert {t.user_attrs.get("sampler") for t in study.trials} == {"TPESampler(multivariate, constant_liar)"}
 
 
 @pytest.mark.slow
@@ -238,7 +248,7 @@ def test_make_study_debug_end_to_end(tmp_path):
 def test_median_pruner_waits_prune_after_epochs(prune_after):
     """A trial far below the median is stopped at epoch prune_after + 1, never before."""
     spec, _ = load_study_spec(DEBUG_STUDY, [f"prune_after={prune_after}", "pruner_startup_trials=1"])
-    study = optuna.create_study(direction="maximize", pruner=study_module._pruner(spec))
+    study = optuna.create_study(direction="maximize", pruner=study_module.pruner_for(spec))
     good = study.ask()
     for epoch in range(1, 6):
         good.report(0.9, epoch)
@@ -304,3 +314,60 @@ def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
                     "  train.amp: {type: categorical, choices: [off, auto]}\n"
                     "  data.image_size: {type: categorical, choices: [32, 48]}\n")
     assert study_identity(*load_study_spec(path)) == {}
+
+
+def test_pareto_study_exports_the_front_and_the_best_dice_within_the_budget(store, tmp_path):
+    """Three objectives (val Dice, parameters, latency): no pruner, the front as a table and a figure
+    on the parent run, and the best spec is the rule's trial (best Dice within 200k parameters)."""
+    spec, base = load_study_spec(DEBUG_PARETO)
+    assert spec.pruner == "none" and spec.multi_objective
+    study = run_study(spec, base, DEBUG_PARETO)
+    assert study.metric_names == ["val/dice", "model/num_params", "model/latency_ms"]
+    assert len(study.trials) == 4 and all(len(t.values) == 3 for t in study.trials)
+    assert study.trials[0].params == {"model.base_width": 8, "train.lr": 0.01}  # the baseline
+    client = MlflowClient(store)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    for trial in study.trials:  # each value is what the trial's run recorded
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert trial.values[1] == run.data.metrics["model/num_params"]
+        assert trial.values[2] == pytest.approx(run.data.metrics["model/latency_ms"]) and trial.values[2] > 0
+    front = list(csv.DictReader(open(client.download_artifacts(parent_id, "pareto_front.csv", str(tmp_path)))))
+    assert sorted(int(r["trial"]) for r in front) == sorted(t.number for t in study.best_trials)
+    assert "figures/pareto_front.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}
+    within = [t for t in study.best_trials if t.values[1] <= 200_000]
+    chosen = max(within, key=lambda t: t.values[0])
+    tags = client.get_run(parent_id).data.tags
+    assert tags["best.trial"] == str(chosen.number)
+    best_spec = load_spec(tmp_path / "experiments" / "generated" / "debug_pareto-best.yaml")
+    assert best_spec.model.base_width == chosen.params["model.base_width"]
+
+
+def test_multi_objective_study_refuses_a_pruner_and_checks_its_objectives(tmp_path):
+    with pytest.raises(SpecError, match="Optuna does not prune multi-objective studies"):
+        load_study_spec(DEBUG_PARETO, ["pruner=median"])
+    with pytest.raises(SpecError, match="one direction per metric"):
+        load_study_spec(DEBUG_PARETO, ["directions=[maximize]"])
+    with pytest.raises(SpecError, match="test/dice"):
+        load_study_spec(DEBUG_PARETO, ["metrics=[test/dice, model/num_params, model/latency_ms]"])
+    with pytest.raises(SpecError, match="is not an objective"):
+        load_study_spec(DEBUG_PARETO, ["best={metric: val/iou}"])
+
+
+def test_parallel_workers_sample_with_multivariate_tpe_and_a_constant_liar():
+    spec, _ = load_study_spec(DEBUG_STUDY, ["sampler=tpe"])
+    shared = study_module.sampler_for(spec, 1, 2)
+    assert shared._multivariate is True and shared._constant_liar is True  # set, not left to the version's defaults
+    assert study_module.describe_sampler(shared) == "TPESampler(multivariate, constant_liar)"
+
+
+def test_the_baseline_is_left_out_when_the_base_spec_lies_outside_the_space(store, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nbase: {EXPERIMENTS / 'debug.yaml'}\nset: {{train.epochs: 1}}\nn_trials: 1\n"
+                    "pruner: none\nsearch_space:\n  train.lr: {type: float, low: 0.1, high: 0.5}\n")
+    spec, base = load_study_spec(path)
+    assert study_module.baseline_params(spec, base) == ({"train.lr": 0.01}, ["train.lr=0.01"])
+    study = run_study(spec, base, path)
+    assert "baseline not enqueued: train.lr=0.01" in capsys.readouterr().err
+    assert 0.1 <= study.trials[0].params["train.lr"] <= 0.5
+    off, _ = load_study_spec(DEBUG_STUDY, ["enqueue_baseline=false"])
+    assert not off.enqueue_baseline

@@ -114,12 +114,33 @@ class CampaignSpec(PlanSpec):
         return [{"variant": name, **combo} for name in self.variants for combo in combos]
 
 
+# Objectives a study may name besides the epoch metrics (val/*, train/*): read once per trial.
+# model/latency_ms: ms per image of inference at the trial's image size (batch 8, its device and
+# precision, random weights: latency does not depend on them), measured after the trial trains.
+ONCE_PER_TRIAL = ("model/num_params", "model/latency_ms")
+Direction = Literal["maximize", "minimize"]
+
+
+class BestRule(BaseModel):
+    """Which trial of a multi-objective study's Pareto front is exported as the best spec: the best
+    `metric` among the front's trials within every limit (a minimised objective at most its
+    limit, a maximised one at least it), e.g. the best val/dice within 5M parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str
+    limits: dict[str, float] = Field(default_factory=dict)
+
+
 class StudySpec(PlanSpec):
     search_space: dict[str, Param]
     n_trials: int | None = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds, per invocation")
     metric: str = "val/dice"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = "maximize"
+    metrics: list[str] | None = Field(None, description="several objectives (multi-objective); with directions")
+    directions: list[Direction] | None = None
+    best: BestRule | None = Field(None, description="multi-objective: the front's trial exported as the best spec")
+    enqueue_baseline: bool = Field(True, description="trial 0 is the base spec's own values of the searched fields")
     sampler: Literal[SAMPLERS] = "tpe"
     pruner: Literal[PRUNERS] = "median"
     prune_after: int = Field(0, ge=0, description="epochs every trial completes before the pruner may stop it")
@@ -128,6 +149,40 @@ class StudySpec(PlanSpec):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file under mlruns/optuna/")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats (RDB storages)")
     grace_period: int = Field(30, ge=2, description="a RUNNING trial silent this long is failed and retried")
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.metrics or [self.metric]
+
+    @property
+    def objective_directions(self) -> list[str]:
+        return list(self.directions or [self.direction])
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @model_validator(mode="after")
+    def _objectives(self):
+        if (self.metrics is None) != (self.directions is None) or len(self.metrics or []) != len(self.directions or []):
+            raise ValueError("metrics and directions go together, one direction per metric")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"metrics repeat a name: {self.objectives}")
+        for name in self.objectives:
+            if not (name.startswith(("val/", "train/")) or name in ONCE_PER_TRIAL):
+                raise ValueError(f"objective {name!r}: an epoch metric (val/..., train/...) or one of "
+                                 f"{', '.join(ONCE_PER_TRIAL)}")
+        if self.multi_objective:
+            if "pruner" not in self.model_fields_set:
+                self.pruner = "none"
+            elif self.pruner != "none":
+                raise ValueError(f"pruner '{self.pruner}' with {len(self.objectives)} objectives: Optuna does not "
+                                 "prune multi-objective studies (Trial.report takes one value); set pruner: none")
+        if self.best is not None:
+            named = [self.best.metric, *self.best.limits]
+            if unknown := [n for n in named if n not in self.objectives]:
+                raise ValueError(f"best: {', '.join(unknown)} is not an objective ({', '.join(self.objectives)})")
+        return self
 
     @model_validator(mode="after")
     def _stop_rule(self):

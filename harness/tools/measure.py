@@ -1,5 +1,6 @@
 """Measurements behind `make bench`, each on its own: FLOPs and saved activations of one training
-step, the seconds a checkpoint costs, and the dataset's cold- and warm-cache build times."""
+step, the seconds a checkpoint costs, the dataset's cold- and warm-cache build times, inference
+latency (a study objective), stored-size scoring and system metrics' cost."""
 
 from __future__ import annotations
 
@@ -112,6 +113,31 @@ def scoring_ms(root: str, image_size: int, tolerance: float = 2.0) -> dict:
     n = len(test)
     return {"images": n, "image_size": image_size, "scorer_s": round(whole, 2),
             "scorer_ms_per_image": round(1e3 * whole / n, 2), "boundary_ms_per_image": round(1e3 * boundary / n, 2)}
+
+
+def inference_ms_per_image(spec, batch: int = 8, repeats: int = 10) -> float:
+    """Milliseconds per image of inference for the spec's model at its image size: batch `batch`, on
+    the spec's device in the precision `amp` resolves to there, median of `repeats` timed batches
+    after 2 warm-ups. The weights are random: latency does not depend on their values."""
+    import statistics
+
+    from harness.build import build_model, resolve_amp, select_device
+
+    device = select_device(spec.train.device)
+    model = build_model(spec).to(device).eval()
+    amp = resolve_amp(spec.train.amp, device)
+    size = spec.data.image_size
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        for i in range(repeats + 2):
+            sync(device)
+            start = time.perf_counter()
+            model(x)
+            sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times) / batch
 
 
 def system_metrics_cost(interval_s: float = 10.0) -> dict:
