@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install lint experiment validate audit study dashboard campaign report overview bench test test-all ui predict evaluate register clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign campaign-status report overview bench test test-all ui predict evaluate register clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,8 +47,12 @@ dashboard: $(VENV)/.installed  ## optuna-dashboard on http://HOST:8080 (default 
 	$(VENV)/bin/optuna-dashboard --host $(HOST) --port 8080 \
 		$(or $(STORAGE),mlruns/optuna/$(or $(STUDY),$(basename $(notdir $(STUDY_SPEC)))).journal)
 
-campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> (finished cells are skipped; DRY_RUN=1: list what would run)
-	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET) $(if $(DRY_RUN),--dry-run)
+campaign: $(VENV)/.installed  ## run a campaign matrix: SPEC=<campaign yaml> [WORKERS=N] [STORAGE=url] [LAUNCHER=slurm SLURM="partition=gpu,..."] (finished cells skipped; DRY_RUN=1 lists)
+	$(PY) -m harness campaign $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/campaigns/unet_vs_resnet34.yaml) $(SET) $(if $(DRY_RUN),--dry-run) \
+		--workers $(or $(WORKERS),1) $(if $(STORAGE),--storage $(STORAGE)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(SLURM),--slurm "$(SLURM)")
+
+campaign-status: $(VENV)/.installed  ## each cell of a campaign: finished, running (worker, heartbeat), waiting, failed: SPEC=<campaign yaml> [STORAGE=url]
+	$(PY) -m harness campaign $(SPEC) $(SET) --status $(if $(STORAGE),--storage $(STORAGE))
 
 report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIGN=<name> (or "a b": pooled), EXPERIMENT=<name> or EVALUATION=<dataset> [AXIS=<field> to compare]
 	@test -n "$(CAMPAIGN)$(EXPERIMENT)$(EVALUATION)" || { echo "usage: make report CAMPAIGN=<name> | EXPERIMENT=<mlflow experiment> | EVALUATION=<dataset name or fingerprint>"; exit 2; }

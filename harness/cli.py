@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="train nothing: list each cell as SKIPPED (finished), TO RESUME or TO RUN, with the reason "
                         "a finished cell runs again (another precision or other data)")
+    s.add_argument("--workers", type=int, default=1, help="worker processes claiming cells (default 1)")
+    s.add_argument("--storage", default=None, help="Optuna storage the workers claim cells through (default: a "
+                   "journal under mlruns/optuna/; postgresql://... for workers on several machines)")
+    s.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local processes, SLURM jobs (a submitit job array), or submitit's local executor")
+    s.add_argument("--slurm", default="",
+                   help="submitit parameters, e.g. partition=gpu,gpus_per_node=1,timeout_min=240")
+    s.add_argument("--status", action="store_true", help="show each cell: finished, claimed (by whom), waiting, failed")
+    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("predict", help="write masks and overlays with a logged model")
     s.add_argument("--run", required=True, help="MLflow run id whose model to use")
     s.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
@@ -276,10 +285,28 @@ def _campaign(args) -> int:
     from harness.config.sweeps import load_campaign_spec
 
     spec, base = load_campaign_spec(args.spec, args.overrides)
-    from harness.sweeps.campaign import print_summary, run_campaign
+    from harness.sweeps import campaign
 
-    results = run_campaign(spec, base, dry_run=args.dry_run)
-    print_summary(spec, results)
+    if args.worker_index is not None:
+        campaign.run_worker(spec, base, args.storage, args.worker_index)
+        return 0
+    if args.status:
+        campaign.print_status(spec, base, args.storage)
+        return 0
+    storage = ["--storage", args.storage] if args.storage else []
+    launch = None
+    if args.launcher != "local":
+        from harness.sweeps.launch import submitit_workers
+        launch = submitit_workers(args.spec.resolve(), args.overrides, args.storage, args.launcher, args.slurm)
+    elif args.workers > 1:
+        launch = campaign.local_processes([sys.executable, "-m", "harness", "campaign", str(args.spec),
+                                           *args.overrides, *storage])
+    results = campaign.run_campaign(spec, base, dry_run=args.dry_run, workers=args.workers,
+                                    storage_url=args.storage, launch=launch)
+    if not results and not args.dry_run:  # SLURM: the jobs run on their own
+        print(f"make campaign-status SPEC={args.spec} shows their progress")
+        return 0
+    campaign.print_summary(spec, results)
     return 1 if any(r.status == "FAILED" for r in results) else 0
 
 

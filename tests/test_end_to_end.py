@@ -134,7 +134,9 @@ def test_run_logs_system_metrics_and_its_model_carries_the_test_metrics(finished
     assert (linked["test/dice"].dataset_name, linked["test/dice"].dataset_digest) == (test_input.name,
                                                                                      test_input.digest)
     best = int(run.data.metrics["best/epoch"])  # the weights' epoch: its val/dice is the model's too
-    assert linked["val/dice"].step == best
+    assert linked["val/dice"].step == best and model.tags["epoch"] == str(best)
+    assert linked["model/num_params"].value == run.data.metrics["model/num_params"]
+    assert not [k for k in linked if k.startswith(("system/", "train/"))]  # only what describes the model
 
 
 def test_logged_model_serves_through_pyfunc(finished_run):

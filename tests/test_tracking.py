@@ -83,3 +83,14 @@ def test_one_system_metrics_sample_costs_time_and_logs_a_step(tmp_path):
     assert system_metrics_sample_s(uri, samples=2) > 0
     [run] = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
     assert [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, CPU)] == [0, 1]
+
+
+def test_ui_links_open_each_experiments_runs_table_in_the_model_training_view(store):
+    from harness.tracking.mlflow import runs_table_links
+
+    with open_run("linked", "r", {}, {}):
+        pass
+    [(name, url)] = runs_table_links("http://127.0.0.1:5000/")
+    experiment = MlflowClient(store).get_experiment_by_name("linked")
+    assert name == "linked" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"

@@ -85,6 +85,8 @@ class CampaignSpec(PlanSpec):
     matrix: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field -> values; the product is run")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named sets of dotted overrides: an axis 'variant' crossed with the matrix")
+    stale_after_s: float = Field(120.0, gt=0, description="a worker's claim on a cell without a heartbeat this long "
+                                 "is stale: the cell is handed to another worker, which resumes its run")
 
     @model_validator(mode="after")
     def _non_empty(self):

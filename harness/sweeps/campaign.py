@@ -10,7 +10,11 @@ campaign completes it. A failed cell does not stop the others; it is reported at
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +22,10 @@ from harness import paths
 from harness.config.load import load_spec
 from harness.config.sweeps import CampaignSpec
 from harness.run import run_experiment, run_identity
+from harness.sweeps.study.cells import CellQueue, cell_key, storage_for_campaign
 from harness.tracking import store
 from harness.tracking.base import Tracker, open_run
+from harness.tracking.mlflow import run_metrics
 
 
 @dataclass
@@ -35,34 +41,155 @@ def _label(cell: dict) -> str:
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
 
 
-def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False) -> list[CellResult]:
+def _cell_spec(spec: CampaignSpec, base: Path, cell: dict):
+    exp = load_spec(base, spec.overrides(cell))
+    exp.name = f"{spec.name}[{_label(cell)}]"
+    return exp
+
+
+def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, workers: int = 1,
+                 storage_url: str | None = None, launch=None) -> list[CellResult]:
     """Run every missing cell of the matrix. Returns one result per cell, in matrix order.
-    `dry_run`: train nothing; each cell that would run is TO RUN (or TO RESUME, with the run id)."""
+
+    Cells without a FINISHED run are queued in the campaign's Optuna storage (harness.sweeps.study.cells:
+    a journal under mlruns/optuna/, or `storage_url`), then `workers` workers claim and run them, each
+    cell handed out once: this process when 1, else `launch(workers)`, which starts them and returns
+    True once they have stopped, or False when they run on their own (SLURM): then [] is returned.
+    `dry_run`: train and queue nothing; a cell that would run is TO RUN (or TO RESUME, with the run id)."""
     experiment = spec.tracking or load_spec(base).tracking
-    axes = ",".join(spec.axis_names())
-    results = []
-    cells = spec.cells()
+    cells, results, todo = spec.cells(), {}, []
     for i, cell in enumerate(cells, 1):
-        exp = load_spec(base, spec.overrides(cell))
-        exp.name = f"{spec.name}[{_label(cell)}]"
-        tags = {"campaign": spec.name, "campaign.axes": axes, "campaign.cell": json.dumps(cell, sort_keys=True),
-                **{f"cell.{k}": v for k, v in cell.items()}}
-        made: list[Tracker] = []
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
-            done, resume = _earlier_runs(experiment, spec.name, exp, f"[{i}/{len(cells)}] {exp.name}")
-            if done or dry_run:
-                results.append(CellResult(cell, "SKIPPED", done) if done else
-                               CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
-                continue
-            result = run_experiment(exp, _opener(experiment, exp, tags, resume, made))
-            results.append(CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"]))
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # recorded FAILED in MLflow by the tracker; keep going
-            run_id = made[0].run_id if made else ""
-            results.append(CellResult(cell, "FAILED", run_id, error=f"{type(err).__name__}: {err}"))
+            done, resume = _earlier_runs(experiment, spec.name, _cell_spec(spec, base, cell),
+                                         f"[{i}/{len(cells)}] {spec.name}[{_label(cell)}]")
+        except Exception as err:
+            results[i] = CellResult(cell, "FAILED", error=f"{type(err).__name__}: {err}")
             print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-    return results
+            continue
+        if done or dry_run:
+            results[i] = (CellResult(cell, "SKIPPED", done) if done else
+                          CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
+        else:
+            todo.append(cell)
+    if dry_run or not todo:
+        return [results[i] for i in range(1, len(cells) + 1)]
+    queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
+    queued = queue.enqueue(todo)
+    print(f"queued {len(queued)} of {len(todo)} cell(s) to run in campaign:{spec.name} "
+          f"({storage_url or paths.OPTUNA / f'campaign-{spec.name}.journal'}); {workers} worker(s)", flush=True)
+    if launch is not None:
+        if not launch(workers):
+            return []
+        ran = {}
+    elif workers == 1:
+        ran = work(spec, base, queue)
+    else:
+        raise ValueError("more than one worker needs a launcher (local_processes, or harness.sweeps.launch)")
+    return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell)
+            for i, cell in enumerate(cells, 1)]
+
+
+def worker_name(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}#{index}"
+
+
+def local_processes(worker_cmd: list[str]):
+    """launch(n) for run_campaign: n processes of `worker_cmd` + --worker-index=i on this machine."""
+    def launch(n: int) -> bool:
+        procs = [subprocess.Popen([*worker_cmd, f"--worker-index={w}"]) for w in range(n)]
+        if codes := [c for c in (p.wait() for p in procs) if c]:
+            print(f"warning: worker exit codes {codes}", file=sys.stderr)
+        return True
+    return launch
+
+
+def run_worker(spec: CampaignSpec, base: Path, storage_url: str | None, index: int) -> dict[str, CellResult]:
+    """One worker process (--worker-index, a SLURM array task): claim and run cells until none is left."""
+    queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(index), spec.stale_after_s)
+    return work(spec, base, queue)
+
+
+def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> None:
+    """Each cell: FINISHED (its run), RUNNING (the worker holding it, its last heartbeat), WAITING,
+    FAILED, or not queued; read from MLflow and the campaign's storage."""
+    experiment = spec.tracking or load_spec(base).tracking
+    queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
+    latest, now = queue.states(), time.time()
+    counts: dict[str, int] = {}
+    for i, cell in enumerate(spec.cells(), 1):
+        exp = _cell_spec(spec, base, cell)
+        done = store.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED")
+        trial = latest.get(cell_key(cell))
+        state = "FINISHED" if done else (trial.state.name if trial else "NOT QUEUED")
+        state = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, state)
+        if state == "RUNNING":
+            state = "STALE" if now - trial.user_attrs.get("heartbeat", 0) > spec.stale_after_s else "RUNNING"
+        where = done[0] if done else (f"{trial.user_attrs.get('worker', '')} heartbeat "
+                                      f"{now - trial.user_attrs.get('heartbeat', now):.0f} s ago"
+                                      if trial and trial.state.name == "RUNNING" else "")
+        counts[state] = counts.get(state, 0) + 1
+        print(f"  [{i}/{len(spec.cells())}] {state:<10} {_label(cell):<45} {where}")
+    print(f"campaign '{spec.name}': " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+
+
+def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) -> dict[str, CellResult]:
+    """Claim and run cells until none is waiting or held; hand on the cells of workers whose claim
+    went stale (they died), so their runs resume here. Returns this worker's results by cell key."""
+    experiment = spec.tracking or load_spec(base).tracking
+    cells = {cell_key(c): (i, c) for i, c in enumerate(spec.cells(), 1)}
+    who, ran = queue.worker, {}
+    while True:
+        claim = queue.claim()
+        if claim is None:
+            handed = [t for t in queue.stale() if queue.hand_on(t)]
+            for t in handed:
+                print(f"[{who}] handed on {_label(json.loads(t.user_attrs['cell']))}: the claim of "
+                      f"{t.user_attrs.get('worker', '?')} went stale (no heartbeat for {queue.stale_after:.0f} s)",
+                      flush=True)
+            if not handed and not queue.running():
+                return ran
+            time.sleep(0 if handed else poll_s)
+            continue
+        i, cell = cells[claim.cell]
+        print(f"[{who}] claimed [{i}/{len(cells)}] {_label(cell)}", flush=True)
+        try:
+            with queue.holding(claim):
+                result = _run_cell(spec, base, experiment, cell, f"[{i}/{len(cells)}]")
+        except KeyboardInterrupt:
+            queue.release(claim)  # queued again at once: the next worker resumes its run
+            raise
+        queue.finish(claim, result.test_dice if result.status != "FAILED" else None, result.run_id)
+        ran[claim.cell] = result
+        print(f"[{who}] {result.status.lower()} [{i}/{len(cells)}] {_label(cell)} {result.run_id}", flush=True)
+
+
+def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head: str) -> CellResult:
+    """Train one claimed cell: skipped if it FINISHED meanwhile, its interrupted run resumed if any."""
+    exp = _cell_spec(spec, base, cell)
+    tags = {"campaign": spec.name, "campaign.axes": ",".join(spec.axis_names()),
+            "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()}}
+    made: list[Tracker] = []
+    try:
+        done, resume = _earlier_runs(experiment, spec.name, exp, f"{head} {exp.name}")
+        if done:
+            return CellResult(cell, "SKIPPED", done, run_metrics(done).get("test/dice"))
+        result = run_experiment(exp, _opener(experiment, exp, tags, resume, made))
+        return CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"])
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # recorded FAILED in MLflow by the tracker; keep going
+        print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return CellResult(cell, "FAILED", made[0].run_id if made else "", error=f"{type(err).__name__}: {err}")
+
+
+def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict) -> CellResult:
+    """A cell another worker ran: FINISHED with its run, or FAILED."""
+    exp = _cell_spec(spec, base, cell)
+    done = store.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED",
+                           where_set=run_identity(exp))
+    if done:
+        return CellResult(cell, "FINISHED", done[0], run_metrics(done[0]).get("test/dice"))
+    return CellResult(cell, "FAILED", error="no FINISHED run after the workers stopped (see their output)")
 
 
 def _opener(experiment: str, exp, tags: dict, resume: str | None, made: list[Tracker]):

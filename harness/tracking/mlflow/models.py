@@ -15,14 +15,19 @@ from mlflow.types import Schema, TensorSpec
 from harness.tracking.mlflow.runs import default_tracking_uri, store_client
 
 MODEL_NAME = "model"
-LINKED_PREFIX = "test/"  # the metrics a model is judged by: the headline test scores
+# The run's metrics that describe its model, and the split (dataset input) each was measured on:
+# the headline test scores, the validation scores of the weights' epoch, the parameter count.
+LINKED = {"test/": "test", "val/": "val", "model/": None}
+# MLflow attaches to a model every metric logged at the model's step, and system/* samples count
+# their own steps (0, 1, 2, ...), so any epoch would collect unrelated samples: the model is logged
+# at a step no metric uses, its epoch kept as a tag, and the metrics above are attached explicitly.
+UNUSED_STEP = -1
 
 
 def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
     """Log `model` into the active run `run_id` with torch.export ('pt2', MLflow 3's default off
-    Databricks: no pickle on load) and attach the run's test/* metrics, if it has any yet, to it.
-    Returns the model id. `step`: the epoch the weights are from; MLflow attaches the run's metrics
-    at that step (the best epoch's val/*, and any system/* sample that happens to carry that number).
+    Databricks: no pickle on load) and attach the run's metrics that describe it (link_metrics).
+    Returns the model id. `step`: the epoch the weights are from (the model's `epoch` tag).
 
     The signature marks batch, height and width as dynamic (-1), so the exported program accepts
     any size; `example` (N, 3, H, W), float in [0, 1], needs N > 1 for the batch dim to stay dynamic.
@@ -40,25 +45,32 @@ def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, step: 
     # subprocess, which cost ~15 s per run (measured with cProfile on the debug spec).
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     info = mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature, input_example=example.numpy(),
-                                    serialization_format="pt2", pip_requirements=requirements, step=step)
-    link_test_metrics(run_id, info.model_id)
+                                    serialization_format="pt2", pip_requirements=requirements, step=UNUSED_STEP)
+    mlflow.set_logged_model_tags(info.model_id, {"epoch": str(step), "mlflow_run_id": run_id})
+    link_metrics(run_id, info.model_id, step)
     return info.model_id
 
 
-def link_test_metrics(run_id: str, model_id: str) -> int:
-    """Attach the run's test/* metrics to its LoggedModel `model_id`, against the run's test dataset
-    input. Each is logged again with its own timestamp, step and value, which MLflow stores once in
-    the run (it de-duplicates on those) and once for the model; keys MLflow attached already (those
-    at the model's step) are left as they are. Returns how many were attached."""
+def link_metrics(run_id: str, model_id: str, epoch: int) -> int:
+    """Attach the run's LINKED metrics to its LoggedModel `model_id`: test/* and model/* as last
+    logged, val/* of `epoch`, each against its split's dataset input. Each is logged again with its
+    own timestamp, step and value, which MLflow stores once in the run (it de-duplicates on those)
+    and once for the model; keys the model has already are skipped. Returns how many were attached."""
     client = store_client()
     run = client.get_run(run_id)
     attached = {m.key for m in client.get_logged_model(model_id).metrics or []}
-    test = [i.dataset for i in run.inputs.dataset_inputs
-            if any(t.key == "mlflow.data.context" and t.value == "test" for t in i.tags)]
-    dataset = {"dataset_name": test[0].name, "dataset_digest": test[0].digest} if test else {}
-    metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **dataset)
-               for key in run.data.metrics if key.startswith(LINKED_PREFIX) and key not in attached
-               for m in client.get_metric_history(run_id, key)]
+    inputs = {t.value: {"dataset_name": i.dataset.name, "dataset_digest": i.dataset.digest}
+              for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    metrics = []
+    for key in sorted(run.data.metrics):
+        prefix = next((p for p in LINKED if key.startswith(p)), None)
+        if prefix is None or key in attached:
+            continue
+        history = client.get_metric_history(run_id, key)
+        last = max(history, key=lambda m: (m.step, m.timestamp))
+        chosen = [m for m in history if m.step == epoch] if prefix == "val/" else [last]
+        metrics += [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id,
+                           **inputs.get(LINKED[prefix], {})) for m in chosen]
     if metrics:
         client.log_batch(run_id, metrics=metrics, synchronous=True)
     return len(metrics)

@@ -67,9 +67,11 @@ def experiment_id_for(name: str, uri: str) -> str:
 
 def runs_table_links(base_url: str) -> list[tuple[str, str]]:
     """(experiment name, URL of its runs table in the MLflow UI at `base_url`) for every experiment
-    with runs; the route is the bundled UI's /experiments/:experimentId/runs (MLflow 3.17)."""
+    with runs. The route is the bundled UI's /experiments/:experimentId/runs (MLflow 3.17), and
+    workflowType=machine_learning its model-training view: a fresh browser otherwise opens the GenAI
+    one, whatever the experiment's kind (seen in headless Chromium)."""
     client = store_client()
-    return [(e.name, f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs")
+    return [(e.name, f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning")
             for e in client.search_experiments(order_by=["name"])
             if client.search_runs([e.experiment_id], max_results=1)]
 

@@ -1,0 +1,154 @@
+"""Campaign cells handed out through an Optuna storage, the same storages studies use: a journal
+file under mlruns/optuna/ (processes on one machine) or an RDB such as PostgreSQL (many machines).
+
+Each cell that still has to run is a fixed trial of the study `campaign:<name>`, enqueued WAITING
+with the cell in its user attrs. A worker claims one by moving it to RUNNING through
+`storage.set_trial_state_values`, which succeeds for exactly one caller on both storages, so a
+cell is handed out once. Optuna's own heartbeat lives inside `study.optimize`, which campaigns do
+not use, and the journal has none, so a claim carries its own: the holder writes the time into the
+trial's `heartbeat` user attr every HEARTBEAT_S. A RUNNING claim whose heartbeat is older than
+`stale_after` seconds is stale (its worker died): the first worker to see it fails it and enqueues
+the cell again, and whoever claims that runs the cell, resuming its MLflow run from its checkpoint.
+
+Two launchers enqueueing at once can leave a cell queued twice; a claim counts only if no
+lower-numbered trial of the same cell is WAITING or RUNNING, so one runs at a time, and a worker
+checks MLflow for a FINISHED run of its cell before it trains (as a single process always did),
+so a cell queued again after it finished is not trained twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+
+from harness import paths
+
+S = optuna.trial.TrialState
+LIVE = (S.WAITING, S.RUNNING)  # a cell with one of these is queued or held
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 120.0  # 12 missed heartbeats: a busy machine delays a thread, it does not stop it
+
+
+@dataclass(frozen=True)
+class Claim:
+    trial_id: int
+    number: int
+    cell: str  # the cell as sorted JSON, e.g. '{"model.arch": "unet", "seed": 0}'
+
+
+def cell_key(cell: dict) -> str:
+    return json.dumps(cell, sort_keys=True)
+
+
+def storage_for_campaign(name: str, url: str | None = None):
+    """The campaign's storage: `url` (sqlite/postgresql/mysql), else a journal file
+    mlruns/optuna/campaign-<name>.journal."""
+    if url:
+        return optuna.storages.RDBStorage(url)
+    path = paths.OPTUNA / f"campaign-{name}.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+class CellQueue:
+    """The cells of one campaign in an Optuna storage. `worker` names this process in claims."""
+
+    def __init__(self, campaign: str, storage, worker: str, stale_after: float = STALE_AFTER_S):
+        self.storage, self.worker, self.stale_after = storage, worker, stale_after
+        self.study = optuna.create_study(study_name=f"campaign:{campaign}", storage=storage, load_if_exists=True,
+                                         direction="maximize")  # the value is the cell's test/dice
+
+    def _trials(self, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False, states=states) if "cell" in t.user_attrs]
+
+    def enqueue(self, cells: list[dict]) -> list[str]:
+        """Queue each cell (one that has no FINISHED run) not already WAITING or RUNNING; returns those queued."""
+        queued = {t.user_attrs["cell"] for t in self._trials(LIVE)}
+        added = [cell_key(c) for c in cells if cell_key(c) not in queued]
+        for key in added:
+            self.study.enqueue_trial({}, user_attrs={"cell": key})
+        return added
+
+    def claim(self) -> Claim | None:
+        """Claim the lowest-numbered WAITING cell, or None when none is waiting. A claim that lost to a
+        lower-numbered trial of the same cell (a cell queued twice) is failed and the next one tried."""
+        for trial in sorted(self._trials((S.WAITING,)), key=lambda t: t.number):
+            trial_id = trial._trial_id  # FrozenTrial's storage id (Optuna exposes no public name for it)
+            if not self.storage.set_trial_state_values(trial_id, S.RUNNING):
+                continue  # another worker claimed it first
+            self._beat(trial_id)
+            self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
+            key = trial.user_attrs["cell"]
+            if any(t.user_attrs["cell"] == key and t.number < trial.number for t in self._trials(LIVE)):
+                self.storage.set_trial_user_attr(trial_id, "duplicate", True)
+                self.storage.set_trial_state_values(trial_id, S.FAIL)
+                continue
+            return Claim(trial_id, trial.number, key)
+        return None
+
+    def _beat(self, trial_id: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+    @contextmanager
+    def holding(self, claim: Claim):
+        """Keep `claim`'s heartbeat fresh (a daemon thread) while the cell runs."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(min(HEARTBEAT_S, self.stale_after / 4)):
+                try:
+                    self._beat(claim.trial_id)
+                except Exception:  # a storage hiccup: the next beat tries again
+                    pass
+
+        thread = threading.Thread(target=beat, daemon=True, name="cell-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def finish(self, claim: Claim, dice: float | None, run_id: str) -> None:
+        """COMPLETE with the cell's test/dice, or FAIL (dice None)."""
+        self.storage.set_trial_user_attr(claim.trial_id, "mlflow_run_id", run_id)
+        state, values = (S.FAIL, None) if dice is None else (S.COMPLETE, [dice])
+        self.storage.set_trial_state_values(claim.trial_id, state, values)
+
+    def release(self, claim: Claim) -> None:
+        """Give a claim back (Ctrl-C): FAIL it and queue its cell again, for the next worker."""
+        self.storage.set_trial_user_attr(claim.trial_id, "released", True)
+        self.storage.set_trial_state_values(claim.trial_id, S.FAIL)
+        self.study.enqueue_trial({}, user_attrs={"cell": claim.cell, "handed_on_from": claim.number})
+
+    def stale(self) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING claims whose heartbeat is older than stale_after seconds."""
+        now = time.time()
+        return [t for t in self._trials((S.RUNNING,)) if now - t.user_attrs.get("heartbeat", 0) > self.stale_after]
+
+    def hand_on(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Fail a stale claim and queue its cell again; False when another worker did it first."""
+        try:
+            self.storage.set_trial_user_attr(trial._trial_id, "stale", True)
+            self.storage.set_trial_state_values(trial._trial_id, S.FAIL)
+        except Exception:  # UpdateFinishedTrialError (RDB): already handed on
+            return False
+        if trial.user_attrs["cell"] in {t.user_attrs["cell"] for t in self._trials(LIVE)}:
+            return False
+        self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number})
+        return True
+
+    def running(self) -> list[optuna.trial.FrozenTrial]:
+        return self._trials((S.RUNNING,))
+
+    def states(self) -> dict[str, optuna.trial.FrozenTrial]:
+        """Each cell's latest trial (by number): what campaign-status shows."""
+        latest: dict[str, optuna.trial.FrozenTrial] = {}
+        for t in sorted(self._trials(), key=lambda t: t.number):
+            latest[t.user_attrs["cell"]] = t
+        return latest
