@@ -1,0 +1,188 @@
+"""Campaigns beyond one process: cells claimed through an Optuna storage, each handed out once, a
+dead worker's cell handed on and its run resumed, workers as submitit jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from harness.sweeps.study.cells import CellQueue, cell_key, storage_for_campaign
+
+from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
+
+pytestmark = DEPRECATIONS_ARE_ERRORS
+DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
+CELLS = [{"seed": s} for s in range(3)]
+
+
+@pytest.fixture
+def journal(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return storage_for_campaign("c")
+
+
+def test_each_cell_is_claimed_once_and_then_none_is_left(journal):
+    a, b = CellQueue("c", journal, "a"), CellQueue("c", storage_for_campaign("c"), "b")  # two workers
+    assert len(a.enqueue(CELLS)) == 3 and b.enqueue(CELLS) == []  # queued once
+    claims = [a.claim(), b.claim(), a.claim()]
+    assert sorted(c.cell for c in claims) == sorted(cell_key(c) for c in CELLS)
+    assert a.claim() is None and b.claim() is None
+    assert {t.user_attrs["worker"] for t in a.running()} == {"a", "b"}
+    for claim in claims:
+        a.finish(claim, 0.5, "run")
+    assert not a.running() and [t.state.name for t in a.states().values()] == ["COMPLETE"] * 3
+
+
+def test_a_cell_queued_twice_runs_once(journal):
+    queue = CellQueue("c", journal, "a")
+    queue.enqueue(CELLS[:1])
+    queue.study.enqueue_trial({}, user_attrs={"cell": cell_key(CELLS[0])})  # a second launcher raced the first
+    first = queue.claim()
+    assert first is not None and queue.claim() is None  # the later copy lost to the earlier
+    assert [t.user_attrs.get("duplicate") for t in queue.study.trials] == [None, True]
+
+
+def test_a_stale_claim_is_handed_on_once_and_a_released_one_at_once(journal):
+    dead, alive = CellQueue("c", journal, "dead", stale_after=0.2), CellQueue("c", journal, "alive", stale_after=0.2)
+    dead.enqueue(CELLS[:2])
+    held, other = dead.claim(), dead.claim()
+    time.sleep(0.4)  # no heartbeat thread ran: both claims are stale now
+    assert {t.number for t in alive.stale()} == {held.number, other.number}
+    stale = [t for t in alive.stale() if t.number == held.number]
+    assert alive.hand_on(stale[0]) and not alive.hand_on(stale[0])  # the second attempt finds it queued already
+    again = alive.claim()
+    assert again.cell == held.cell and again.number > held.number
+    with alive.holding(again):  # a held claim keeps beating: it does not go stale
+        time.sleep(0.4)
+        assert again.number not in {t.number for t in alive.stale()}
+    alive.release(again)  # Ctrl-C: queued again at once
+    assert alive.claim().cell == held.cell
+
+
+def _campaign_file(tmp_path: Path, **changes) -> Path:
+    doc = yaml.safe_load(DEBUG_CAMPAIGN.read_text())
+    doc["base"] = str((DEBUG_CAMPAIGN.parent / doc["base"]).resolve())
+    doc.update(changes)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _cli(args, tmp_path, uri, **popen):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness", "campaign", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _one_finished_run_per_cell(uri: str, campaign: str, n: int) -> list:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id], f"tags.campaign = '{campaign}'")
+    assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["campaign.cell"] for r in runs}) == n  # one run per cell, none twice
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "submitit-local"])
+def test_two_workers_on_the_journal_run_each_cell_once(tmp_path, launcher):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    proc = _cli([str(DEBUG_CAMPAIGN), "--workers", "2", "--launcher", launcher], tmp_path, uri)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+    _one_finished_run_per_cell(uri, "debug_campaign", 4)
+    logs = sorted((tmp_path / "mlruns" / "submitit").rglob("*_log.out"))  # submitit jobs print there
+    assert len(logs) == (2 if launcher == "submitit-local" else 0)
+    text = out + "".join(p.read_text() for p in logs)
+    claimed = [line for line in text.splitlines() if "] claimed [" in line]
+    assert len(claimed) == 4 and len({line.split("]")[0] for line in claimed}) == 2  # both workers worked
+    if launcher == "submitit-local":
+        assert "submitted 2 worker job(s)" in out
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from pg import postgres_server
+
+    with postgres_server(databases=("campaign", "mlflow")) as url:
+        if url is None:
+            pytest.skip("PostgreSQL server binaries not found (.ci/run installs Debian's postgresql)")
+        yield url
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_run_each_cell_once(postgres, tmp_path):
+    storage, uri = f"{postgres}/campaign", f"{postgres}/mlflow"
+    proc = _cli([str(DEBUG_CAMPAIGN), "--workers", "2", "--storage", storage], tmp_path, uri)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+    _one_finished_run_per_cell(uri, "debug_campaign", 4)
+    status = _cli([str(DEBUG_CAMPAIGN), "--status", "--storage", storage], tmp_path, uri)
+    assert "4 finished" in status.communicate(timeout=300)[0]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_cell_is_resumed_in_its_run_by_the_other(tmp_path):
+    """Worker A is SIGKILLed after its cell's first epoch; B, done with its own cell, sees A's claim
+    go stale and resumes A's MLflow run from its checkpoint: every epoch is logged once."""
+    path = _campaign_file(tmp_path, matrix={"seed": [0, 1]}, set={"train.epochs": 6, "log_model": False},
+                          stale_after_s=6)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    proc = _cli([str(path), "--workers", "2"], tmp_path, uri, start_new_session=True)
+    queue = CellQueue("debug_campaign", storage_for_campaign_at(tmp_path), "test")
+    client, victim, deadline = MlflowClient(uri), None, time.monotonic() + 600
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for run in _runs(client):
+            if run.info.status == "RUNNING" and client.get_metric_history(run.info.run_id, "val/dice"):
+                held = [t for t in queue.running() if t.user_attrs["cell"] == run.data.tags["campaign.cell"]]
+                if held and (tmp_path / "mlruns" / "checkpoints" / run.info.run_id / "last.pt").exists():
+                    victim = (run, int(held[0].user_attrs["worker"].split(":")[1].split("#")[0]))
+                    break
+    assert victim is not None, "no cell reached its first epoch in 600 s"
+    run, pid = victim
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=1200)
+    assert "went stale" in out, out[-4000:]
+    runs = _one_finished_run_per_cell(uri, "debug_campaign", 2)
+    resumed = next(r for r in runs if r.info.run_id == run.info.run_id)  # the same run finished the cell
+    assert int(resumed.data.tags["resumed_from_epoch"]) >= 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [1, 2, 3, 4, 5, 6]
+
+
+def storage_for_campaign_at(folder: Path):
+    import optuna
+
+    path = folder / "mlruns" / "optuna" / "campaign-debug_campaign.journal"
+    while not path.exists():
+        time.sleep(0.2)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _runs(client):
+    experiment = client.get_experiment_by_name("debug")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_dry_run_still_lists_and_queues_nothing(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert main(["campaign", str(DEBUG_CAMPAIGN), "--dry-run"]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert "dry run: 4 cell(s) would run" in capsys.readouterr().out
+    assert not (tmp_path / "mlruns" / "optuna").exists()
+    assert json.loads(cell_key({"b": 1, "a": 2})) == {"a": 2, "b": 1}
