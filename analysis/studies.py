@@ -25,8 +25,12 @@ def load_study(name: str, storage: str) -> optuna.Study:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, params_*, duration_s, mlflow_run_id."""
+    """One row per trial: number, state, value (the first objective), params_*, duration_s,
+    mlflow_run_id; a study with named objectives also has Optuna's value_<name> (one objective) or
+    values_<name> (several) columns."""
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
+    if "value" not in frame:  # named objectives: Optuna names the columns after them
+        frame["value"] = frame[[c for c in frame if c.startswith(("value_", "values_"))][0]]
     frame["duration_s"] = frame.pop("duration").dt.total_seconds()
     return frame.rename(columns={"user_attrs_mlflow_run_id": "mlflow_run_id"})
 

@@ -116,6 +116,7 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     assert f"by {abs(result['mean_diff']):.4f}" in page
     assert "<b>resnet34_unet</b> is" in page  # matrix order: unet is the baseline A
     assert "seed_ci_low" in page  # two seeds per arm: the CI over runs and images is in the table
+    assert "Tested on: synthetic-test (" in page  # each run's test dataset input, name and digest
 
     assert main(["--campaign", "debug_campaign", "--out", str(tmp / "r.html")]) == 0
     printed = capsys.readouterr().out  # the verdict reaches the terminal, in plain text
