@@ -230,7 +230,8 @@ def provenance_notes(runs: pd.DataFrame, axes: list[str]) -> list[str]:
     named = runs.get("dataset.test", pd.Series(dtype=object)).notna()
     tested = ", ".join(f"{html.escape(str(name))} ({html.escape(str(digest))})" for name, digest in
                        runs[named][["dataset.test", "data.fingerprint"]].drop_duplicates().itertuples(index=False))
-    older = f"; {(~named).sum()} run(s) predate dataset inputs (their data.fingerprint tag is used)" * int((~named).any())
+    older = (f"; {(~named).sum()} run(s) predate dataset inputs (their data.fingerprint tag is used)"
+             if (~named).any() else "")
     notes = [f"<p>Tested on: {tested or 'unrecorded'} (name and digest of each run's MLflow dataset input){older}.</p>"]
     what = {"amp.dtype": ("Mixed precision", "autocast dtype", "as <code>amp: auto</code> does on machines with "
                           "and without native bf16"),
