@@ -23,6 +23,20 @@ DEPRECATIONS_ARE_ERRORS = [pytest.mark.filterwarnings("error::FutureWarning"),
                            pytest.mark.filterwarnings("error::DeprecationWarning:harness")]
 
 
+def run_main(argv: list[str]) -> int:
+    """harness.cli.main(argv) in-process, with the SIGINT/SIGTERM handlers it installs put back after."""
+    import signal
+
+    from harness.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return main(argv)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def use_store(folder: Path, monkeypatch) -> str:
     """Point MLflow at a fresh SQLite store under `folder` and move the cwd there (so mlruns/ lands
     there too); `monkeypatch` undoes both. Module-scoped fixtures pass a pytest.MonkeyPatch()."""

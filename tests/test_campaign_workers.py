@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.sweeps.study.cells import CellQueue, cell_key, storage_for_campaign
 
-from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
+from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS, run_main
 
 pytestmark = DEPRECATIONS_ARE_ERRORS
 DEBUG_CAMPAIGN = EXPERIMENTS / "campaigns" / "debug_campaign.yaml"
@@ -173,16 +173,9 @@ def _runs(client):
 
 
 def test_dry_run_still_lists_and_queues_nothing(tmp_path, monkeypatch, capsys):
-    from harness.cli import main
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        assert main(["campaign", str(DEBUG_CAMPAIGN), "--dry-run"]) == 0
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert run_main(["campaign", str(DEBUG_CAMPAIGN), "--dry-run"]) == 0
     assert "dry run: 4 cell(s) would run" in capsys.readouterr().out
     assert not (tmp_path / "mlruns" / "optuna").exists()
     assert json.loads(cell_key({"b": 1, "a": 2})) == {"a": 2, "b": 1}

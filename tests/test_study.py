@@ -19,7 +19,7 @@ from harness.sweeps import study as study_module
 from harness.sweeps.study import run_study
 from harness.tracking.base import NullTracker
 
-from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
+from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS, run_main
 
 pytestmark = DEPRECATIONS_ARE_ERRORS  # Optuna's and MLflow's deprecations fail these tests
 DEBUG_STUDY = EXPERIMENTS / "studies" / "debug_study.yaml"
@@ -271,9 +271,7 @@ def test_prune_after_must_not_be_negative():
 def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
     # TPE and the pruner compare trials: trials in bf16 (one machine's `amp: auto`) and in float32
     # (another's), or on two versions of the data, must not meet in one study.
-    import signal
 
-    from harness.cli import main
     from harness.sweeps.study import StudyMismatch, study_identity
 
     spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=1"])
@@ -293,12 +291,7 @@ def test_study_is_continued_only_as_it_began(store, tmp_path, capsys):
     more, _ = load_study_spec(DEBUG_STUDY, ["n_trials=2"])
     with pytest.raises(StudyMismatch, match=rf"its trials trained with amp.dtype {other} \(now {here}\)"):
         run_study(more, base, DEBUG_STUDY)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # main() installs its own
-    try:
-        assert main(["study", str(DEBUG_STUDY), "n_trials=2"]) == 2
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert run_main(["study", str(DEBUG_STUDY), "n_trials=2"]) == 2
     assert "start a new study (name=<new name>)" in capsys.readouterr().err
     assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 1
     assert client.get_run(parent_id).info.status == "FINISHED"  # not reopened
