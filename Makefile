@@ -68,7 +68,7 @@ lint: $(VENV)/.installed  ## ruff (pyflakes, pycodestyle, isort, bugbear; settin
 	$(VENV)/bin/ruff check $(ROOT)
 
 test: $(VENV)/.installed  ## the default test suite (what CI runs, less the slow tests)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed  ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)

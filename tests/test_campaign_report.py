@@ -136,6 +136,7 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["debug_campaign.html"]
 
 
+@pytest.mark.slow  # 32 s on 2 cores: two campaigns pooled; single-campaign report tests stay in the default suite
 def test_campaigns_pool_into_one_report_over_the_param_they_differ_in(store, tmp_path):
     from analysis.report import build_report, main
     from analysis.runs import load_campaign
@@ -385,6 +386,7 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
         assert text in page, text
 
 
+@pytest.mark.slow  # 28 s on 2 cores: two campaigns with failing cells
 def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, monkeypatch):
     """A campaign without failures must not hide another's: the loss section loads FAILED runs per campaign."""
     import re
@@ -413,6 +415,7 @@ def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, m
         assert failed == {"bce": expected, "bce_with_logits": 0}, (names, failed)
 
 
+@pytest.mark.slow  # 20 s on 2 cores: a campaign run twice, in two precisions
 def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(store, tmp_path, capsys):
     # A campaign begun where `amp: auto` is bf16 and continued where it is float32 (or the reverse):
     # the spec hash is the same, but a run in the other precision is not this cell's result.
@@ -490,6 +493,7 @@ def test_data_version_is_an_axis_unless_a_data_axis_decides_it():
     assert _unexplained_tags(both, ["model.arch", "seed"]) == ["amp.dtype", "data.fingerprint"]
 
 
+@pytest.mark.slow  # 8 s on 2 cores: a campaign run twice, on two data sets
 def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, tmp_path, capsys):
     # A mask fixed (or an image replaced) after a campaign ran: the spec is the same, the data is not.
     from analysis.runs import load_campaign

@@ -86,6 +86,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(store, tmp_path, capsys, unin
     assert f"checkpoint {last} is unreadable" in out and "prev.pt (epoch 2)" in out
 
 
+@pytest.mark.slow  # 11 s on 2 cores: loader worker processes; resume without them stays in the default suite
 def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
     # With workers, the next epoch's iterator (its order and augmentation seed) is drawn before
     # validation so that they prefetch; the checkpoint must hold the RNG state from before that

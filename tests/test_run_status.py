@@ -85,6 +85,7 @@ def test_nan_loss_fails_naming_the_epoch_and_step(store, tmp_path, monkeypatch):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [1]
 
 
+@pytest.mark.slow  # 12 s on 2 cores; the failing NaN case stays in the default suite
 def test_nan_loss_with_skip_batch_skips_and_counts(store, tmp_path, monkeypatch):
     _nan_at(monkeypatch, {2, 10 + 5})
     result = _run(store, tmp_path, overrides=("train.epochs=2", "train.on_nan=skip_batch"))
@@ -101,6 +102,7 @@ def _best_weights(tmp_path, run_id):
     return torch.load(tmp_path / "ckpt" / run_id / "best.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow  # 19 s on 2 cores: a CLI subprocess; the KeyboardInterrupt case stays in the default suite
 def test_sigterm_marks_killed_and_exits_130(store, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "NO_ALBUMENTATIONS_UPDATE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "harness", "experiment", str(EXPERIMENTS / "debug.yaml"),
