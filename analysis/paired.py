@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from analysis.runs import load_per_image
+from analysis.runs import FOLD, load_per_image
 
-FOLD = "data.fold"
 METRICS = {"dice": "Dice", "nsd": "NSD"}  # the headline per-image metrics, where every run has them
 
 

@@ -25,6 +25,7 @@ KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding
               "model.activation", "model.dropout", "model.deep_supervision", "train.loss", "train.lr",
               "train.optimizer", "train.epochs", "data.dataset", "data.image_size", "data.foreground",
               "data.num_classes", "data.target", "seed"]
+FOLD = "data.fold"  # like the seed, a replicate: runs differing only in it form one arm
 KEY_TAGS = ["campaign", "spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
 
 
@@ -208,12 +209,12 @@ def _differing_params(frames: list[pd.DataFrame]) -> list[str]:
 
 
 def _with_arms(raw: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """_tidy's frame with each axis's column and the `arm` column (the cell without its seed)."""
+    """_tidy's frame with each axis's column and the `arm` column (the cell without its seed and fold)."""
     runs = _tidy(raw, [*KEY_PARAMS, *axes])
     for axis in axes:  # an axis that is no spec field (a campaign's 'variant') lives in the cell tags
         if runs[axis].isna().all() and f"tags.cell.{axis}" in raw:
             runs[axis] = raw[f"tags.cell.{axis}"].to_numpy()
-    arm_axes = [a for a in axes if a != "seed"] or ["model.arch"]
+    arm_axes = [a for a in axes if a not in ("seed", FOLD)] or ["model.arch"]
     runs["arm"] = runs[arm_axes].astype(str).agg(" / ".join, axis=1)
     return runs
 

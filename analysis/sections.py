@@ -13,20 +13,28 @@ from typing import Callable
 import pandas as pd
 
 from analysis import plots
-from analysis.runs import campaign_names, load_campaign, load_history, load_per_image, load_predictions
+from analysis.runs import FOLD, campaign_names, load_campaign, load_history, load_per_image, load_predictions
 from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
 
 
+def _replicate_keys(runs: pd.DataFrame) -> list[str]:
+    """What tells a cell's runs apart: the seed, and the fold when the runs have one."""
+    return ["seed", FOLD] if FOLD in runs and runs[FOLD].notna().all() else ["seed"]
+
+
 def _runs_for_seed(runs: pd.DataFrame, axis: str, levels: list) -> dict:
-    """One run per level, all with the same seed (the lowest seed every level has)."""
-    common = set.intersection(*(set(runs.loc[runs[axis] == lvl, "seed"]) for lvl in levels))
+    """One run per level, all with the same seed (and fold): the lowest that every level has."""
+    keys = _replicate_keys(runs)
+    common = set.intersection(*(set(runs.loc[runs[axis] == lvl, keys].itertuples(index=False, name=None))
+                                for lvl in levels))
     if not common:
         return {}
-    seed = min(common)
-    return {lvl: runs[(runs[axis] == lvl) & (runs["seed"] == seed)].iloc[0] for lvl in levels}
+    pick = min(common)
+    chosen = pd.Series(list(runs[keys].itertuples(index=False, name=None)), index=runs.index).map(pick.__eq__)
+    return {lvl: runs[(runs[axis] == lvl) & chosen].iloc[0] for lvl in levels}
 
 
 def worst_images(runs: pd.DataFrame, axis: str, levels: list, uri: str | None, png: Callable) -> list[str]:
@@ -36,8 +44,9 @@ def worst_images(runs: pd.DataFrame, axis: str, levels: list, uri: str | None, p
     if not chosen or any(p is None for p in preds.values()):
         return ["<h2>Worst test images</h2><p>Not available: these runs did not log test_predictions.npz.</p>"]
     dice = {lvl: load_per_image(row.run_id, uri).set_index("name")["dice"] for lvl, row in chosen.items()}
-    seed = int(next(iter(chosen.values()))["seed"])
-    parts = [f"<h2>Worst test images per arm ({html.escape(axis)})</h2><p>Seed {seed}. For each arm, its "
+    first = next(iter(chosen.values()))
+    which = ", ".join(f"{'fold' if key == FOLD else key} {int(first[key])}" for key in _replicate_keys(runs))
+    parts = [f"<h2>Worst test images per arm ({html.escape(axis)})</h2><p>{which.capitalize()}. For each arm, its "
              f"{WORST_K} lowest per-image test Dice; every row shows the image, its truth and each arm's "
              "prediction on that same image (threshold 0.5 on the sigmoid).</p>"]
     for lvl in levels:

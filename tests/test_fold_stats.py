@@ -9,6 +9,8 @@ from scipy import stats as sps
 
 from analysis.paired import Paired, compare_axis, paired_frames
 from analysis.report import conclusion
+from analysis.runs import _with_arms
+from analysis.sections import _runs_for_seed
 from analysis.stats import compare_arms, fold_contrast_t
 
 IMAGES = 120
@@ -78,3 +80,17 @@ def test_paired_frames_group_runs_by_fold_and_the_conclusion_names_folds_seeds_a
     assert result["n_folds"] == 5 and result["mean_diff"] == pytest.approx(0.02)
     text = conclusion("unet", "resnet34_unet", result, 2, "model.arch")
     assert "over 30 test images and 5 folds &times; 2 seed(s) per fold per arm" in text
+
+
+def test_folds_are_replicates_in_the_arms_and_the_worst_images_pair_one_fold_and_seed():
+    # unet's rows start at fold 1, resnet34_unet's at fold 0: a pick by seed alone would pair two folds.
+    cells = [("unet", 1, 0), ("unet", 0, 1), ("unet", 0, 0), ("resnet34_unet", 0, 0), ("resnet34_unet", 1, 0)]
+    raw = pd.DataFrame({"run_id": [f"r{i}" for i in range(len(cells))], "status": "FINISHED", "start_time": 0,
+                        "params.model.arch": [a for a, _, _ in cells],
+                        "params.data.fold": [str(f) for _, f, _ in cells],
+                        "params.seed": [str(s) for *_, s in cells]})
+    runs = _with_arms(raw, ["seed", "data.fold", "model.arch"])
+    assert sorted(runs["arm"].unique()) == ["resnet34_unet", "unet"]  # not '0 / unet', '1 / unet', ...
+    chosen = _runs_for_seed(runs, "model.arch", ["unet", "resnet34_unet"])
+    assert {(row["seed"], row["data.fold"]) for row in chosen.values()} == {(0, "0")}
+    assert [row.run_id for row in chosen.values()] == ["r2", "r3"]
