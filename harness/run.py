@@ -85,9 +85,12 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
         setup = time.perf_counter() - run_start  # data, model, loaders, MLflow run: before the first epoch
         state = train(parts, loop_settings(spec, resumable), tracker, folder, on_epoch, world)
         result = _finish(spec, parts, tracker, folder, state, world)
-        total = time.perf_counter() - run_start  # overhead = everything that is not an epoch (test included)
-        epochs_s = sum(h["time/epoch_s"] for h in state.history)
-        tracker.log_metrics({"time/total_s": total, "time/overhead_s": total - epochs_s,
+        process_s = time.perf_counter() - run_start
+        # A resumed run's total adds the epochs earlier processes trained (not their setup, nor the
+        # time lost to the interruption); overhead = this process's time outside epochs (test included).
+        earlier_s = sum(h["time/epoch_s"] for h in state.history[:state.resumed_epochs])
+        here_s = sum(h["time/epoch_s"] for h in state.history[state.resumed_epochs:])
+        tracker.log_metrics({"time/total_s": process_s + earlier_s, "time/overhead_s": process_s - here_s,
                              "time/setup_s": setup}, step=state.epoch)
     if world.is_main:  # the run is FINISHED now: never resumed again, so only best.pt is worth its space
         checkpoint.drop_resume_state(folder)

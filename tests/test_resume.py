@@ -66,6 +66,12 @@ def _resume_and_compare(store, root, uninterrupted):
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("val/dice", "train/loss", "lr"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4], key
+    # The total counts every epoch of the run, not only the resumed process's; so the overhead
+    # (this process's time outside epochs) stays positive.
+    final = client.get_run(run_id).data.metrics
+    epochs_s = sum(h["time/epoch_s"] for h in result.history)
+    assert final["time/overhead_s"] > 0
+    assert final["time/total_s"] == pytest.approx(epochs_s + final["time/overhead_s"])
     return run_id
 
 

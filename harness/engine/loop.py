@@ -78,6 +78,7 @@ class LoopState:
     best_epoch: int = 0
     stale: int = 0  # epochs since val/dice last improved
     stop: bool = False  # early stopping decided; a resumed run that had stopped trains no more
+    resumed_epochs: int = 0  # epochs restored from a checkpoint, trained by an earlier process
 
     @property
     def epoch(self) -> int:
@@ -111,7 +112,8 @@ class LoopState:
             p.scheduler.load_state_dict(state["scheduler"])
         p.scaler.load_state_dict(state["scaler"])
         checkpoint.restore_rng(state["rng"], order_generator(p.loaders["train"]))
-        return cls(state["history"], state["best"], state["best_epoch"], state["stale"], state["stop"])
+        return cls(state["history"], state["best"], state["best_epoch"], state["stale"], state["stop"],
+                   resumed_epochs=len(state["history"]))
 
 
 def train(p: Parts, s: LoopSettings, tracker, folder: Path, on_epoch: EpochCallback | None = None,
