@@ -29,6 +29,7 @@ from analysis import plots
 from analysis.paired import (
     METRICS,
     compare_axis,
+    compared_runs,
     headline_metrics,
     load_scores,
     paired_frames,
@@ -101,6 +102,7 @@ def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) ->
     runs, axes = load_campaign(campaign, uri=uri)
     axis = compare_axis(axes)
     strata = strata_of(axes, axis)
+    runs = compared_runs(runs, axis, strata)  # the run counts and scores shown are the compared runs'
     scores = load_scores(runs, uri)
     labels = setting_labels(runs, strata)
     rows = []

@@ -87,9 +87,11 @@ def headline_metrics(scores: pd.DataFrame) -> list[str]:
 def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[str] = (),
                   scores: pd.DataFrame | None = None, metric: str = "dice") -> Paired:
     """Split every run's per-image test `metric` (`scores`, else loaded) by `axis` and by `strata`,
-    the other varied axes (seed and fold excluded), so that levels are compared within each setting."""
+    the other varied axes (seed and fold excluded), so that levels are compared within each setting.
+    With `data.fold` varied, only the folds every level has are compared."""
     scores = load_scores(runs, uri) if scores is None else scores
     strata = [s for s in strata if s != FOLD]
+    runs = compared_runs(runs, axis, strata)
     folds = FOLD in runs and runs[FOLD].nunique() > 1 and axis != FOLD
     per_image = scores.merge(runs[["run_id", axis, *strata]], on="run_id")
     per_image["setting"] = setting_labels(per_image, strata)
@@ -104,6 +106,18 @@ def paired_frames(runs: pd.DataFrame, axis: str, uri: str | None, strata: list[s
         if folds:
             groups[key] = fold_of.reindex(table.index).to_numpy()
     return Paired(wide, levels, settings, cells, groups, metric)
+
+
+def compared_runs(runs: pd.DataFrame, axis: str, strata: list[str]) -> pd.DataFrame:
+    """The runs a comparison of `axis`'s levels uses: all of them, or with `data.fold` varied those
+    of the folds every level has within their setting. A fold one arm lacks (a campaign stopped
+    part-way) would compare that arm's split against the other's: folds differ."""
+    strata = [s for s in strata if s != FOLD]
+    if FOLD not in runs or axis == FOLD or runs[FOLD].isna().any():
+        return runs
+    label = setting_labels(runs, strata)
+    levels_there = runs.groupby([label, runs[FOLD]])[axis].transform("nunique")
+    return runs[levels_there == runs[axis].nunique()]
 
 
 def setting_labels(frame: pd.DataFrame, strata: list[str]) -> pd.Series:

@@ -118,9 +118,10 @@ def verdict(result: dict) -> str:
     if kind == "uncorrected only":
         return f"On its own the difference would be called real, but not after correcting for the comparisons " \
                f"printed with it.{family}"
-    if "seed_ci_low" not in result:
-        return ("The difference is significant at the 5% level and its CI excludes 0; with one run in an arm, "
-                f"seed-to-seed variation is not counted.{family}")
+    if kind == "one run":
+        return ("The difference is significant at the 5% level and its CI excludes 0 over these images, for these "
+                "trained models; with one run in an arm, seed-to-seed variation is not counted, so it is not shown "
+                f"to be real for the settings: run more seeds.{family}")
     both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
     how = result.get("runs_interval", "bootstrap over runs and images")
     if kind == "real":

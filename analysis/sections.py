@@ -178,6 +178,7 @@ def setting_tables(paired, results=None) -> tuple[pd.DataFrame, pd.DataFrame, li
             gaps.append(_row(g, B=b, **{"from": first, "to": s}))
             said = {"real": "changes", "uncorrected only": "changes, but not after Holm's correction",
                     "images only": "changes over these images but not beyond seed noise",
+                    "one run": "changes over these images (one run in a cell: seed noise not counted)",
                     "none": "shows no change"}[evidence(g)]
             lines.append(f"The {html.escape(str(b))} &minus; {html.escape(str(paired.levels[0]))} gap {said} from "
                          f"{html.escape(first)} to {html.escape(s)}: {_interval(g)}.")

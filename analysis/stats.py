@@ -2,7 +2,8 @@
 correction over a family of comparisons.
 
 Multiplicity: a verdict "real" needs three things at once (Wilcoxon p < alpha, the CI over images and,
-with seeds to count, the CI over runs and images excluding 0): an intersection-union test, whose
+the CI over runs and images excluding 0; with one run in an arm there is none, and the verdict is
+"one run" at best): an intersection-union test, whose
 p-value is the largest of the three (`decisive_p`; the CIs' p-values come from the same bootstrap
 draws as the intervals). `adjust_family` applies Holm's step-down correction to those p-values over
 every comparison printed together, so "real" controls the family-wise error at alpha.
@@ -265,7 +266,8 @@ def compare_gaps(a1, b1, a2, b2, *, seed: int = 0, groups=None) -> dict:
 
 
 VERDICTS = {"real": "real", "uncorrected only": "not shown after Holm's correction",
-            "images only": "not shown: runs disagree", "none": "no difference shown"}
+            "images only": "not shown: runs disagree", "one run": "over images only: one run in an arm",
+            "none": "no difference shown"}
 """The words reports use for each `evidence` kind."""
 
 
@@ -277,11 +279,13 @@ def evidence(result: dict) -> str:
     """How strong a paired_comparison / compare_arms result is. 'real': Wilcoxon p < 0.05, the CI
     over images excludes 0 and, where there are seeds to count (`seed_ci_low/high`), so does the CI
     over runs and images; 'images only': all but the last; 'none': not even over images. Where
-    `adjust_family` has set `p_holm`, 'real' needs it below ALPHA too, else it is 'uncorrected only'."""
+    `adjust_family` has set `p_holm`, 'real' needs it below ALPHA too, else it is 'uncorrected only'.
+    'one run': everything but the CI over runs, which one run in an arm cannot give: the two trained
+    models differ over these images, but what a retraining would change is not counted."""
     if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
         return "none"
     if "seed_ci_low" in result and not _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
         return "images only"
     if result.get("p_holm", 0.0) >= ALPHA:
         return "uncorrected only"
-    return "real"
+    return "real" if "seed_ci_low" in result else "one run"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis.paired import Paired, compare_axis, paired_frames
+from analysis.paired import Paired, compare_axis, compared_runs, paired_frames
 from analysis.report import conclusion
 from analysis.runs import _with_arms
 from analysis.sections import _runs_for_seed
@@ -94,3 +94,15 @@ def test_folds_are_replicates_in_the_arms_and_the_worst_images_pair_one_fold_and
     chosen = _runs_for_seed(runs, "model.arch", ["unet", "resnet34_unet"])
     assert {(row["seed"], row["data.fold"]) for row in chosen.values()} == {(0, "0")}
     assert [row.run_id for row in chosen.values()] == ["r2", "r3"]
+
+
+def test_a_fold_one_arm_lacks_is_left_out_of_the_comparison():
+    # A campaign stopped part-way: unet has folds 0 and 1, resnet34_unet fold 0 only.
+    rows = [("a0", "unet", 0), ("a1", "unet", 1), ("b0", "resnet34_unet", 0)]
+    runs = pd.DataFrame([{"run_id": r, "model.arch": a, "data.fold": f, "seed": 0} for r, a, f in rows])
+    scores = pd.DataFrame([{"run_id": r, "name": f"img{i}", "dice": 0.5 + 0.4 * (r == "a1")}
+                           for r, *_ in rows for i in range(10)])
+    assert list(compared_runs(runs, "model.arch", [])["run_id"]) == ["a0", "b0"]
+    paired = paired_frames(runs, "model.arch", None, [], scores)
+    assert paired.cells[("", "unet")].shape == (1, 10)  # fold 1's 0.9 would have made unet look better
+    assert compare_arms(**paired.compare("unet", "resnet34_unet"))["mean_diff"] == pytest.approx(0.0)

@@ -43,3 +43,14 @@ def test_a_large_real_difference_survives_the_correction():
     results = [compare_arms(_null_arm(rng, images, 4), _null_arm(rng, images, 4) + 0.05) for _ in range(3)]
     adjust_family(results)
     assert all(evidence(r) == "real" and r["family_size"] == 3 and r["p_holm"] < 0.05 for r in results)
+
+
+def test_one_run_per_arm_is_never_called_real():
+    # Two trained models that differ over every image: significant, also after Holm, but with one
+    # run per arm nothing says what a retraining would change.
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0.6, 0.9, 200)
+    results = [compare_arms(_null_arm(rng, images, 1), _null_arm(rng, images, 1) + 0.05)]
+    adjust_family(results)
+    assert results[0]["p_holm"] < 0.05 and "seed_ci_low" not in results[0]
+    assert evidence(results[0]) == "one run"
