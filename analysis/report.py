@@ -70,7 +70,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_interval(values: pd.Series) -> str:
-    """'mean [low, high]' over runs: a t-interval below FEW_RUNS runs (a percentile bootstrap over 2-4
+    """'mean [low, high]' over runs: a t-interval below FEW_RUNS runs (a percentile bootstrap over so few
     values is far too narrow), else the bootstrap; one run is that run's value."""
     if 2 <= len(values) < FEW_RUNS:
         mean, low, high, _ = run_contrast_t([values.to_numpy()[:, None]], [1.0])

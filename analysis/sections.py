@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import FOLD, campaign_names, load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, evidence
+from analysis.stats import FEW_RUNS, VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, evidence
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -199,7 +199,7 @@ def by_setting(paired, axis: str, png: Callable, results=None, metric: str = "Di
              f"<p>Each level of {html.escape(axis)} against <b>{html.escape(str(a))}</b>, using only the runs of one "
              f"setting of the other axes: mean paired difference of per-image test {metric} (averaged over seeds), "
              "95% CI over images, Wilcoxon p and, with two or more seeds per cell, the CI over runs and images "
-             "(seed_ci_low/high: a t-interval over run means below 5 runs per cell). Verdict 'real' needs p "
+             f"(seed_ci_low/high: a t-interval over run means below {FEW_RUNS} runs per cell). Verdict 'real' needs p "
              "&lt; 0.05 and both CIs to exclude 0, and the Holm-adjusted p (p_holm, over the family_size "
              "comparisons the report prints) below 0.05.</p>",
              table.to_html(index=False),

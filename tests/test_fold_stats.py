@@ -11,7 +11,7 @@ from analysis.paired import Paired, compare_axis, compared_runs, paired_frames
 from analysis.report import conclusion
 from analysis.runs import _with_arms
 from analysis.sections import _runs_for_seed
-from analysis.stats import compare_arms, fold_contrast_t
+from analysis.stats import FEW_RUNS, compare_arms, fold_contrast_t
 
 IMAGES = 120
 
@@ -36,7 +36,7 @@ def test_a_split_effect_is_counted_by_resampling_folds():
     (runs resampled within each fold) does not, and would call a 0.01 mean gap real."""
     a, b, folds = _arms([0.05, -0.03, 0.04, -0.02, 0.01])
     hier = compare_arms(a, b, groups=[folds, folds])
-    assert hier["runs_interval"] == "bootstrap over folds, seeds and images" and hier["n_folds"] == 5
+    assert hier["runs_interval"] == "t over fold means" and hier["n_folds"] == 5
     assert hier["seed_ci_low"] < 0 < hier["seed_ci_high"]
     by_fold = [folds == f for f in range(5)]
     strata = compare_arms([a[m] for m in by_fold], [b[m] for m in by_fold])
@@ -49,7 +49,15 @@ def test_a_gap_every_fold_agrees_on_is_shown():
     assert hier["seed_ci_low"] > 0 and hier["p_boot_runs"] < 0.01
 
 
-def test_below_five_folds_the_interval_is_a_t_over_fold_means():
+def test_from_few_runs_folds_on_the_interval_is_the_bootstrap_over_folds_seeds_and_images():
+    gaps = np.random.default_rng(3).normal(0.03, 0.004, FEW_RUNS)
+    a, b, folds = _arms(gaps, seeds=2)
+    result = compare_arms(a, b, groups=[folds, folds])
+    assert result["runs_interval"] == "bootstrap over folds, seeds and images" and result["n_folds"] == FEW_RUNS
+    assert result["seed_ci_low"] > 0
+
+
+def test_below_few_runs_folds_the_interval_is_a_t_over_fold_means():
     a, b, folds = _arms([0.05, -0.01, 0.02])
     result = compare_arms(a, b, groups=[folds, folds])
     assert result["runs_interval"] == "t over fold means" and result["n_folds"] == 3
