@@ -71,3 +71,14 @@ def test_a_five_fold_campaign_with_no_difference_says_real_at_the_nominal_rate()
         assert result["runs_interval"] == "t over fold means"
         said_real += evidence(result) == "real"
     assert said_real / sims <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)
+
+
+def test_null_rates_prints_each_intervals_false_positive_share(capsys):
+    from analysis.null_rates import main
+
+    main(["--runs", "3", "--folds", "2", "--sims", "4"])
+    out = capsys.readouterr().out
+    assert "3 runs per arm, 4 null campaigns" in out and "Welch t over run means" in out
+    assert "2 folds, 4 null campaigns" in out and "t over fold means" in out
+    with pytest.raises(SystemExit):
+        main([])
