@@ -48,7 +48,7 @@ def worst_images(runs: pd.DataFrame, axis: str, levels: list, uri: str | None, p
     which = ", ".join(f"{'fold' if key == FOLD else key} {int(first[key])}" for key in _replicate_keys(runs))
     parts = [f"<h2>Worst test images per arm ({html.escape(axis)})</h2><p>{which.capitalize()}. For each arm, its "
              f"{WORST_K} lowest per-image test Dice; every row shows the image, its truth and each arm's "
-             "prediction on that same image (threshold 0.5 on the sigmoid).</p>"]
+             "prediction on that same image (at the threshold its run was tested at: see the summary per arm).</p>"]
     for lvl in levels:
         ref = preds[lvl]
         rows = ref["worst"][:WORST_K]
