@@ -124,12 +124,14 @@ def verdict(result: dict) -> str:
                 f"to be real for the settings: run more seeds.{family}")
     both = f"[{result['seed_ci_low']:+.4f}, {result['seed_ci_high']:+.4f}]"
     how = result.get("runs_interval", "bootstrap over runs and images")
+    spread, more = (("split-to-split and seed-to-seed", "folds or seeds") if "n_folds" in result
+                    else ("seed-to-seed", "seeds"))
     if kind == "real":
-        return ("The difference is significant at the 5% level and its CI excludes 0, also counting seed-to-seed "
+        return (f"The difference is significant at the 5% level and its CI excludes 0, also counting {spread} "
                 f"variation (95% CI by {how}: {both}).{family}")
-    return (f"Over these images the difference is significant, but counting seed-to-seed variation too ({how}) "
+    return (f"Over these images the difference is significant, but counting {spread} variation too ({how}) "
             f"its 95% CI {both} includes 0: the training runs disagree too much to call it real; run more "
-            f"seeds.{family}")
+            f"{more}.{family}")
 
 
 def _unbalanced(seeds) -> str:
@@ -203,7 +205,9 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
               summary_table(runs).to_html(index=False, escape=True), _png(plots.summary_bars(runs))]
     parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
     if comparisons:
-        parts += _paired_section(paired, comparisons, axis, seeds, strata)
+        n_folds = comparisons[0][3].get("n_folds")  # the folds compared (those every arm has)
+        per_arm = f"{seeds} per fold, {n_folds} folds" if n_folds else seeds
+        parts += _paired_section(paired, comparisons, axis, per_arm, strata)
         first = runs[setting_labels(runs, strata) == dice.complete_settings()[0]]  # one setting: same-seed runs
         parts += sections.worst_images(first, axis, levels, uri, _png)
     for _, section in within.values():

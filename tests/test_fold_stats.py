@@ -88,6 +88,7 @@ def test_paired_frames_group_runs_by_fold_and_the_conclusion_names_folds_seeds_a
     assert result["n_folds"] == 5 and result["mean_diff"] == pytest.approx(0.02)
     text = conclusion("unet", "resnet34_unet", result, 2, "model.arch")
     assert "over 30 test images and 5 folds &times; 2 seed(s) per fold per arm" in text
+    assert "also counting split-to-split and seed-to-seed variation (95% CI by t over fold means" in text
 
 
 def test_folds_are_replicates_in_the_arms_and_the_worst_images_pair_one_fold_and_seed():
