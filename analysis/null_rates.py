@@ -17,14 +17,10 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
-from analysis.stats import contrast_draws, fold_contrast_draws, fold_contrast_t, run_contrast_t
+from analysis.stats import contrast_draws, excludes_zero, fold_contrast_draws, fold_contrast_t, run_contrast_t
 
 IMAGES = 200
 SEEDS_PER_FOLD = 3
-
-
-def _excludes_zero(low: float, high: float) -> bool:
-    return low > 0 or high < 0
 
 
 def null_runs(rng: np.random.Generator, runs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +44,8 @@ def rates_over_runs(runs: int, sims: int, seed: int = 0) -> dict[str, float]:
     for sim in range(sims):
         a, b = null_runs(rng, runs)
         _, draws = contrast_draws([a, b], [-1.0, 1.0], n_boot=2_000, seed=sim)
-        boot += _excludes_zero(*np.quantile(draws, [0.025, 0.975]))
-        t += _excludes_zero(*run_contrast_t([a, b], [-1.0, 1.0])[1:3])
+        boot += excludes_zero(*np.quantile(draws, [0.025, 0.975]))
+        t += excludes_zero(*run_contrast_t([a, b], [-1.0, 1.0])[1:3])
     return {"bootstrap over runs and images": boot / sims, "Welch t over run means": t / sims}
 
 
@@ -59,8 +55,8 @@ def rates_over_folds(folds: int, sims: int, seed: int = 0) -> dict[str, float]:
     for sim in range(sims):
         a, b, groups = null_folds(rng, folds)
         draws = fold_contrast_draws([a, b], [groups, groups], [-1.0, 1.0], n_boot=2_000, seed=sim)
-        boot += _excludes_zero(*np.quantile(draws, [0.025, 0.975]))
-        t += _excludes_zero(*fold_contrast_t([a, b], [groups, groups], [-1.0, 1.0])[1:3])
+        boot += excludes_zero(*np.quantile(draws, [0.025, 0.975]))
+        t += excludes_zero(*fold_contrast_t([a, b], [groups, groups], [-1.0, 1.0])[1:3])
     return {"bootstrap over folds, seeds and images": boot / sims, "t over fold means": t / sims}
 
 

@@ -277,7 +277,7 @@ VERDICTS = {"real": "real", "uncorrected only": "not shown after Holm's correcti
 """The words reports use for each `evidence` kind."""
 
 
-def _excludes_zero(low: float, high: float) -> bool:
+def excludes_zero(low: float, high: float) -> bool:
     return low > 0 or high < 0
 
 
@@ -288,9 +288,9 @@ def evidence(result: dict) -> str:
     `adjust_family` has set `p_holm`, 'real' needs it below ALPHA too, else it is 'uncorrected only'.
     'one run': everything but the CI over runs, which one run in an arm cannot give: the two trained
     models differ over these images, but what a retraining would change is not counted."""
-    if not (result["p_wilcoxon"] < 0.05 and _excludes_zero(result["ci_low"], result["ci_high"])):
+    if not (result["p_wilcoxon"] < 0.05 and excludes_zero(result["ci_low"], result["ci_high"])):
         return "none"
-    if "seed_ci_low" in result and not _excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
+    if "seed_ci_low" in result and not excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
         return "images only"
     if result.get("p_holm", 0.0) >= ALPHA:
         return "uncorrected only"
