@@ -168,7 +168,7 @@ def test_workers_share_a_postgresql_study_and_mlflow_store(postgres, tmp_path):
     assert proc.returncode == 0, out[-4000:]
     study = optuna.load_study(study_name="debug_study", storage=storage)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(done) >= 4 and len(study.trials) <= 5, [t.state.name for t in study.trials]
+    assert len(done) >= 4 and len(study.trials) <= 5, ([t.state.name for t in study.trials], out[-6000:])
     children = _children(MlflowClient(mlflow_uri), study.user_attrs["mlflow_parent_run_id"])
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(t.number for t in study.trials)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)

@@ -94,3 +94,38 @@ def test_ui_links_open_each_experiments_runs_table_in_the_model_training_view(st
     experiment = MlflowClient(store).get_experiment_by_name("linked")
     assert name == "linked" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+
+
+def test_runs_logging_one_new_dataset_at_once_all_get_it(tmp_path):
+    """MLflow inserts a new dataset without settling ties; the run that loses the race retries
+    (harness.tracking.mlflow.tracker.log_split). Without the retry some of these runs fail."""
+    import threading
+
+    from harness.tracking.mlflow.tracker import SplitDataset, log_split
+
+    uri = f"sqlite:///{tmp_path}/race.db"
+    client, errors, runs = MlflowClient(uri), [], []
+    for round_ in range(5):
+        experiment = client.create_experiment(f"race-{round_}", artifact_location=str(tmp_path / f"a{round_}"))
+        group = [client.create_run(experiment).info.run_id for _ in range(4)]
+        barrier = threading.Barrier(len(group))
+
+        def log(run_id, barrier=barrier):
+            own = MlflowClient(uri)  # one client per worker, as two processes would have
+            barrier.wait()
+            try:
+                log_split(own, run_id, SplitDataset("pets/test", "abc123", "/data/pets", {"images": 3}), "test")
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in group]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        runs += group
+    assert not errors, errors[:2]
+    for run_id in runs:
+        (entry,) = client.get_run(run_id).inputs.dataset_inputs
+        assert (entry.dataset.name, entry.dataset.digest) == ("pets/test", "abc123")
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "test"

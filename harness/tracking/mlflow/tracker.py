@@ -13,8 +13,11 @@ import mlflow
 import torch
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from sqlalchemy.exc import IntegrityError
 
 from harness.tracking.base import ResumeMismatch, identity_differences
 from harness.tracking.mlflow import models
@@ -109,8 +112,8 @@ class MlflowTracker:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
-        """One split as an MLflow dataset input (mlflow.log_input): the run's Datasets column."""
-        mlflow.log_input(SplitDataset(name, digest, source, profile), context=context)
+        """One split as an MLflow dataset input (as mlflow.log_input logs it): the run's Datasets column."""
+        log_split(self._client, self.run_id, SplitDataset(name, digest, source, profile), context)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
         """Log the model (weights of epoch `step`) as this run's LoggedModel, with any test/* metrics
@@ -134,6 +137,24 @@ def system_metrics_sample_s(tracking_uri: str, samples: int = 20) -> float:
         monitor.publish_metrics(monitor.aggregate_metrics())
         monitor.mlflow_logger.flush()
     return (time.perf_counter() - start) / samples
+
+
+def log_split(client: MlflowClient, run_id: str, dataset: SplitDataset, context: str, attempts: int = 3) -> None:
+    """Link `dataset` to the run as an input with `context` ('train', 'val', 'test').
+
+    MLflow's log_inputs looks the experiment's dataset up and inserts it if absent, with nothing
+    to settle a tie: two runs of one experiment logging a new dataset at the same moment (two study
+    or campaign workers starting together) both insert it, and the loser fails on the datasets key
+    (IntegrityError). That failed a study's first trial in CI (stop 36). The dataset exists once
+    the winner commits, so trying again links it."""
+    entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=[entry])
+            return
+        except MlflowException as err:
+            if not isinstance(err.__cause__, IntegrityError) or attempt == attempts - 1:
+                raise
 
 
 class SplitDataset(MetaDataset):
