@@ -82,3 +82,26 @@ def test_null_rates_prints_each_intervals_false_positive_share(capsys):
     assert "2 folds, 4 null campaigns" in out and "t over fold means" in out
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_recorded_verdicts_reread_from_their_intervals_and_adjusted_per_family(capsys):
+    import pandas as pd
+
+    from analysis.recorded import RECORDED, main, reread
+
+    cells = pd.read_csv(RECORDED)
+    # a transcription check on docs/results.md: the old rule said "real" exactly where the interval excluded 0
+    excludes = (cells["high"] < 0) | (cells["low"] > 0)
+    assert list(cells.loc[excludes, "old_verdict"].unique()) == ["real"]
+    assert "real" not in set(cells.loc[~excludes, "old_verdict"])
+    # by hand: an interval whose end sits at 0 gives p = 0.05; Holm in a family of 2 doubles the smaller p
+    toy = pd.DataFrame({"campaign": ["a", "a", "b"], "estimate": [-1.0, -3.0, 1.0],
+                        "low": [-1.0 - 1.959964, -3.0 - 1.959964, 0.0], "high": [-1.0 + 1.959964, -3.0 + 1.959964, 2.0],
+                        "old_verdict": ["not shown", "real", "not shown"]})
+    out = reread(toy)
+    assert out["p"].round(4).tolist() == [0.3173, 0.0027, 0.05]
+    assert out["p_holm_campaign"].round(4).tolist() == [0.3173, 0.0054, 0.05]
+    assert out["campaign_family"].tolist() == [2, 2, 1] and out["p_holm"].round(4).tolist() == [0.3173, 0.0081, 0.1]
+    assert out["new_verdict"].tolist() == ["not shown", "real", "not shown"]
+    main([])
+    assert "called real at 5% each; under Holm" in capsys.readouterr().out
