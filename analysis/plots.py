@@ -26,7 +26,7 @@ def learning_curves(history: pd.DataFrame, arm: str = "arm", metric: str = "val/
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=data, x="epoch", y="value", hue=arm, hue_order=_order(history, arm), errorbar=("ci", 95),
                  marker="o", ax=ax)
-    ax.set(ylabel=metric, title=f"{metric} per epoch (mean over seeds, 95% CI band)")
+    ax.set(ylabel=metric, title=f"{metric} per epoch (mean over runs, 95% CI band)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return fig

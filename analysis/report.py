@@ -203,7 +203,9 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
               f"below {FEW_RUNS} runs, else a bootstrap. test/dice and test/nsd: higher is better; test/hd95 (px): "
               f"lower. Scored at each test image's stored size.</p>",
               summary_table(runs).to_html(index=False, escape=True), _png(plots.summary_bars(runs))]
-    parts += ["<h2>Learning curves</h2>", _png(plots.learning_curves(history))]
+    # a fold's runs validate on that fold, so the band mixes val sets: say so rather than let it read as seed noise
+    fold_note = "<p>Each run's val/dice is on its own fold's validation images.</p>" if folded else ""
+    parts += ["<h2>Learning curves</h2>" + fold_note, _png(plots.learning_curves(history))]
     if comparisons:
         n_folds = comparisons[0][3].get("n_folds")  # the folds compared (those every arm has)
         per_arm = f"{seeds} per fold, {n_folds} folds" if n_folds else seeds

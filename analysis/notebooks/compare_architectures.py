@@ -38,7 +38,7 @@ print(f"{len(runs)} finished runs, axes {axes}")
 summary_table(runs)
 
 # %% [markdown]
-# ## Learning curves (mean over seeds, 95% CI band)
+# ## Learning curves (mean over runs: seeds, and folds where there are any; 95% CI band)
 
 # %%
 history = load_history(list(runs.run_id), metrics=["val/dice", "time/epoch_s"]).merge(runs[["run_id", "arm"]])
