@@ -147,6 +147,7 @@ def log_split(client: MlflowClient, run_id: str, dataset: SplitDataset, context:
     or campaign workers starting together) both insert it, and the loser fails on the datasets key
     (IntegrityError). That failed a study's first trial in CI (stop 36). The dataset exists once
     the winner commits, so trying again links it."""
+    # what mlflow.log_input builds (it has no client form, and needs the fluent active run)
     entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
     for attempt in range(attempts):
         try:
