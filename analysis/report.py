@@ -224,7 +224,9 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
               _png(plots.time_to_score(history))]
     parts.append("<h2>Runs</h2>" + runs.drop(columns=["arm", "start_time"]).to_html(index=False, na_rep=""))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             # a wide table scrolls in its own box rather than widening the whole page
+             "table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto;max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}"
              "img{max-width:100%}.def{background:#f4f4f4;padding:.6em;font-size:13px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
