@@ -2,17 +2,21 @@
 
 Spec form of a transform: `{name: HorizontalFlip, p: 0.5}`; every other key is an argument of the
 albumentations class. Pipelines run on uint8 HWC images and HW masks together.
+
+albumentations (and with it torch) is imported only to check or build transforms, never for a
+preset name: `validate` of a spec that names a preset imports neither.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
-import albumentations as A  # noqa: E402
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 def _presets(size: int) -> dict[str, list[dict[str, Any]]]:
@@ -46,6 +50,8 @@ def expand(augment: str | list[dict[str, Any]], image_size: int) -> list[dict[st
 
 
 def _build_one(item: dict[str, Any]) -> A.BasicTransform:
+    import albumentations as A
+
     if not isinstance(item, dict) or "name" not in item:
         raise ValueError(f"each augment item needs a 'name' (an albumentations class), got {item!r}")
     kwargs = {k: v for k, v in item.items() if k != "name"}
@@ -79,6 +85,8 @@ def validate_transforms(items: list[dict[str, Any]]) -> None:
 
 def build_pipeline(augment: str | list[dict[str, Any]], image_size: int) -> A.Compose | None:
     """Compose applied to `image` (uint8 HWC) and `mask` (uint8 HW) together; None if empty."""
+    import albumentations as A
+
     items = expand(augment, image_size)
     if not items:
         return None

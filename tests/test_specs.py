@@ -198,3 +198,19 @@ def test_cli_help_mentions_overrides():
     proc = subprocess.run([sys.executable, "-m", "harness", "experiment", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "KEY=VALUE" in proc.stdout
+
+
+HEAVY = ("torch", "albumentations", "mlflow", "pandas", "optuna", "cv2", "submitit")
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "unet.yaml"])
+def test_validate_of_a_preset_spec_imports_nothing_heavy(name):
+    """`validate` checks a spec naming an augment preset without torch, albumentations, mlflow or
+    pandas: a fresh interpreter runs the command and lists what it imported."""
+    code = ("import sys\nfrom harness.cli import main\nassert main(['validate', sys.argv[1]]) == 0\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXPERIMENTS / name)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "# spec hash" in proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
