@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness.sweeps.study.cells import CellQueue, cell_key, storage_for_campaign
+from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
 
 from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS, run_main
 

@@ -22,7 +22,7 @@ from harness import paths
 from harness.config.load import load_spec
 from harness.config.sweeps import CampaignSpec
 from harness.run import run_experiment, run_identity
-from harness.sweeps.study.cells import CellQueue, cell_key, storage_for_campaign
+from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
 from harness.tracking import store
 from harness.tracking.base import Tracker, open_run
 from harness.tracking.mlflow import run_metrics
@@ -51,7 +51,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
                  storage_url: str | None = None, launch=None) -> list[CellResult]:
     """Run every missing cell of the matrix. Returns one result per cell, in matrix order.
 
-    Cells without a FINISHED run are queued in the campaign's Optuna storage (harness.sweeps.study.cells:
+    Cells without a FINISHED run are queued in the campaign's Optuna storage (harness.sweeps.queue:
     a journal under mlruns/optuna/, or `storage_url`), then `workers` workers claim and run them, each
     cell handed out once: this process when 1, else `launch(workers)`, which starts them and returns
     True once they have stopped, or False when they run on their own (SLURM): then [] is returned.

@@ -1,5 +1,6 @@
-"""Campaign cells handed out through an Optuna storage, the same storages studies use: a journal
-file under mlruns/optuna/ (processes on one machine) or an RDB such as PostgreSQL (many machines).
+"""The campaign queue: campaign cells handed out through an Optuna storage, the same storages studies
+use: a journal file under mlruns/optuna/ (processes on one machine) or an RDB such as PostgreSQL
+(many machines). With the study package (harness/sweeps/study/), the only module that imports optuna.
 
 Each cell that still has to run is a fixed trial of the study `campaign:<name>`, enqueued WAITING
 with the cell in its user attrs. A worker claims one by moving it to RUNNING through
