@@ -17,7 +17,14 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
-from analysis.stats import contrast_draws, excludes_zero, fold_contrast_draws, fold_contrast_t, run_contrast_t
+from analysis.stats import (
+    contrast_draws,
+    excludes_zero,
+    fold_contrast_draws,
+    fold_contrast_t,
+    percentile_interval,
+    run_contrast_t,
+)
 
 IMAGES = 200
 SEEDS_PER_FOLD = 3
@@ -44,7 +51,7 @@ def rates_over_runs(runs: int, sims: int, seed: int = 0) -> dict[str, float]:
     for sim in range(sims):
         a, b = null_runs(rng, runs)
         _, draws = contrast_draws([a, b], [-1.0, 1.0], n_boot=2_000, seed=sim)
-        boot += excludes_zero(*np.quantile(draws, [0.025, 0.975]))
+        boot += excludes_zero(*percentile_interval(draws))
         t += excludes_zero(*run_contrast_t([a, b], [-1.0, 1.0])[1:3])
     return {"bootstrap over runs and images": boot / sims, "Welch t over run means": t / sims}
 
@@ -55,7 +62,7 @@ def rates_over_folds(folds: int, sims: int, seed: int = 0) -> dict[str, float]:
     for sim in range(sims):
         a, b, groups = null_folds(rng, folds)
         draws = fold_contrast_draws([a, b], [groups, groups], [-1.0, 1.0], n_boot=2_000, seed=sim)
-        boot += excludes_zero(*np.quantile(draws, [0.025, 0.975]))
+        boot += excludes_zero(*percentile_interval(draws))
         t += excludes_zero(*fold_contrast_t([a, b], [groups, groups], [-1.0, 1.0])[1:3])
     return {"bootstrap over folds, seeds and images": boot / sims, "t over fold means": t / sims}
 

@@ -9,8 +9,11 @@ and, when there are several, within each setting: the same statistics and verdic
 campaign's report, one row per comparison, and whether the gap changes between settings (the
 interaction). Written as Markdown (also printed), CSV and a forest plot (PNG).
 
+Each arm's test score carries the same interval as the report's summary (`stats.summarize_arm`: a
+t over runs below FEW_RUNS runs).
+
 Multiplicity: every row the table prints is one family. A verdict "real" needs the Holm-adjusted
-p (of `analysis.stats.decisive_p`, the largest of the Wilcoxon p and the two intervals' p-values)
+p (`Comparison.decisive_p`, the largest of the Wilcoxon p and the two intervals' p-values)
 below 5%, so the family-wise error is controlled at 5%; `p_raw`, `p_holm` and `family_size` stand
 beside every verdict.
 """
@@ -36,11 +39,12 @@ from analysis.paired import (
     setting_labels,
     strata_of,
 )
+from analysis.results import Comparison
 from analysis.runs import load_campaign, tracking_uri
-from analysis.stats import VERDICTS, adjust_family, bootstrap_ci, compare_arms, compare_gaps, decisive_p, evidence
+from analysis.stats import adjust_family, compare_arms, compare_gaps, summarize_arm
 
 
-def campaign_names(uri: str | None = None) -> list[str]:
+def campaigns_in_store(uri: str | None = None) -> list[str]:
     """Names of the campaigns with finished runs, oldest first."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     raw = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
@@ -49,42 +53,46 @@ def campaign_names(uri: str | None = None) -> list[str]:
     return list(dict.fromkeys(raw.sort_values("start_time")["tags.campaign"].dropna()))
 
 
-def _stats(result: dict) -> dict:
-    """compare_arms' / compare_gaps' figures under the table's column names (NaN where absent)."""
-    return {"diff": result["mean_diff"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
-            "seed_ci_low": result.get("seed_ci_low", float("nan")),
-            "seed_ci_high": result.get("seed_ci_high", float("nan")),
-            "p_wilcoxon": result["p_wilcoxon"], "p_raw": decisive_p(result), "_result": result}
+def _stats(result: Comparison) -> dict:
+    """A comparison's figures under the table's column names (NaN where it has no runs interval)."""
+    runs = result.runs_interval
+    return {"diff": result.mean_diff, "ci_low": result.images_interval.low, "ci_high": result.images_interval.high,
+            "seed_ci_low": runs.low if runs else float("nan"), "seed_ci_high": runs.high if runs else float("nan"),
+            "p_wilcoxon": result.p_wilcoxon, "p_raw": result.decisive_p, "_result": result}
 
 
 def _arm(side: str, runs: pd.DataFrame, metric: str) -> dict:
-    """An arm's run count and test `metric`: mean over its runs with a 95% bootstrap CI over them."""
-    mean, low, high = bootstrap_ci(runs[f"test/{metric}"])
-    return {f"runs_{side}": len(runs), f"dice_{side}": mean, f"dice_{side}_low": low, f"dice_{side}_high": high}
+    """An arm's run count and test `metric`: mean over its runs with the one per-arm interval
+    (stats.summarize_arm; one run: its value)."""
+    arm = summarize_arm(runs[f"test/{metric}"])
+    low, high = (arm.interval.low, arm.interval.high) if arm.interval else (arm.mean, arm.mean)
+    return {f"runs_{side}": len(runs), f"dice_{side}": arm.mean, f"dice_{side}_low": low, f"dice_{side}_high": high}
 
 
-def _row(campaign: str, axis: str, setting: str, a, b, runs: pd.DataFrame, result: dict, metric: str) -> dict:
-    """One comparison: `runs` are the runs in its scope (both levels); `result` is compare_arms'.
-    The dice_* columns hold the arms' test `metric` (the `metric` column says which)."""
-    return {"campaign": campaign, "compared": axis, "metric": METRICS[metric], "setting": setting, "A": a, "B": b,
+def _row(scope: dict, runs: pd.DataFrame, result: Comparison) -> dict:
+    """One comparison: scope holds campaign, compared (the axis), setting; `runs` are the runs in
+    its scope (both levels); `result` is compare_arms', labelled with its metric and arms. The dice_*
+    columns hold the arms' test metric (the `metric` column says which)."""
+    (a, b), axis, metric = result.arms, scope["compared"], result.metric
+    return {"campaign": scope["campaign"], "compared": axis, "metric": METRICS[metric], "setting": scope["setting"],
+            "A": a, "B": b,
             **_arm("a", runs[runs[axis] == a], metric), **_arm("b", runs[runs[axis] == b], metric), **_stats(result),
-            "b_better": result["b_better"], "n_images": result["n"],
+            "b_better": result.b_better, "n_images": result.n_images,
             "commits": " ".join(sorted(runs["git.commit"].dropna().str[:7].unique()))}
 
 
-def _gap_row(campaign: str, axis: str, first: str, setting: str, a, b, result: dict, metric: str) -> dict:
-    """Does B - A change from the first setting to `setting`? `result` is compare_gaps'."""
-    return {"campaign": campaign, "compared": axis, "metric": METRICS[metric],
-            "setting": f"change of the gap: {first} -> {setting}",
-            "A": a, "B": b, **_stats(result), "n_images": result["n"]}
+def _gap_row(scope: dict, first: str, result: Comparison) -> dict:
+    """Does B - A change from the first setting to scope's setting? `result` is compare_gaps', labelled."""
+    return {"campaign": scope["campaign"], "compared": scope["compared"], "metric": METRICS[result.metric],
+            "setting": f"change of the gap: {first} -> {scope['setting']}",
+            "A": result.arms[0], "B": result.arms[1], **_stats(result), "n_images": result.n_images}
 
 
 def _settle(rows: list[dict]) -> list[dict]:
     """Holm over `rows` as one family: each row's p_holm, family_size and verdict."""
-    results = [row.pop("_result") for row in rows]
-    adjust_family(results)
+    results = adjust_family([row.pop("_result") for row in rows])
     for row, result in zip(rows, results):
-        row.update(p_holm=result["p_holm"], family_size=result["family_size"], verdict=VERDICTS[evidence(result)])
+        row.update(p_holm=result.p_holm, family_size=result.family_size, verdict=result.verdict)
     return rows
 
 
@@ -119,20 +127,21 @@ def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) ->
             for name, chosen in scopes:
                 keys = [(s, a) for s in chosen] + [(s, b) for s in chosen]
                 result = compare_arms([cells[k] for k in keys[:len(chosen)]], [cells[k] for k in keys[len(chosen):]],
-                                      groups=_folds(paired, keys))
-                rows.append(_row(campaign, axis, name, a, b, runs[labels.isin(chosen)], result, metric))
+                                      groups=_folds(paired, keys)).labelled(metric, a, b)
+                scope = {"campaign": campaign, "compared": axis, "setting": name}
+                rows.append(_row(scope, runs[labels.isin(chosen)], result))
             first = settings[0]
             for s in settings[1:]:
                 keys = [(first, a), (first, b), (s, a), (s, b)]
-                result = compare_gaps(*(cells[k] for k in keys), groups=_folds(paired, keys))
-                rows.append(_gap_row(campaign, axis, first, s, a, b, result, metric))
+                result = compare_gaps(*(cells[k] for k in keys), groups=_folds(paired, keys)).labelled(metric, a, b)
+                rows.append(_gap_row({"campaign": campaign, "compared": axis, "setting": s}, first, result))
     return _settle(rows) if settle else rows  # alone, the campaign's rows are the family
 
 
 def overview_table(campaigns: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
     """campaign_rows of `campaigns` (default: every campaign in the store) as one frame; the counts
     are nullable integers, NA on the gap rows."""
-    names = campaign_names(uri) if campaigns is None else campaigns
+    names = campaigns_in_store(uri) if campaigns is None else campaigns
     rows = [row for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
             for row in campaign_rows(name, uri, settle=False)]
     table = pd.DataFrame(_settle(rows))  # every comparison the table prints is one family (Holm)
@@ -194,7 +203,7 @@ def main(argv=None) -> int:
                    help="path without suffix: <out>.md, <out>.csv and <out>.png (forest plot) are written "
                         "(default reports/overview)")
     args = p.parse_args(argv)
-    known = campaign_names()
+    known = campaigns_in_store()
     unknown = sorted(set(args.campaign or ()) - set(known))
     if unknown or not known:
         print(f"error: no finished runs for campaign(s) {', '.join(unknown) or '(any)'} in {tracking_uri()}; "

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis.results import METRICS
 from analysis.runs import FOLD, load_per_image
-
-METRICS = {"dice": "Dice", "nsd": "NSD"}  # the headline per-image metrics, where every run has them
 
 
 def compare_axis(axes: list[str], requested: str | None = None) -> str:

@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.stats import holm
+from analysis.stats import ALPHA, holm
 
 RECORDED = Path(__file__).resolve().parent.parent / "docs" / "recorded_verdicts.csv"
-Z = sps.norm.ppf(0.975)
+Z = sps.norm.ppf(1 - ALPHA / 2)
 
 
-def reread(cells: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def reread(cells: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """`cells` (campaign, estimate, low, high, old_verdict) plus p (from the interval); p_holm and
     new_verdict over all rows as one family ('real' where p_holm < alpha, else 'not shown'); and
     p_holm_campaign, campaign_family and campaign_verdict with each campaign's rows as its family."""
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, default=RECORDED,
                         help="campaign,setting,estimate,low,high,old_verdict rows (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help="family-wise error rate (default: %(default)s)")
     args = parser.parse_args(argv)
     out = reread(pd.read_csv(args.csv), args.alpha)
     shown = out.sort_values("p")[["campaign", "setting", "estimate", "low", "high", "p", "old_verdict",

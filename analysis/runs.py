@@ -93,7 +93,7 @@ NO_EFFECT_PARAMS = {"name", "tracking", "log_model", "log_system_metrics", "data
                     "data.download", "data.num_workers"}
 
 
-def campaign_names(campaign: str | list[str] | None) -> list[str]:
+def campaign_list(campaign: str | list[str] | None) -> list[str]:
     """One name, several, or none (an experiment's runs) -> a list of campaign names."""
     return [campaign] if isinstance(campaign, str) else list(campaign or [])
 
@@ -121,7 +121,7 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
         raw = with_test_input(raw)
         axes = [*_unexplained_tags(raw, []), "model.arch", "seed"]
         return _with_arms(raw.sort_values("start_time"), axes), axes
-    names = campaign_names(campaign)
+    names = campaign_list(campaign)
     frames = [mlflow.search_runs(search_all_experiments=True, filter_string=f"{clause} and tags.campaign = '{name}'")
               for name in names]
     if missing := [name for name, raw in zip(names, frames) if raw.empty]:

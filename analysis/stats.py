@@ -1,23 +1,34 @@
-"""Statistics for comparing arms: bootstrap intervals, paired per-image tests, and Holm's
-correction over a family of comparisons.
+"""Statistics for comparing arms: bootstrap and t intervals, paired per-image tests, and Holm's
+correction over a family of comparisons. Results are the frozen dataclasses of `analysis.results`.
 
-Multiplicity: a verdict "real" needs three things at once (Wilcoxon p < alpha, the CI over images and,
-the CI over runs and images excluding 0; with one run in an arm there is none, and the verdict is
-"one run" at best): an intersection-union test, whose
-p-value is the largest of the three (`decisive_p`; the CIs' p-values come from the same bootstrap
-draws as the intervals). `adjust_family` applies Holm's step-down correction to those p-values over
-every comparison printed together, so "real" controls the family-wise error at alpha.
+Hand-written only where no library computes the same quantity: the hierarchical bootstrap over
+folds, runs and images, the Welch t over weighted contrasts of several cells, Holm's step-down (scipy
+has none). One-sample t intervals and the Wilcoxon test are scipy's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import stats
 
+from analysis.results import ALPHA, LEVEL, VERDICTS, ArmSummary, Comparison, Interval, excludes_zero
+
+__all__ = ["ALPHA", "FEW_RUNS", "VERDICTS", "ArmSummary", "Comparison", "Interval", "adjust_family", "bootstrap_ci",
+           "bootstrap_p", "compare_arms", "compare_gaps", "contrast_ci", "contrast_draws", "excludes_zero",
+           "fold_contrast_draws", "fold_contrast_t", "holm", "paired_comparison", "run_contrast_t",
+           "seed_and_image_ci", "shared_folds", "summarize_arm", "t_interval"]
+
 TIE = 1e-12  # |difference| at or below this is rounding: Dice differences on real images are far larger
 
-
-ALPHA = 0.05
+# Below this many runs in a cell (or folds), a percentile bootstrap over runs understates their spread,
+# so the runs interval is a t. Null campaigns (`python -m analysis.null_rates --runs 5 6 10 20 30
+# --folds 5`, 1,000 each): the bootstrap over runs and images excluded 0 in 10.2% (5 runs per arm), 7.3%
+# (6), 7.5% (10), 7.1% (20), 4.5% (30) of them, the Welch t in 4.5%, 3.7%, 4.7%, 6.5%, 3.9%; with 5
+# folds x 3 seeds (200 campaigns) the bootstrap over folds, seeds and images in 11.0%, the t over fold
+# means in 6.0% (4.75% of 400 in tests/test_multiplicity.py, whose verdict needs the images too).
+FEW_RUNS = 20
 
 
 def bootstrap_p(draws: np.ndarray) -> float:
@@ -29,7 +40,14 @@ def bootstrap_p(draws: np.ndarray) -> float:
     return float(min(1.0, 2 * (tail + 1) / (draws.size + 1)))
 
 
+def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap draws at `level`."""
+    tail = round((1 - level) / 2, 12)  # 0.025 exactly at 95%
+    return float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
 def _mean_draws(values, n_boot: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(finite values, n_boot bootstrap means of them); one value is its own every draw."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if x.size <= 1:
@@ -38,19 +56,47 @@ def _mean_draws(values, n_boot: int = 10_000, seed: int = 0) -> tuple[np.ndarray
     return x, x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
 
 
-def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(values, level: float = LEVEL, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap of the mean. With one value the interval is that value."""
     x, means = _mean_draws(values, n_boot, seed)
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return (float(x.mean()), *percentile_interval(means, level))
+
+
+def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(mean, low, high, p of 'mean is 0'): the one-sample t over `values` (scipy.stats.ttest_1samp);
+    a zero spread gives the point itself and p 1 (mean 0) or 0."""
+    x = np.asarray(values, float)
+    mean = float(x.mean())
+    if x.size < 2 or np.all(x == x[0]):
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0
+    test = stats.ttest_1samp(x, 0.0)
+    ci = test.confidence_interval(level)
+    return mean, float(ci.low), float(ci.high), float(test.pvalue)
+
+
+def summarize_arm(values) -> ArmSummary:
+    """An arm's runs (one score each, NaN dropped) as ArmSummary: the one interval per arm that every
+    table prints (report, overview, notebooks)."""
+    x = np.asarray(values, float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return ArmSummary(0, float("nan"), None)
+    if x.size == 1:
+        return ArmSummary(1, float(x[0]), None)
+    if x.size < FEW_RUNS:
+        mean, low, high, _ = t_interval(x)
+        return ArmSummary(int(x.size), mean, Interval(low, high, "t over run means"))
+    mean, low, high = bootstrap_ci(x)
+    return ArmSummary(int(x.size), mean, Interval(low, high, "bootstrap over runs"))
 
 
 def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values (same order as given): the i-th smallest of m is multiplied
     by m - i + 1, made non-decreasing, capped at 1. Rejecting where adjusted p < alpha controls the
-    family-wise error rate at alpha under any dependence."""
+    family-wise error rate at alpha under any dependence. (scipy has no Holm; statsmodels is not a
+    dependency for these lines.)"""
     p = np.asarray(pvalues, float)
     order = np.argsort(p, kind="stable")
     scaled = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
@@ -59,21 +105,14 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
-def decisive_p(result: dict) -> float:
-    """The p-value of the verdict "real" (an intersection-union test): the largest of the Wilcoxon p,
-    the image bootstrap's and, where runs are resampled, the runs-and-images bootstrap's."""
-    return max(result[k] for k in ("p_wilcoxon", "p_boot", "p_boot_runs") if k in result)
+def adjust_family(results: list[Comparison]) -> list[Comparison]:
+    """Holm over `results` (one family: the comparisons printed together): copies with `p_holm` and
+    `family_size` set, in the same order."""
+    adjusted = holm([r.decisive_p for r in results]) if results else []
+    return [dataclasses.replace(r, p_holm=float(p), family_size=len(results)) for r, p in zip(results, adjusted)]
 
 
-def adjust_family(results: list[dict]) -> None:
-    """Holm over `results` (one family: the comparisons printed together): sets `p_holm` and
-    `family_size` on each, which `evidence` then uses."""
-    adjusted = holm([decisive_p(r) for r in results]) if results else []
-    for r, p in zip(results, adjusted):
-        r["p_holm"], r["family_size"] = float(p), len(results)
-
-
-def paired_comparison(a, b, seed: int = 0) -> dict:
+def paired_comparison(a, b, seed: int = 0) -> Comparison:
     """Compare paired scores b - a (same images): mean difference with bootstrap CI, Wilcoxon
     signed-rank p-value (two-sided, zero differences dropped) and the matched-pairs rank-biserial
     correlation r in [-1, 1] (positive: b tends to be higher). Differences within TIE are float
@@ -82,8 +121,7 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
     d = b - a
     d[np.abs(d) <= TIE] = 0.0
     _, draws = _mean_draws(d, seed=seed)
-    mean, low, high = bootstrap_ci(d, seed=seed) if d.size < 2 else \
-        (float(d.mean()), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975)))
+    mean, low, high = bootstrap_ci(d, seed=seed) if d.size < 2 else (float(d.mean()), *percentile_interval(draws))
     nonzero = d[d != 0]
     if nonzero.size == 0:
         p, r = 1.0, 0.0
@@ -91,23 +129,23 @@ def paired_comparison(a, b, seed: int = 0) -> dict:
         p = float(stats.wilcoxon(nonzero).pvalue)
         ranks = stats.rankdata(np.abs(nonzero))
         r = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
-    return {"n": int(d.size), "mean_diff": mean, "ci_low": low, "ci_high": high, "p_wilcoxon": p,
-            "p_boot": bootstrap_p(draws) if d.size > 1 else 1.0,
-            "rank_biserial": r, "b_better": int((d > 0).sum()), "a_better": int((d < 0).sum())}
+    return Comparison(n_images=int(d.size), mean_diff=mean,
+                      images_interval=Interval(low, high, "bootstrap over images"), p_wilcoxon=p,
+                      p_images=bootstrap_p(draws) if d.size > 1 else 1.0, rank_biserial=r,
+                      b_better=int((d > 0).sum()), a_better=int((d < 0).sum()))
 
 
-def contrast_ci(cells, weights, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+def contrast_ci(cells, weights, level: float = LEVEL, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
     """(point, low, high): the percentile interval of `contrast_draws`."""
     point, draws = contrast_draws(cells, weights, n_boot, seed)
-    alpha = (1 - level) / 2
-    return point, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+    return (point, *percentile_interval(draws, level))
 
 
 def contrast_draws(cells, weights, n_boot: int = 4_000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """(mean, low, high) of the per-image contrast sum_k weights[k] * (cell k's mean over its
-    runs), averaged over images, bootstrapping training runs *and* images. cells: arrays
-    (runs, images), the same images in the same column order. Each draw resamples the runs of
-    every cell (with replacement) and one set of images shared by all cells (paired).
+    """(point, draws): the per-image contrast sum_k weights[k] * (cell k's mean over its runs),
+    averaged over images, and n_boot bootstrap draws of it that resample training runs *and* images.
+    cells: arrays (runs, images), the same images in the same column order. Each draw resamples the
+    runs of every cell (with replacement) and one set of images shared by all cells (paired).
 
     Weights (-1, +1) give B - A (seed_and_image_ci); (+1, -1, -1, +1) over (A1, B1, A2, B2) give
     the change of the B - A gap from setting 1 to setting 2 (an interaction)."""
@@ -128,7 +166,7 @@ def contrast_draws(cells, weights, n_boot: int = 4_000, seed: int = 0) -> tuple[
     return float(point), np.concatenate(draws)
 
 
-def seed_and_image_ci(a, b, level: float = 0.95, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
+def seed_and_image_ci(a, b, level: float = LEVEL, n_boot: int = 4_000, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) of the mean per-image difference b - a, bootstrapping training runs
     *and* images: a is (runs of arm A, images), b is (runs of arm B, images). Unlike the
     per-image interval, which treats each arm's seed-averaged Dice as fixed, this one widens when
@@ -143,9 +181,9 @@ def _strata(x) -> list[np.ndarray]:
     return [np.atleast_2d(np.asarray(c, float)) for c in cells]
 
 
-def compare_arms(a, b, *, seed: int = 0, groups=None) -> dict:
-    """paired_comparison of the arms' seed-averaged per-image scores, plus `seed_ci_low/high`
-    (contrast_ci over runs and images) when every cell has two or more runs.
+def compare_arms(a, b, *, seed: int = 0, groups=None) -> Comparison:
+    """paired_comparison of the arms' seed-averaged per-image scores, plus the runs interval (over
+    runs and images) when every cell has two or more runs.
 
     a, b: (runs, images) arrays, or lists of them, one per setting of the campaign's other axes
     (the same settings in the same order for both arms). Then the comparison is stratified: each
@@ -160,25 +198,18 @@ def compare_arms(a, b, *, seed: int = 0, groups=None) -> dict:
     n = len(a)
     result = paired_comparison(np.mean([c.mean(axis=0) for c in a], axis=0),
                                np.mean([c.mean(axis=0) for c in b], axis=0), seed=seed)
+    result = dataclasses.replace(result, runs=(sum(len(c) for c in a), sum(len(c) for c in b)))
     if min(len(c) for c in a + b) >= 2:
-        _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed, groups)
+        result = _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed, groups)
     return result
 
 
-# Below this many runs in a cell (or folds), a percentile bootstrap over runs understates their spread,
-# so the runs interval is a t. Null campaigns (`python -m analysis.null_rates --runs 5 6 10 20 30
-# --folds 5`, 1,000 each): the bootstrap over runs and images excluded 0 in 10.2% (5 runs per arm), 7.3%
-# (6), 7.5% (10), 7.1% (20), 4.5% (30) of them, the Welch t in 4.5%, 3.7%, 4.7%, 6.5%, 3.9%; with 5
-# folds x 3 seeds (200 campaigns) the bootstrap over folds, seeds and images in 11.0%, the t over fold
-# means in 6.0% (4.75% of 400 in tests/test_multiplicity.py, whose verdict needs the images too).
-FEW_RUNS = 20
-
-
-def run_contrast_t(cells, weights, level: float = 0.95) -> tuple[float, float, float, float]:
+def run_contrast_t(cells, weights, level: float = LEVEL) -> tuple[float, float, float, float]:
     """(point, low, high, p) for sum_k weights[k] * (cell k's mean run score), from each run's mean
     over the images: a Welch t-interval and two-sided t-test with Welch-Satterthwaite degrees of
-    freedom. Honest with as few as 2 runs per cell, where a percentile bootstrap over 2-4 values is
-    far too narrow. cells: (runs, images) arrays, each with >= 2 runs."""
+    freedom over any weighted contrast (scipy's Welch test covers only B - A of two samples). Honest
+    with as few as 2 runs per cell, where a percentile bootstrap over 2-4 values is far too narrow.
+    cells: (runs, images) arrays, each with >= 2 runs."""
     means = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
     point = float(sum(w * m.mean() for w, m in zip(weights, means)))
     terms = np.array([w * w * m.var(ddof=1) / m.size for w, m in zip(weights, means)])
@@ -212,86 +243,49 @@ def fold_contrast_draws(cells, groups, weights, n_boot: int = 4_000, seed: int =
     return draws
 
 
-def fold_contrast_t(cells, groups, weights, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(point, low, high, p): a t-interval over the K per-fold contrasts (each fold's runs averaged
-    first), K - 1 degrees of freedom; for fewer than FEW_RUNS folds, where a bootstrap over K values
-    is too narrow (a 5-fold campaign gets this one)."""
+def fold_contrast_t(cells, groups, weights, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(point, low, high, p): the one-sample t over the K per-fold contrasts (each fold's runs
+    averaged first), K - 1 degrees of freedom; for fewer than FEW_RUNS folds, where a bootstrap over
+    K values is too narrow (a 5-fold campaign gets this one)."""
     cells = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
-    folds = shared_folds(groups)
-    per_fold = np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, cells, groups))
-                         for f in folds])
-    point, se = float(per_fold.mean()), float(per_fold.std(ddof=1) / np.sqrt(len(folds)))
-    if se == 0:
-        return point, point, point, 1.0 if point == 0 else 0.0
-    half = float(stats.t.ppf(0.5 + level / 2, len(folds) - 1)) * se
-    return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, len(folds) - 1))
+    per_fold = [sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, cells, groups))
+                for f in shared_folds(groups)]
+    return t_interval(per_fold, level)
 
 
-def _by_folds(result: dict, cells, weights, seed: int, groups) -> None:
-    """_runs_and_images when runs come in folds: FEW_RUNS or more folds, the hierarchical bootstrap;
-    fewer, the t-interval over per-fold contrasts."""
-    k = len(shared_folds(groups))
-    result["n_folds"] = k
-    if k < FEW_RUNS:
+def _runs_and_images(result: Comparison, cells, weights, seed: int, groups=None) -> Comparison:
+    """`result` with the interval that counts the runs and its p-value: with `groups` (each row's
+    fold) and two or more folds, over folds (a t over fold means below FEW_RUNS folds, else the
+    hierarchical bootstrap); otherwise a Welch t over run means below FEW_RUNS runs in a cell, else
+    the bootstrap over runs and images."""
+    k = len(shared_folds(groups)) if groups is not None else 0
+    if k >= 2:
+        result = dataclasses.replace(result, n_folds=k)
+    if k >= 2 and k < FEW_RUNS:
         _, low, high, p = fold_contrast_t(cells, groups, weights)
-        result.update(seed_ci_low=low, seed_ci_high=high, p_boot_runs=p, runs_interval="t over fold means")
-        return
-    draws = fold_contrast_draws(cells, groups, weights, seed=seed)
-    result["seed_ci_low"], result["seed_ci_high"] = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
-    result["p_boot_runs"], result["runs_interval"] = bootstrap_p(draws), "bootstrap over folds, seeds and images"
-
-
-def _runs_and_images(result: dict, cells, weights, seed: int, groups=None) -> None:
-    """The interval that counts the runs (`seed_ci_low/high`) and its p-value (`p_boot_runs`): with
-    FEW_RUNS or more runs in every cell, the bootstrap over runs and images; with fewer, the Welch
-    t-interval over run means (`run_contrast_t`), and `runs_interval` says which. With `groups`
-    (each row's fold) and two or more folds: `_by_folds`."""
-    if groups is not None and len(shared_folds(groups)) >= 2:
-        _by_folds(result, cells, weights, seed, groups)
-        return
-    if min(np.atleast_2d(c).shape[0] for c in cells) < FEW_RUNS:
+        method = "t over fold means"
+    elif k >= 2:
+        draws = fold_contrast_draws(cells, groups, weights, seed=seed)
+        method = "bootstrap over folds, seeds and images"
+    elif min(np.atleast_2d(c).shape[0] for c in cells) < FEW_RUNS:
         _, low, high, p = run_contrast_t(cells, weights)
-        result.update(seed_ci_low=low, seed_ci_high=high, p_boot_runs=p, runs_interval="t over run means")
-        return
-    _, draws = contrast_draws(cells, weights, seed=seed)
-    result["seed_ci_low"], result["seed_ci_high"] = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
-    result["p_boot_runs"], result["runs_interval"] = bootstrap_p(draws), "bootstrap over runs and images"
+        method = "t over run means"
+    else:
+        draws = contrast_draws(cells, weights, seed=seed)[1]
+        method = "bootstrap over runs and images"
+    if method.startswith("bootstrap"):
+        (low, high), p = percentile_interval(draws), bootstrap_p(draws)
+    return dataclasses.replace(result, runs_interval=Interval(low, high, method), p_runs=p)
 
 
-def compare_gaps(a1, b1, a2, b2, *, seed: int = 0, groups=None) -> dict:
+def compare_gaps(a1, b1, a2, b2, *, seed: int = 0, groups=None) -> Comparison:
     """Does the B - A gap change between two settings (an interaction)? Each argument is a
     (runs, images) array of one cell, the same images throughout. paired_comparison of the
-    per-image gaps (gap 2 - gap 1 as `mean_diff`), plus `seed_ci_low/high` over runs and images
-    when every cell has two or more runs (with `groups`, each cell's folds: hierarchical)."""
+    per-image gaps (gap 2 - gap 1 as `mean_diff`), plus the runs interval when every cell has two or
+    more runs (with `groups`, each cell's folds: hierarchical)."""
     cells = [np.atleast_2d(np.asarray(c, float)) for c in (a1, b1, a2, b2)]
     gap1, gap2 = (cells[1].mean(axis=0) - cells[0].mean(axis=0)), (cells[3].mean(axis=0) - cells[2].mean(axis=0))
-    result = paired_comparison(gap1, gap2, seed=seed)
+    result = dataclasses.replace(paired_comparison(gap1, gap2, seed=seed), runs=tuple(len(c) for c in cells))
     if min(len(c) for c in cells) >= 2:
-        _runs_and_images(result, cells, [1.0, -1.0, -1.0, 1.0], seed, groups)
+        result = _runs_and_images(result, cells, [1.0, -1.0, -1.0, 1.0], seed, groups)
     return result
-
-
-VERDICTS = {"real": "real", "uncorrected only": "not shown after Holm's correction",
-            "images only": "not shown: runs disagree", "one run": "over images only: one run in an arm",
-            "none": "no difference shown"}
-"""The words reports use for each `evidence` kind."""
-
-
-def excludes_zero(low: float, high: float) -> bool:
-    return low > 0 or high < 0
-
-
-def evidence(result: dict) -> str:
-    """How strong a paired_comparison / compare_arms result is. 'real': Wilcoxon p < 0.05, the CI
-    over images excludes 0 and, where there are seeds to count (`seed_ci_low/high`), so does the CI
-    over runs and images; 'images only': all but the last; 'none': not even over images. Where
-    `adjust_family` has set `p_holm`, 'real' needs it below ALPHA too, else it is 'uncorrected only'.
-    'one run': everything but the CI over runs, which one run in an arm cannot give: the two trained
-    models differ over these images, but what a retraining would change is not counted."""
-    if not (result["p_wilcoxon"] < 0.05 and excludes_zero(result["ci_low"], result["ci_high"])):
-        return "none"
-    if "seed_ci_low" in result and not excludes_zero(result["seed_ci_low"], result["seed_ci_high"]):
-        return "images only"
-    if result.get("p_holm", 0.0) >= ALPHA:
-        return "uncorrected only"
-    return "real" if "seed_ci_low" in result else "one run"

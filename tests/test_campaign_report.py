@@ -99,12 +99,13 @@ def test_failed_cell_is_reported_and_others_finish(store, tmp_path):
 
 
 def test_report_compares_arms_and_is_logged(campaign_store, capsys):
-    from analysis.report import build_report, conclusion_text, main
+    from analysis.report import build_report, main
     from analysis.runs import load_campaign, load_per_image
     from analysis.stats import paired_comparison
 
     tmp, _, _, _ = campaign_store
-    page = build_report(campaign="debug_campaign")
+    report = build_report(campaign="debug_campaign")
+    page = report.html
     for text in ("Conclusion", "Wilcoxon signed-rank p", "Summary per arm", "Learning curves",
                  "Paired per-image comparison", "Time to Dice", "not_background", "data:image/png;base64"):
         assert text in page, text
@@ -113,15 +114,15 @@ def test_report_compares_arms_and_is_logged(campaign_store, capsys):
     per = {arch: np.mean([load_per_image(r).dice.to_numpy() for r in runs[runs["model.arch"] == arch].run_id], axis=0)
            for arch in ("unet", "resnet34_unet")}
     result = paired_comparison(per["unet"], per["resnet34_unet"])
-    assert f"by {abs(result['mean_diff']):.4f}" in page
+    assert f"by {abs(result.mean_diff):.4f}" in page
     assert "<b>resnet34_unet</b> is" in page  # matrix order: unet is the baseline A
     assert "seed_ci_low" in page  # two seeds per arm: the CI over runs and images is in the table
     assert "Tested on: synthetic-test (" in page  # each run's test dataset input, name and digest
 
     assert main(["--campaign", "debug_campaign", "--out", str(tmp / "r.html")]) == 0
     printed = capsys.readouterr().out  # the verdict reaches the terminal, in plain text
-    assert f"by {abs(result['mean_diff']):.4f}" in printed and "resnet34_unet is" in printed
-    assert "<" not in conclusion_text(page) and conclusion_text(page).splitlines()[0] in printed
+    assert f"by {abs(result.mean_diff):.4f}" in printed and "resnet34_unet is" in printed
+    assert "<" not in report.text() and report.text().splitlines()[0] in printed
     client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     reports = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.`run.kind` = 'report'")
     assert len(reports) == 1 and "r.html" in {a.path for a in client.list_artifacts(reports[0].info.run_id)}
@@ -151,7 +152,7 @@ def test_campaigns_pool_into_one_report_over_the_param_they_differ_in(store, tmp
     runs, axes = load_campaign(["slow", "fast"])
     assert axes == ["train.lr", "model.arch", "seed"] and len(runs) == 6
     assert list(runs.groupby("campaign", sort=False)["train.lr"].first().items()) == [("slow", 0.001), ("fast", 0.01)]
-    page = build_report(campaign=["slow", "fast"])
+    page = build_report(campaign=["slow", "fast"]).html
     for text in ("Campaigns slow + fast", "Under which settings (model.arch within each setting)",
                  "With train.lr=0.001: resnet34_unet", "mean over train.lr=0.001; train.lr=0.01"):
         assert text in page, text
@@ -186,7 +187,7 @@ def test_overview_tabulates_every_campaign(campaign_store, capsys):
     # debug_campaign: unet against resnet34_unet, one setting, per headline metric; the report's numbers
     assert list(table.campaign) == ["debug_campaign"] * 2 and list(table.B) == ["resnet34_unet"] * 2
     assert list(table.metric) == ["Dice", "NSD"] and set(table.family_size) == {2}  # one family: both metrics
-    page = build_report(campaign="debug_campaign")
+    page = build_report(campaign="debug_campaign").html
     assert f"by {abs(table['diff'][0]):.4f}" in page and f"by {abs(table['diff'][1]):.4f}" in page
     assert (table.runs_a[0], table.runs_b[0]) == (2, 2) and table.seed_ci_low[0] <= table["diff"][0]
     assert (tmp / "ov.md").read_text().splitlines()[2].startswith("| debug_campaign | model.arch | Dice |")
@@ -196,6 +197,46 @@ def test_overview_tabulates_every_campaign(campaign_store, capsys):
     assert "campaign(s) nope" in capsys.readouterr().err and not (tmp / "ov2.csv").exists()
 
 
+def test_every_table_gives_an_arm_the_same_interval(campaign_store):
+    """make overview, the report's summary and its sections (and the notebooks, which print the
+    report's summary_table) give each arm one interval: stats.summarize_arm, a t below FEW_RUNS runs."""
+    from analysis.overview import overview_table, readable
+    from analysis.report import summary_table
+    from analysis.runs import load_campaign
+    from analysis.sections import _fmt_ci
+    from analysis.stats import summarize_arm
+
+    runs, _ = load_campaign("debug_campaign")
+    summary = summary_table(runs).set_index("arm")["test/dice"]
+    table = readable(overview_table(["debug_campaign"]))
+    dice = table[table.metric == "Dice"].iloc[0]
+    for arm, shown in (("unet", dice["test score A"]), ("resnet34_unet", dice["test score B"])):
+        values = runs.loc[runs["model.arch"] == arm, "test/dice"]
+        expected = summarize_arm(values)
+        assert expected.interval.method == "t over run means" and expected.n_runs == 2
+        assert shown == expected.text() == _fmt_ci(values) == summary[arm].removesuffix(" t")
+
+
+def test_the_report_renders_its_verdicts_from_the_result_objects(campaign_store):
+    """The page's Conclusion and the terminal text are the same Conclusion objects, rendered twice."""
+    from analysis.report import build_report
+
+    report = build_report(campaign="debug_campaign")
+    assert [c.comparison.metric for c in report.conclusions] == ["dice", "nsd"]
+    for c in report.conclusions:
+        assert f"<p>{c.html()}</p>" in report.html
+        assert c.comparison.family_size == 2 and c.comparison.verdict in c.text() or c.comparison.evidence != "real"
+    first = report.conclusions[0]
+    assert report.text().splitlines()[0] == first.text()
+    assert "<" not in report.text() and "&" not in report.text()
+    assert first.text().startswith(f"Dice: resnet34_unet is {'higher' if first.comparison.mean_diff > 0 else 'lower'}")
+    for section in ("<h2>Conclusion</h2>", "<h2>Summary per arm</h2>", "<h2>Learning curves</h2>",
+                    "<h2>Paired per-image comparison (model.arch)</h2>",
+                    "<h2>Worst test images per arm (model.arch)</h2>",
+                    "<h2>Time to Dice</h2>", "<h2>Runs</h2>"):
+        assert section in report.html, section
+
+
 def test_stats_on_known_data():
     from analysis.stats import bootstrap_ci, paired_comparison
 
@@ -203,18 +244,21 @@ def test_stats_on_known_data():
     assert mean == 2.5 and 1.0 <= low < 2.5 < high <= 4.0
     a = np.linspace(0.5, 0.9, 40)
     result = paired_comparison(a, a + 0.05)
-    assert result["mean_diff"] == pytest.approx(0.05) and result["p_wilcoxon"] < 1e-6
-    assert result["rank_biserial"] == 1.0 and result["b_better"] == 40
+    assert result.mean_diff == pytest.approx(0.05) and result.p_wilcoxon < 1e-6
+    assert result.rank_biserial == 1.0 and result.b_better == 40
     same = paired_comparison(a, a)
-    assert same["p_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
+    assert same.p_wilcoxon == 1.0 and same.mean_diff == 0.0
     rounded_a = (a * 3 + 0.1 - 0.1) / 3  # the same scores after float rounding
     assert np.any(a != rounded_a)  # (else the next line tests nothing)
     rounding = paired_comparison(a, rounded_a)
-    assert rounding["b_better"] == rounding["a_better"] == 0 and rounding["p_wilcoxon"] == 1.0
+    assert rounding.b_better == rounding.a_better == 0 and rounding.p_wilcoxon == 1.0
 
 
 def test_seed_and_image_ci_counts_run_to_run_variation():
+    from dataclasses import replace
+
     from analysis.report import verdict
+    from analysis.results import Interval
     from analysis.stats import paired_comparison, seed_and_image_ci
 
     rng = np.random.default_rng(0)
@@ -225,12 +269,12 @@ def test_seed_and_image_ci_counts_run_to_run_variation():
     steady = truth + 0.01 + rng.normal(0, 0.02, (3, 200))
     for b, seeds_agree in ((lucky, False), (steady, True)):
         result = paired_comparison(a.mean(axis=0), b.mean(axis=0))
-        assert result["ci_low"] > 0 and result["p_wilcoxon"] < 0.05  # over images alone: "significant"
+        assert result.images_interval.low > 0 and result.p_wilcoxon < 0.05  # over images alone: "significant"
         mean, low, high = seed_and_image_ci(a, b)
-        assert mean == pytest.approx(result["mean_diff"]) and low < mean < high
+        assert mean == pytest.approx(result.mean_diff) and low < mean < high
         assert (low > 0) is seeds_agree
-        assert high - low > result["ci_high"] - result["ci_low"]  # never narrower than the image-only CI
-        text = verdict({**result, "seed_ci_low": low, "seed_ci_high": high})
+        assert high - low > 2 * result.images_interval.half_width  # never narrower than the image-only CI
+        text = verdict(replace(result, runs_interval=Interval(low, high, "bootstrap over runs and images")))
         assert ("run more seeds" in text) is not seeds_agree and ("also counting seed-to-seed" in text) is seeds_agree
     one_run = seed_and_image_ci(a[:1], a[:1] + 0.01)
     assert one_run[0] == pytest.approx(0.01) and one_run[1] == pytest.approx(0.01)
@@ -242,7 +286,7 @@ def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
     from analysis import plots
     from analysis.paired import Paired
     from analysis.sections import by_setting
-    from analysis.stats import compare_arms, compare_gaps, evidence
+    from analysis.stats import compare_arms, compare_gaps
 
     rng = np.random.default_rng(1)
     truth = rng.uniform(0.6, 0.95, 300)
@@ -255,17 +299,17 @@ def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
              ("augment=crop", "a"): cell(0.10), ("augment=crop", "b"): cell(0.10)}
     gap = compare_gaps(*(cells[k] for k in [("augment=none", "a"), ("augment=none", "b"),
                                             ("augment=crop", "a"), ("augment=crop", "b")]))
-    assert gap["mean_diff"] == pytest.approx(-0.03, abs=0.005) and gap["seed_ci_high"] < 0 and evidence(gap) == "real"
+    assert gap.mean_diff == pytest.approx(-0.03, abs=0.005) and gap.runs_interval.high < 0 and gap.evidence == "real"
     same = compare_gaps(cells[("augment=none", "a")], cells[("augment=none", "b")],
                         cells[("augment=crop", "a")], cells[("augment=crop", "a")] + 0.03)
-    assert same["seed_ci_low"] < 0 < same["seed_ci_high"] and evidence(same) != "real"
+    assert same.runs_interval.low < 0 < same.runs_interval.high and same.evidence != "real"
 
     # Stratified: runs are resampled within their setting, so the 0.10 between settings is not seed noise.
     a = [cells[("augment=none", "a")], cells[("augment=crop", "a")]]
     b = [cells[("augment=none", "b")], cells[("augment=crop", "b")]]
     strat, pooled = compare_arms(a, b), compare_arms(np.vstack(a), np.vstack(b))
-    assert strat["mean_diff"] == pytest.approx(pooled["mean_diff"]) == pytest.approx(0.015, abs=0.003)
-    assert strat["seed_ci_high"] - strat["seed_ci_low"] < (pooled["seed_ci_high"] - pooled["seed_ci_low"]) / 2
+    assert strat.mean_diff == pytest.approx(pooled.mean_diff) == pytest.approx(0.015, abs=0.003)
+    assert strat.runs_interval.half_width < pooled.runs_interval.half_width / 2
     with pytest.raises(ValueError, match="different settings"):
         compare_arms(a, b[:1])
 
@@ -362,7 +406,7 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     spec, base = debug_campaign(tmp_path, "loss_aug", {"train.loss": ["bce", "bce_with_logits"],
                                                        "augment": ["none", "flip"], "seed": [0]}, TINY)
     assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
-    page = build_report(campaign="loss_aug")
+    page = build_report(campaign="loss_aug").html
     for text in ("BCE on sigmoid vs BCEWithLogits", "skipped non-finite batches", "Ablation over augment",
                  "Ablation over train.loss", "Every level against <b>bce</b>",
                  "Every level against <b>none</b>", "Worst test images per arm (train.loss)",
@@ -380,7 +424,7 @@ def test_report_sections_for_loss_and_augmentation_axes(store, tmp_path):
     assert list(readable(pd.DataFrame(rows))["CI over runs and images"]) == (["one run in an arm"] * 3
                                                                             + ["one run in a cell"]) * 2
     # The other view of the same runs: augmentation compared within each loss
-    page = build_report(campaign="loss_aug", axis="augment")
+    page = build_report(campaign="loss_aug", axis="augment").html
     for text in ("compared: <b>augment</b>", "Under which settings (augment within each setting)",
                  "With train.loss=bce: flip", "mean over train.loss=bce; train.loss=bce_with_logits"):
         assert text in page, text
@@ -406,7 +450,7 @@ def test_pooled_loss_report_counts_each_campaigns_failed_runs(store, tmp_path, m
         logits, target) * (torch.nan if name == "bce" else 1)))
     assert campaign("broken") == ["FAILED", "FINISHED"]
     for names, expected in ((["clean"], 0), (["clean", "broken"], 1), (["broken", "clean"], 1)):
-        page = build_report(campaign=names)
+        page = build_report(campaign=names).html
         section = page[page.index("BCE on sigmoid vs BCEWithLogits"):]
         table = section[:section.index("</table>")]
         header = re.findall(r"<th>(.*?)</th>", table)
@@ -445,7 +489,7 @@ def test_a_cell_finished_in_another_precision_runs_again_and_is_compared_apart(s
     assert runs.groupby("amp.dtype")["model.arch"].apply(sorted).to_dict() == {
         here: ["resnet34_unet", "unet"], other: ["resnet34_unet", "unet"]}
     assert runs["arm"].nunique() == 4  # never two precisions as seeds of one arm
-    page = build_report("precisions", loaded=(runs, axes))
+    page = build_report("precisions", loaded=(runs, axes)).html
     assert "Mixed precision" in page and f"2 with {here}" in page and f"2 with {other}" in page
 
 

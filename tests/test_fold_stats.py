@@ -36,35 +36,35 @@ def test_a_split_effect_is_counted_by_resampling_folds():
     (runs resampled within each fold) does not, and would call a 0.01 mean gap real."""
     a, b, folds = _arms([0.05, -0.03, 0.04, -0.02, 0.01])
     hier = compare_arms(a, b, groups=[folds, folds])
-    assert hier["runs_interval"] == "t over fold means" and hier["n_folds"] == 5
-    assert hier["seed_ci_low"] < 0 < hier["seed_ci_high"]
+    assert hier.runs_interval.method == "t over fold means" and hier.n_folds == 5
+    assert hier.runs_interval.low < 0 < hier.runs_interval.high
     by_fold = [folds == f for f in range(5)]
     strata = compare_arms([a[m] for m in by_fold], [b[m] for m in by_fold])
-    assert strata["seed_ci_low"] > 0  # the narrower, wrong answer for "would another split agree?"
+    assert strata.runs_interval.low > 0  # the narrower, wrong answer for "would another split agree?"
 
 
 def test_a_gap_every_fold_agrees_on_is_shown():
     a, b, folds = _arms([0.03, 0.028, 0.032, 0.031, 0.029])
     hier = compare_arms(a, b, groups=[folds, folds])
-    assert hier["seed_ci_low"] > 0 and hier["p_boot_runs"] < 0.01
+    assert hier.runs_interval.low > 0 and hier.p_runs < 0.01
 
 
 def test_from_few_runs_folds_on_the_interval_is_the_bootstrap_over_folds_seeds_and_images():
     gaps = np.random.default_rng(3).normal(0.03, 0.004, FEW_RUNS)
     a, b, folds = _arms(gaps, seeds=2)
     result = compare_arms(a, b, groups=[folds, folds])
-    assert result["runs_interval"] == "bootstrap over folds, seeds and images" and result["n_folds"] == FEW_RUNS
-    assert result["seed_ci_low"] > 0
+    assert result.runs_interval.method == "bootstrap over folds, seeds and images" and result.n_folds == FEW_RUNS
+    assert result.runs_interval.low > 0
 
 
 def test_below_few_runs_folds_the_interval_is_a_t_over_fold_means():
     a, b, folds = _arms([0.05, -0.01, 0.02])
     result = compare_arms(a, b, groups=[folds, folds])
-    assert result["runs_interval"] == "t over fold means" and result["n_folds"] == 3
+    assert result.runs_interval.method == "t over fold means" and result.n_folds == 3
     per_fold = [b[folds == f].mean() - a[folds == f].mean() for f in range(3)]
     half = sps.t.ppf(0.975, 2) * np.std(per_fold, ddof=1) / np.sqrt(3)
-    assert result["seed_ci_low"] == pytest.approx(np.mean(per_fold) - half)
-    assert result["seed_ci_high"] == pytest.approx(np.mean(per_fold) + half)
+    assert result.runs_interval.low == pytest.approx(np.mean(per_fold) - half)
+    assert result.runs_interval.high == pytest.approx(np.mean(per_fold) + half)
     point, *_ = fold_contrast_t([a, b], [folds, folds], [-1.0, 1.0])
     assert point == pytest.approx(np.mean(per_fold))
 
@@ -85,7 +85,7 @@ def test_paired_frames_group_runs_by_fold_and_the_conclusion_names_folds_seeds_a
     assert isinstance(paired, Paired) and paired.settings == [""]  # the fold is not a setting
     assert sorted(paired.groups[("", "unet")].tolist()) == sorted([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
     result = compare_arms(**paired.compare("unet", "resnet34_unet"))
-    assert result["n_folds"] == 5 and result["mean_diff"] == pytest.approx(0.02)
+    assert result.n_folds == 5 and result.mean_diff == pytest.approx(0.02)
     text = conclusion("unet", "resnet34_unet", result, 2, "model.arch")
     assert "over 30 test images and 5 folds &times; 2 seed(s) per fold per arm" in text
     assert "also counting split-to-split and seed-to-seed variation (95% CI by t over fold means" in text
@@ -114,4 +114,4 @@ def test_a_fold_one_arm_lacks_is_left_out_of_the_comparison():
     assert list(compared_runs(runs, "model.arch", [])["run_id"]) == ["a0", "b0"]
     paired = paired_frames(runs, "model.arch", None, [], scores)
     assert paired.cells[("", "unet")].shape == (1, 10)  # fold 1's 0.9 would have made unet look better
-    assert compare_arms(**paired.compare("unet", "resnet34_unet"))["mean_diff"] == pytest.approx(0.0)
+    assert compare_arms(**paired.compare("unet", "resnet34_unet")).mean_diff == pytest.approx(0.0)

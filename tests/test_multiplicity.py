@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.null_rates import null_folds
-from analysis.stats import adjust_family, compare_arms, evidence, holm
+from analysis.stats import adjust_family, compare_arms, holm
 
 
 def test_holm_on_a_textbook_example():
@@ -31,9 +31,9 @@ def test_a_family_of_20_null_comparisons_rarely_says_real():
         for _ in range(20):
             images = rng.uniform(0.6, 0.95, 40)
             results.append(compare_arms(_null_arm(rng, images), _null_arm(rng, images)))
-        families_with_real_uncorrected += any(evidence(r) == "real" for r in results)
-        adjust_family(results)
-        families_with_real += any(evidence(r) == "real" for r in results)
+        families_with_real_uncorrected += any(r.evidence == "real" for r in results)
+        results = adjust_family(results)
+        families_with_real += any(r.evidence == "real" for r in results)
     assert families_with_real / 200 <= 0.05
     assert families_with_real_uncorrected / 200 > 0.05  # the correction is what holds the rate down
 
@@ -42,8 +42,8 @@ def test_a_large_real_difference_survives_the_correction():
     rng = np.random.default_rng(1)
     images = rng.uniform(0.6, 0.9, 200)
     results = [compare_arms(_null_arm(rng, images, 4), _null_arm(rng, images, 4) + 0.05) for _ in range(3)]
-    adjust_family(results)
-    assert all(evidence(r) == "real" and r["family_size"] == 3 and r["p_holm"] < 0.05 for r in results)
+    results = adjust_family(results)
+    assert all(r.evidence == "real" and r.family_size == 3 and r.p_holm < 0.05 for r in results)
 
 
 def test_one_run_per_arm_is_never_called_real():
@@ -52,9 +52,9 @@ def test_one_run_per_arm_is_never_called_real():
     rng = np.random.default_rng(2)
     images = rng.uniform(0.6, 0.9, 200)
     results = [compare_arms(_null_arm(rng, images, 1), _null_arm(rng, images, 1) + 0.05)]
-    adjust_family(results)
-    assert results[0]["p_holm"] < 0.05 and "seed_ci_low" not in results[0]
-    assert evidence(results[0]) == "one run"
+    results = adjust_family(results)
+    assert results[0].p_holm < 0.05 and results[0].runs_interval is None
+    assert results[0].evidence == "one run"
 
 
 @pytest.mark.slow
@@ -68,8 +68,8 @@ def test_a_five_fold_campaign_with_no_difference_says_real_at_the_nominal_rate()
     for _ in range(sims):
         a, b, groups = null_folds(rng, 5)
         result = compare_arms(a, b, groups=[groups, groups])
-        assert result["runs_interval"] == "t over fold means"
-        said_real += evidence(result) == "real"
+        assert result.runs_interval.method == "t over fold means"
+        said_real += result.evidence == "real"
     assert said_real / sims <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)
 
 

@@ -25,7 +25,7 @@ import os
 
 from analysis import plots
 from analysis.overview import forest, overview_table, readable
-from analysis.paired import compare_axis, paired_frames
+from analysis.paired import compare_axis, paired_frames, strata_of
 from analysis.report import summary_table, verdict
 from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
@@ -53,10 +53,9 @@ plots.learning_curves(history)
 
 # %%
 axis = compare_axis(axes, AXIS)
-others = [x for x in axes if x not in ("seed", axis)]  # compare within each setting of these
-paired = paired_frames(runs, axis, None, others)
+paired = paired_frames(runs, axis, None, strata_of(axes, axis))  # within each setting of the other axes
 a, b = paired.levels[0], paired.levels[1]
-result = compare_arms(paired.arm(a), paired.arm(b))
+result = compare_arms(**paired.compare(a, b)).labelled("dice", a, b)  # an analysis.results.Comparison
 print(verdict(result))
 result
 
