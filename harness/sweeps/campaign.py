@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -84,23 +83,13 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     elif workers == 1:
         ran = work(spec, base, queue)
     else:
-        raise ValueError("more than one worker needs a launcher (local_processes, or harness.sweeps.launch)")
+        raise ValueError("more than one worker needs a launcher (harness.sweeps.launch)")
     return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell)
             for i, cell in enumerate(cells, 1)]
 
 
 def worker_name(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}#{index}"
-
-
-def local_processes(worker_cmd: list[str]):
-    """launch(n) for run_campaign: n processes of `worker_cmd` + --worker-index=i on this machine."""
-    def launch(n: int) -> bool:
-        procs = [subprocess.Popen([*worker_cmd, f"--worker-index={w}"]) for w in range(n)]
-        if codes := [c for c in (p.wait() for p in procs) if c]:
-            print(f"warning: worker exit codes {codes}", file=sys.stderr)
-        return True
-    return launch
 
 
 def run_worker(spec: CampaignSpec, base: Path, storage_url: str | None, index: int) -> dict[str, CellResult]:

@@ -1,13 +1,19 @@
-"""Campaign workers as submitit jobs: a SLURM job array on a cluster, or submitit's local executor
-(the same code path, as processes on this machine: what the tests use). The one module in harness
-that imports submitit. Each job is one campaign worker (harness.sweeps.campaign.run_worker)."""
+"""Worker processes, for studies and campaigns alike. Each launcher is a `launch(n)` that starts n
+workers and returns True once they have stopped, or False when they run on their own (SLURM):
+
+- local_workers: n processes on this machine, each the command that started the sweep with the
+  hidden --worker-index=i (worker_command), its exit code reported when it is not 0;
+- submitit_workers (campaigns): a SLURM job array on a cluster, or submitit's local executor (the
+  same code path, as processes on this machine: what the tests use). The one module in harness that
+  imports submitit, and only then. Each job is one campaign worker (harness.sweeps.campaign.run_worker).
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
-
-import submitit
 
 from harness import paths
 
@@ -42,6 +48,8 @@ def submitit_workers(spec_path: Path, overrides: list[str], storage: str | None,
     at once: the jobs run on their own) or 'submitit-local' (waits for them). Prints the job ids and
     where their logs are (mlruns/submitit/<job id>_<task>_log.out/.err)."""
     def launch(n: int) -> bool:
+        import submitit
+
         folder = (paths.STORE / "submitit").resolve()
         executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local" if launcher != "slurm" else None)
         executor.update_parameters(name=f"campaign-{spec_path.stem}", timeout_min=240, **parse_params(params))
@@ -52,5 +60,26 @@ def submitit_workers(spec_path: Path, overrides: list[str], storage: str | None,
             return False
         for job in jobs:
             job.result()  # raises if a worker failed
+        return True
+    return launch
+
+
+def worker_command(command: str, spec_path: Path, overrides: list[str], storage: str | None) -> list[str]:
+    """`python -m harness <command> <spec> <overrides> [--storage URL]`: what each local worker runs,
+    with --workers=n --worker-index=i added."""
+    return [sys.executable, "-m", "harness", command, str(spec_path), *overrides,
+            *(["--storage", storage] if storage else [])]
+
+
+def local_workers(command: str, spec_path: Path, overrides: list[str], storage: str | None):
+    """launch(n): n processes of worker_command(...) on this machine; waits for them all and warns
+    with every exit code when one is not 0."""
+    cmd = worker_command(command, spec_path, overrides, storage)
+
+    def launch(n: int) -> bool:
+        procs = [subprocess.Popen([*cmd, f"--workers={n}", f"--worker-index={i}"]) for i in range(n)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            print(f"warning: worker exit codes {codes}", file=sys.stderr)
         return True
     return launch

@@ -3,7 +3,6 @@ storage), the identity check that keeps trials comparable, and the summary at th
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,8 +80,11 @@ def _parent_run(study: optuna.Study, spec: StudySpec, base: Path, spec_path: Pat
 
 
 def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1, storage_url: str | None = None,
-              worker_cmd: list[str] | None = None) -> optuna.Study:
-    """Create or resume the study and its MLflow parent run, run the workers, then summarise."""
+              launch=None) -> optuna.Study:
+    """Create or resume the study and its MLflow parent run, run the workers, then summarise: this
+    process when `workers` is 1, else `launch(workers)` (harness.sweeps.launch.local_workers)."""
+    if workers > 1 and launch is None:
+        raise ValueError("more than one worker needs a launcher (harness.sweeps.launch.local_workers)")
     identity = study_identity(spec, base)  # reads the data: a bad file stops here, before a study is made
     storage = storage_for(spec, storage_url)
     study = open_study(spec, storage, workers=workers)  # created once here, before any worker starts
@@ -91,10 +93,7 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
     tracking.reopen_run(parent)
     try:  # every path ends the parent run: FINISHED, or KILLED/FAILED with the error raised
         if workers > 1:
-            procs = [subprocess.Popen([*worker_cmd, f"--worker-index={i}"]) for i in range(workers)]
-            codes = [p.wait() for p in procs]
-            if any(codes):
-                print(f"warning: worker exit codes {codes}", file=sys.stderr)
+            launch(workers)
         else:
             run_worker(spec, base, storage, 0)
         study = optuna.load_study(study_name=spec.name, storage=storage)
