@@ -21,7 +21,7 @@ from harness import paths
 from harness.augment import build_pipeline
 from harness.config.catalog import ARCHS, KNOBS, OPTIMIZERS, SCHEDULERS, check_knobs
 from harness.config.schema import ExperimentSpec
-from harness.data import build_data, make_loader
+from harness.data import DataBundle, DataSettings, LoaderSettings, build_data, make_loader
 from harness.engine import distributed
 from harness.engine.loop import Parts
 from harness.engine.step import StepConfig
@@ -41,19 +41,28 @@ def seed_everything(seed: int, device: torch.device) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_data(dataset: str, **kwargs):
+def cached_data(settings: DataSettings) -> DataBundle:
     """build_data, memoised per process: the trials of one study worker decode the data once.
 
     Arrays are never modified in place (splits copy on indexing, augmentation returns new arrays).
     """
-    return build_data(dataset, **kwargs)
+    return build_data(settings)
 
 
-def spec_data(spec: ExperimentSpec):
+def spec_data(spec: ExperimentSpec) -> DataBundle:
     """The spec's data, decoded once per process (`cached_data`) through the on-disk cache."""
+    return cached_data(data_settings(spec))
+
+
+def data_settings(spec: ExperimentSpec) -> DataSettings:
+    """What build_data reads, from the spec's data section (the cache folder resolved; None: no cache)."""
     d = spec.data
-    cache_dir = str(Path(d.cache_dir or paths.CACHE).resolve()) if d.cache else None
-    return cached_data(d.dataset, cache_dir=cache_dir, **data_kwargs(spec))
+    return DataSettings(
+        d.dataset, root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
+        folds=(d.folds, d.fold) if d.folds else None, limit=d.limit, synthetic_size=d.synthetic_size,
+        on_bad=d.on_bad, cache_dir=str(Path(d.cache_dir or paths.CACHE).resolve()) if d.cache else None,
+        download=d.download, num_classes=d.num_classes, target=d.target, palette=d.palette,
+        images_dir=d.images_dir, masks_dir=d.masks_dir, mask_suffix=d.mask_suffix, mask_threshold=d.mask_threshold)
 
 
 def _print_audit(report: dict) -> None:
@@ -101,16 +110,9 @@ def build_loss(spec: ExperimentSpec):
     return get_loss(spec.train.loss, heads=heads, channels=out_channels(spec.data.num_classes))
 
 
-def data_kwargs(spec: ExperimentSpec) -> dict:
-    """build_data's arguments from the spec, except the cache folder."""
-    d = spec.data
-    return dict(root=d.root, image_size=d.image_size, foreground=d.foreground, val_fraction=d.val_fraction,
-                folds=(d.folds, d.fold) if d.folds else None,
-                limit=d.limit, synthetic_size=d.synthetic_size, on_bad=d.on_bad, download=d.download,
-                num_classes=d.num_classes, target=d.target,
-                palette=tuple(map(tuple, d.palette)) if d.palette else None,  # hashable for the lru_cache
-                layout=(("images_dir", d.images_dir), ("masks_dir", d.masks_dir), ("mask_suffix", d.mask_suffix))
-                if d.dataset == "folder" else None, mask_threshold=d.mask_threshold)  # pairs: hashable
+def val_threshold(spec: ExperimentSpec) -> float:
+    """The threshold validation scores epochs with: the spec's, or 0.5 when it is chosen after training."""
+    return 0.5 if spec.eval.threshold == "auto" else spec.eval.threshold
 
 
 def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.World = distributed.ONE,
@@ -122,17 +124,17 @@ def build_parts(spec: ExperimentSpec, device: torch.device, world: distributed.W
         data = spec_data(spec)
         _print_audit(data.audit)
     model = build_model(spec).to(device)
-    cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes)
+    cfg = StepConfig(device, resolve_amp(t.amp, device), t.channels_last, d.num_classes, val_threshold(spec))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pin = device.type == "cuda"
-    shard = {"rank": world.rank, "world": world.size, "num_workers": d.num_workers, "pin_memory": pin}
+    shard = LoaderSettings(t.batch_size, d.num_workers, pin_memory=device.type == "cuda", rank=world.rank,
+                           world=world.size)
     loaders = {
-        "train": make_loader(data.train, batch_size=t.batch_size, shuffle=True, seed=spec.seed,
+        "train": make_loader(data.train, shard, shuffle=True, seed=spec.seed,
                              pipeline=build_pipeline(spec.augment, d.image_size),  # seeded per sample by the loader
-                             drop_last=len(data.train) > t.batch_size * world.size, **shard),
-        "val": make_loader(data.val, batch_size=t.batch_size, shuffle=False, **shard),
-        "test": make_loader(data.test, batch_size=t.batch_size, shuffle=False, **shard),
+                             drop_last=len(data.train) > t.batch_size * world.size),
+        "val": make_loader(data.val, shard),
+        "test": make_loader(data.test, shard),
     }
     if t.compile:
         compile_model(model, t.compile_mode)

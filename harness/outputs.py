@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import yaml
 
-from harness.engine.loop import Parts
-from harness.engine.native import NativeResult
+from harness import figures
+from harness.engine.loop import LoopState, Parts
 from harness.engine.step import StepConfig
+from harness.engine.stored_size import NativeResult, TestScores
 from harness.metrics import per_image_scores
-from harness.tracking import plots
 
 WORST_K = 8
 
@@ -60,23 +60,24 @@ def log_predictions(tracker, test, predictions: np.ndarray, dice) -> None:
         tracker.log_artifact(path)
 
 
-def _val_predictions(data, model, cfg: StepConfig, k: int, threshold: float) -> np.ndarray:
+def _val_predictions(data, model, cfg: StepConfig, k: int) -> np.ndarray:
     images = torch.from_numpy(data.val.images[:k]).permute(0, 3, 1, 2)
     x, _ = cfg.to_device(images, torch.zeros(k, 1, 1, 1, dtype=torch.uint8))
     with torch.inference_mode(), cfg.autocast():
         logits = model.eval()(x).float()
     if cfg.num_classes > 2:
         return logits.argmax(1).cpu().numpy().astype(np.uint8)
-    return (torch.sigmoid(logits)[:, 0] > threshold).cpu().numpy().astype(np.uint8)
+    return (torch.sigmoid(logits)[:, 0] > cfg.threshold).cpu().numpy().astype(np.uint8)
 
 
-def write_per_image(path: Path, names: list[str], scored: NativeResult, train_counts: torch.Tensor) -> Path:
+def write_per_image(path: Path, names: list[str], scored: NativeResult, train_size_counts: torch.Tensor) -> Path:
     """test_per_image.csv, one row per test image, scored at its stored size (height x width).
     Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels, nsd, hd95, height, width, dice_at_train_size.
     K classes: name, dice, iou (means over the classes present), height, width, dice_at_train_size,
-    then dice_<k> per class (empty if absent)."""
+    then dice_<k> per class (empty if absent). `train_size_counts`: the same images' confusion counts
+    at the training size (dice_at_train_size)."""
     counts = scored.counts
-    per, small = per_image_scores(counts), per_image_scores(train_counts)["dice"]
+    per, small = per_image_scores(counts), per_image_scores(train_size_counts)["dice"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         if counts.ndim == 2:
@@ -100,25 +101,26 @@ def write_per_image(path: Path, names: list[str], scored: NativeResult, train_co
     return path
 
 
-def log_run_artifacts(tracker, spec, parts: Parts, history, scored: NativeResult, train_counts, *,
-                      threshold: float = 0.5, best_epoch: int = 0) -> str | None:
-    """Resolved spec, curves, a validation prediction grid, per-image test scores and the model (the
-    weights of `best_epoch`). Returns the logged model's id, or None (log_model: false)."""
+def log_run_artifacts(tracker, spec, parts: Parts, state: LoopState, test: TestScores) -> str | None:
+    """Resolved spec, curves, a validation prediction grid (at parts.cfg.threshold), per-image test
+    scores and the model (the weights of the best epoch). Returns the logged model's id, or None
+    (log_model: false)."""
     data, model, cfg = parts.data, parts.model, parts.cfg
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         tracker.log_artifact(out / "spec.yaml")
-        tracker.log_artifact(plots.learning_curves(history, out / "learning_curves.png"))
+        tracker.log_artifact(figures.learning_curves(state.history, out / "learning_curves.png"))
         k = min(6, len(data.val))
-        preds = _val_predictions(data, model, cfg, k, threshold)
-        tracker.log_artifact(plots.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
-                                                   data.val.names[:k], out / "val_predictions.png",
-                                                   num_classes=cfg.num_classes))
-        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, scored, train_counts))
+        preds = _val_predictions(data, model, cfg, k)
+        tracker.log_artifact(figures.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,
+                                                     data.val.names[:k], out / "val_predictions.png",
+                                                     num_classes=cfg.num_classes))
+        tracker.log_artifact(write_per_image(out / "test_per_image.csv", data.test.names, test.scored, test.counts))
     if not spec.log_model:
         return None
     example = torch.from_numpy(data.val.images[: min(2, len(data.val))]).permute(0, 3, 1, 2).float() / 255.0
     if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
         example = example.repeat(2, 1, 1, 1)
-    return tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example, step=best_epoch)
+    return tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example,
+                             step=state.best_epoch)

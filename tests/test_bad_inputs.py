@@ -15,7 +15,7 @@ from PIL import Image
 from test_specs import BAD
 
 from harness.config.load import SpecError, load_spec
-from harness.data import DataError, build_data
+from harness.data import DataError, DataSettings, build_data
 
 from conftest import write_pet_layout
 
@@ -187,8 +187,8 @@ NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-cap
 def _build_as_unprivileged(kind: str, root: Path, on_bad: str) -> str:
     """Root reads any directory, so the unreadable-directory case runs as root without the
     capabilities that bypass permissions (NO_DAC)."""
-    code = ("import sys\nfrom harness.data import build_data, DataError\n"
-            f"try:\n    build_data({kind!r}, root={str(root)!r}, image_size=16, on_bad={on_bad!r})\n"
+    code = ("import sys\nfrom harness.data import build_data, DataError, DataSettings\n"
+            f"try:\n    build_data(DataSettings({kind!r}, root={str(root)!r}, image_size=16, on_bad={on_bad!r}))\n"
             "except DataError as e:\n    print(e); sys.exit(2)\n")
     out = subprocess.run([*NO_DAC, sys.executable, "-c", code],
                          capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -221,27 +221,28 @@ def test_broken_dataset_names_the_file_or_is_skipped(case, on_bad, world_readabl
         assert needle in message and "cannot list directory" in message, message
         return
     if on_bad == "skip" and case in SKIPPABLE:
-        data = build_data(kind, root=str(root), image_size=16, on_bad="skip", val_fraction=0.3)
+        data = build_data(DataSettings(kind, root=str(root), image_size=16, on_bad="skip", val_fraction=0.3))
         assert data.info["skipped"] == 1 and data.audit["counts"]["problems"] == 1
         assert needle in data.audit["problems"][0]["path"]
         stem = needle.split(".")[0]
         assert stem not in data.train.names + data.val.names + data.test.names
         return
     with pytest.raises(DataError) as info:
-        build_data(kind, root=str(root), image_size=16, on_bad=on_bad)
+        build_data(DataSettings(kind, root=str(root), image_size=16, on_bad=on_bad))
     assert needle in str(info.value), str(info.value)
 
 
 def test_broken_dataset_leaves_the_cache_of_the_good_one_intact(tmp_path):
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(5)])
     cache_dir = tmp_path / "cache"
-    good = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir))
+    good = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir)))
     (entry,) = list(cache_dir.iterdir())
     before = {p.name: p.read_bytes() for p in entry.iterdir()}
     _corrupt_jpeg(root)
     with pytest.raises(DataError, match="pet_1.jpg"):
-        build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir))
-    skipped = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir), on_bad="skip")
+        build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir)))
+    skipped = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir),
+                                      on_bad="skip"))
     assert skipped.info["skipped"] == 1 and skipped.fingerprint != good.fingerprint
     assert {p.name: p.read_bytes() for p in entry.iterdir() if p.name in before} == before
 

@@ -7,46 +7,47 @@ import pytest
 from PIL import Image
 
 from harness.augment import build_pipeline
-from harness.data import DataError, SegDataset, build_data, make_loader
+from harness.data import DataError, DataSettings, LoaderSettings, SegDataset, build_data, make_loader
 
 from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
 
 
 def test_synthetic_is_deterministic_and_labelled():
-    a = build_data("synthetic", root=None, image_size=32, synthetic_size=(40, 10))
-    b = build_data("synthetic", root=None, image_size=32, synthetic_size=(40, 10))
+    a = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(40, 10)))
+    b = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(40, 10)))
     assert np.array_equal(a.train.images, b.train.images) and a.fingerprint == b.fingerprint
     assert a.train.images.shape == (36, 32, 32, 3) and a.train.images.dtype == np.uint8
     assert set(np.unique(a.train.masks)) == {0, 1}
     assert 0.05 < a.train.masks.mean() < 0.6
-    c = build_data("synthetic", root=None, image_size=32, synthetic_size=(40, 10), synthetic_seed=1)
+    c = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(40, 10), synthetic_seed=1))
     assert not np.array_equal(a.train.images, c.train.images) and a.fingerprint != c.fingerprint
 
 
 def test_foreground_rule_changes_masks():
-    pet = build_data("synthetic", root=None, image_size=32, synthetic_size=(20, 5), foreground="pet_only")
-    nb = build_data("synthetic", root=None, image_size=32, synthetic_size=(20, 5), foreground="not_background")
+    pet = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(20, 5), foreground="pet_only"))
+    nb = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(20, 5),
+                                 foreground="not_background"))
     assert pet.train.masks.sum() < nb.train.masks.sum()  # the border band counts only under not_background
     assert (pet.train.masks <= nb.train.masks).all()
 
 
 def test_oxford_pet_mini_reads_official_layout():
     root = require_pet_mini()
-    data = build_data("oxford_pet", root=str(root), image_size=64, val_fraction=0.1)
+    data = build_data(DataSettings("oxford_pet", root=str(root), image_size=64, val_fraction=0.1))
     assert (len(data.train), len(data.val), len(data.test)) == (540, 60, 200)
     assert data.train.images.shape[1:] == (64, 64, 3)
     assert not set(data.train.names) & set(data.val.names)
     assert not set(data.train.names + data.val.names) & set(data.test.names)
     assert 0.2 < data.train.masks.mean() < 0.8
-    again = build_data("oxford_pet", root=str(root), image_size=64, val_fraction=0.1, limit=5)
+    again = build_data(DataSettings("oxford_pet", root=str(root), image_size=64, val_fraction=0.1, limit=5))
     assert set(again.val.names) <= set(data.val.names)  # the val carve depends on names only
     assert len(again.train) == 5
 
 
 def test_oxford_layout_fixture_and_rules(tmp_path):
     write_pet_layout(tmp_path, [f"cat_{i}" for i in range(10)], n_test=2)
-    nb = build_data("oxford_pet", root=str(tmp_path), image_size=16)
-    pet = build_data("oxford_pet", root=str(tmp_path), image_size=16, foreground="pet_only")
+    nb = build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=16))
+    pet = build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=16, foreground="pet_only"))
     assert len(nb.test) == 2 and len(nb.train) + len(nb.val) == 8
     assert nb.train.masks.sum() > pet.train.masks.sum() > 0
 
@@ -54,14 +55,14 @@ def test_oxford_layout_fixture_and_rules(tmp_path):
 def test_bad_trimap_value_names_the_image(tmp_path):
     write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)], n_test=2, trimap_value=7)
     with pytest.raises(DataError, match=r"dog_\d.*\[7\]"):
-        build_data("oxford_pet", root=str(tmp_path), image_size=16)
+        build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=16))
 
 
 def test_missing_image_names_the_file(tmp_path):
     write_pet_layout(tmp_path, [f"dog_{i}" for i in range(4)], n_test=2)
     (tmp_path / "images" / "dog_1.jpg").unlink()
     with pytest.raises(DataError, match="dog_1.jpg"):
-        build_data("oxford_pet", root=str(tmp_path), image_size=16)
+        build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=16))
 
 
 def test_folder_layout_pairs_by_stem(tmp_path):
@@ -72,16 +73,16 @@ def test_folder_layout_pairs_by_stem(tmp_path):
         mask = np.zeros((10, 10), np.uint8)
         mask[: i % 5 + 1] = 255
         Image.fromarray(mask).save(tmp_path / "masks" / f"s{i}.png")
-    data = build_data("folder", root=str(tmp_path), image_size=10, val_fraction=0.2)
+    data = build_data(DataSettings("folder", root=str(tmp_path), image_size=10, val_fraction=0.2))
     assert len(data.train) + len(data.val) + len(data.test) == 12
     assert set(np.unique(data.train.masks)) <= {0, 1}
     (tmp_path / "images" / "orphan.png").write_bytes((tmp_path / "images" / "s0.png").read_bytes())
     with pytest.raises(DataError, match="orphan"):
-        build_data("folder", root=str(tmp_path), image_size=10)
+        build_data(DataSettings("folder", root=str(tmp_path), image_size=10))
 
 
 def test_augmentation_moves_image_and_mask_together():
-    data = build_data("synthetic", root=None, image_size=32, synthetic_size=(20, 5))
+    data = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(20, 5)))
     pipeline = build_pipeline([{"name": "HorizontalFlip", "p": 1.0}], 32)
     image, mask, _ = SegDataset(data.train, pipeline)[0]
     assert np.array_equal(image.permute(1, 2, 0).numpy(), data.train.images[0][:, ::-1])
@@ -90,8 +91,8 @@ def test_augmentation_moves_image_and_mask_together():
 
 @pytest.mark.parametrize("preset", ["none", "flip", "crop_flip", "color", "elastic"])
 def test_presets_keep_shapes_and_labels(preset):
-    data = build_data("synthetic", root=None, image_size=32, synthetic_size=(20, 5))
-    loader = make_loader(data.train, batch_size=4, shuffle=True, pipeline=build_pipeline(preset, 32))
+    data = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(20, 5)))
+    loader = make_loader(data.train, LoaderSettings(batch_size=4), shuffle=True, pipeline=build_pipeline(preset, 32))
     images, masks, _ = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and images.dtype.is_floating_point is False
     assert masks.shape == (4, 1, 32, 32) and set(masks.unique().tolist()) <= {0, 1}
@@ -120,7 +121,7 @@ def test_a_fold_validates_and_the_rest_trains(tmp_path):
     from harness.config.load import SpecError, load_spec
 
     root = write_pet_layout(tmp_path / "pet", [f"{b}_{i}" for b in ("Bengal", "pug") for i in range(10)] + ["pug_99"])
-    splits = [build_data("oxford_pet", root=str(root), image_size=16, folds=(5, i)) for i in range(5)]
+    splits = [build_data(DataSettings("oxford_pet", root=str(root), image_size=16, folds=(5, i))) for i in range(5)]
     vals = [set(s.val.names) for s in splits]
     assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])  # disjoint validation folds
     assert set().union(*vals) == set(splits[0].train.names) | vals[0]  # together they are trainval

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from harness.config.load import SpecError, load_spec
-from harness.data import build_data, readers
+from harness.data import DataSettings, build_data, readers
 from harness.data.audit import near_duplicates
 
 from conftest import REPO, write_pet_layout
@@ -24,22 +24,22 @@ def _no_decoding(*args, **kwargs):
 
 def test_warm_cache_skips_decoding_and_gives_identical_arrays(tmp_path, monkeypatch):
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(8)], n_test=2)
-    cold = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"))
+    cold = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache")))
     monkeypatch.setattr(readers, "decode_split", _no_decoding)
-    warm = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"))
+    warm = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache")))
     assert warm.fingerprint == cold.fingerprint and warm.audit == cold.audit
     for split in ("train", "val", "test"):
         a, b = getattr(cold, split), getattr(warm, split)
         assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks) and a.names == b.names
-    rule = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"),
-                      foreground="pet_only")  # the same entry serves another rule with its own masks
+    rule = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"),
+                                   foreground="pet_only"))  # the same entry serves another rule with its own masks
     assert rule.train.masks.sum() < warm.train.masks.sum()
 
 
 def test_cached_and_uncached_data_are_identical(tmp_path):
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(6)])
-    plain = build_data("oxford_pet", root=str(root), image_size=16)
-    cached = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache"))
+    plain = build_data(DataSettings("oxford_pet", root=str(root), image_size=16))
+    cached = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(tmp_path / "cache")))
     assert plain.fingerprint == cached.fingerprint
     assert np.array_equal(plain.train.images, cached.train.images)
 
@@ -48,7 +48,7 @@ def test_cached_and_uncached_data_are_identical(tmp_path):
 def test_changed_files_invalidate_the_cache(change, tmp_path, monkeypatch):
     root = write_pet_layout(tmp_path / "pet", [f"pet_{i}" for i in range(6)])
     cache_dir = tmp_path / "cache"
-    first = build_data("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir))
+    first = build_data(DataSettings("oxford_pet", root=str(root), image_size=16, cache_dir=str(cache_dir)))
     size = 16
     if change == "edit_trimap":
         Image.fromarray(np.full((20, 24), 1, np.uint8)).save(root / "annotations" / "trimaps" / "pet_0.png")
@@ -57,7 +57,7 @@ def test_changed_files_invalidate_the_cache(change, tmp_path, monkeypatch):
         os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 10**9))
     else:
         size = 24
-    second = build_data("oxford_pet", root=str(root), image_size=size, cache_dir=str(cache_dir))
+    second = build_data(DataSettings("oxford_pet", root=str(root), image_size=size, cache_dir=str(cache_dir)))
     assert len(list(cache_dir.iterdir())) == 2  # a new entry; the old one is left alone
     if change == "edit_trimap":
         assert second.fingerprint != first.fingerprint
@@ -74,7 +74,7 @@ def test_audit_finds_empty_masks_and_cross_split_duplicates(tmp_path):
     photo.save(root / "images" / "pet_0.jpg", quality=95)
     photo.save(root / "images" / "pet_7.jpg", quality=80)  # test pet_7: trainval pet_0 encoded again
     Image.fromarray(np.full((20, 24), 2, np.uint8)).save(root / "annotations" / "trimaps" / "pet_3.png")
-    data = build_data("oxford_pet", root=str(root), image_size=16)
+    data = build_data(DataSettings("oxford_pet", root=str(root), image_size=16))
     counts = data.audit["counts"]
     assert counts["empty_masks"] == 1 and data.audit["empty_masks"]["trainval"] == ["pet_3"]
     assert counts["near_duplicates"] == 1 and counts["cross_split_duplicates"] == 1
@@ -97,7 +97,7 @@ def test_audit_of_the_full_shared_set():
     """The known defects of the official release: 14 empty trimaps, 38 near-duplicate pairs, 21 across splits."""
     if not (PET_128 / "annotations" / "trainval.txt").is_file():
         pytest.skip(f"full Oxford-IIIT Pet set not found at {PET_128} (see shared/README.md)")
-    data = build_data("oxford_pet", root=str(PET_128), image_size=128)
+    data = build_data(DataSettings("oxford_pet", root=str(PET_128), image_size=128))
     counts = data.audit["counts"]
     assert (counts["images"], counts["problems"]) == (7349, 0)
     assert (counts["empty_masks"], counts["near_duplicates"], counts["cross_split_duplicates"]) == (14, 38, 21)
@@ -127,9 +127,9 @@ def test_download_uses_the_layout_torchvision_produces(tmp_path, monkeypatch):
                 write_pet_layout(tmp_path / "dl" / "oxford-iiit-pet", [f"pet_{i}" for i in range(5)])
 
     monkeypatch.setattr(torchvision.datasets, "OxfordIIITPet", FakeOxfordPet)
-    data = build_data("oxford_pet", root=str(tmp_path / "dl"), image_size=16, download=True)
+    data = build_data(DataSettings("oxford_pet", root=str(tmp_path / "dl"), image_size=16, download=True))
     assert calls == ["trainval", "test"] and len(data.test) == 1
-    again = build_data("oxford_pet", root=str(tmp_path / "dl"), image_size=16, download=True)
+    again = build_data(DataSettings("oxford_pet", root=str(tmp_path / "dl"), image_size=16, download=True))
     assert calls == ["trainval", "test"] and again.fingerprint == data.fingerprint  # present: no second fetch
 
 
@@ -143,7 +143,7 @@ def test_download_failure_says_what_to_do(tmp_path, monkeypatch):
     from harness.data import DataError
 
     with pytest.raises(DataError, match="name resolution.*robots.ox.ac.uk"):
-        build_data("oxford_pet", root=str(tmp_path), image_size=16, download=True)
+        build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=16, download=True))
 
 
 @pytest.mark.parametrize("field", ["cache_dir", "root"])

@@ -174,7 +174,7 @@ def test_analysis_reads_the_run_without_harness(finished_run):
 
 
 def test_prediction_grid_holds_the_exact_pixels(tmp_path):
-    from harness.tracking import plots
+    from harness import figures as plots
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)

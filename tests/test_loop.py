@@ -125,11 +125,13 @@ def test_threshold_auto_picks_the_best_grid_value_on_validation():
 def test_threshold_auto_is_logged_and_a_number_keeps_todays_record(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from harness.tracking.base import RunOptions
     from harness.tracking.mlflow import MlflowTracker
 
     def run(*overrides):
         spec = load_spec(EXPERIMENTS / "debug.yaml", ["train.epochs=1", "log_model=false", *overrides])
-        return run_experiment(spec, lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store),
+        return run_experiment(spec, lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t,
+                                                               RunOptions(tracking_uri=store)),
                               checkpoint_root=tmp_path / "ck")
 
     auto = MlflowClient(store).get_run(run("eval.threshold=auto").run_id).data

@@ -15,7 +15,7 @@ from PIL import Image
 
 from harness.config.load import SpecError, load_spec
 from harness.config.sweeps import load_campaign_spec
-from harness.data import DataError, build_data
+from harness.data import DataError, DataSettings, build_data
 from harness.losses import get_loss
 from harness.metrics import confusion_multiclass, summarise_multiclass
 
@@ -24,7 +24,7 @@ from conftest import EXPERIMENTS, require_pet_mini, write_pet_layout
 
 def test_trimap3_keeps_all_three_classes(tmp_path):
     write_pet_layout(tmp_path, [f"cat_{i}" for i in range(6)], n_test=2)
-    data = build_data("oxford_pet", root=str(tmp_path), image_size=24, num_classes=3, target="trimap3")
+    data = build_data(DataSettings("oxford_pet", root=str(tmp_path), image_size=24, num_classes=3, target="trimap3"))
     assert set(np.unique(data.train.masks)) == {0, 1, 2}  # pet, background, border
 
 
@@ -40,10 +40,10 @@ def _folder(root, masks: dict, rgb: bool = False):
 def test_folder_class_index_masks_and_out_of_range_values(tmp_path):
     labels = np.arange(64).reshape(8, 8) % 4
     root = _folder(tmp_path / "ok", {s: labels for s in "abcde"})
-    data = build_data("folder", root=str(root), image_size=8, num_classes=4, val_fraction=0.2)
+    data = build_data(DataSettings("folder", root=str(root), image_size=8, num_classes=4, val_fraction=0.2))
     assert set(np.unique(data.train.masks)) == {0, 1, 2, 3}
     with pytest.raises(DataError, match=r"masks/a.png: mask of .a. has values \[3\]"):
-        build_data("folder", root=str(root), image_size=8, num_classes=3)
+        build_data(DataSettings("folder", root=str(root), image_size=8, num_classes=3))
 
 
 def test_folder_palette_masks_map_to_class_indices(tmp_path):
@@ -51,18 +51,19 @@ def test_folder_palette_masks_map_to_class_indices(tmp_path):
     labels = np.arange(64).reshape(8, 8) % 3
     rgb = np.array(palette, np.uint8)[labels]
     root = _folder(tmp_path / "p", {s: rgb for s in "abcd"}, rgb=True)
-    data = build_data("folder", root=str(root), image_size=8, num_classes=3, palette=palette, val_fraction=0.25)
+    data = build_data(DataSettings("folder", root=str(root), image_size=8, num_classes=3, palette=palette,
+                                   val_fraction=0.25))
     assert np.array_equal(data.test.masks[0], labels)
     rgb[0, 0] = (1, 2, 3)
     Image.fromarray(rgb).save(root / "masks" / "b.png")
     with pytest.raises(DataError, match=r"b.png: mask colours \[\[1, 2, 3\]\] are not in data.palette"):
-        build_data("folder", root=str(root), image_size=8, num_classes=3, palette=palette)
+        build_data(DataSettings("folder", root=str(root), image_size=8, num_classes=3, palette=palette))
 
 
 def test_synthetic_k_class_mode():
-    data = build_data("synthetic", root=None, image_size=32, synthetic_size=(30, 10), num_classes=5)
+    data = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(30, 10), num_classes=5))
     assert set(np.unique(data.train.masks)) == {0, 1, 2, 3, 4}
-    binary = build_data("synthetic", root=None, image_size=32, synthetic_size=(30, 10))
+    binary = build_data(DataSettings("synthetic", root=None, image_size=32, synthetic_size=(30, 10)))
     assert data.fingerprint != binary.fingerprint
 
 

@@ -1,4 +1,4 @@
-"""Test scores at each image's stored resolution (harness.data.native, harness.engine.native)."""
+"""Test scores at each image's stored resolution (harness.data.stored_size, harness.engine.stored_size)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from harness.boundary import boundary_scores
-from harness.data import build_data, cache
-from harness.engine.native import NativeScorer
+from harness.data import DataSettings, build_data, cache
+from harness.engine.stored_size import NativeScorer
 
 SIZES = [(23, 37), (48, 64), (80, 50), (31, 31), (40, 17), (19, 57)]  # (H, W): mixed, mostly not square
 S = 16
@@ -52,7 +52,7 @@ def _bilinear(small: np.ndarray, h: int, w: int) -> np.ndarray:
 @pytest.fixture
 def data(tmp_path):
     _folder(tmp_path / "d")
-    return build_data("folder", root=str(tmp_path / "d"), image_size=S, cache_dir=str(tmp_path / "cache"))
+    return build_data(DataSettings("folder", root=str(tmp_path / "d"), image_size=S, cache_dir=str(tmp_path / "cache")))
 
 
 def test_the_test_split_keeps_every_mask_at_its_stored_size_through_the_cache(data, tmp_path):
@@ -64,7 +64,8 @@ def test_the_test_split_keeps_every_mask_at_its_stored_size_through_the_cache(da
     [entry] = (tmp_path / "cache").iterdir()
     stored = cache.load(entry)[0]["test"].native
     assert isinstance(stored.blob, np.memmap) and stored.blob.nbytes < sum(h * w for h, w in SIZES)  # compact
-    again = build_data("folder", root=str(tmp_path / "d"), image_size=S, cache_dir=str(tmp_path / "cache"))
+    again = build_data(DataSettings("folder", root=str(tmp_path / "d"), image_size=S,
+                                    cache_dir=str(tmp_path / "cache")))
     assert all(np.array_equal(again.test.native[i], data.test.native[i]) for i in range(len(SIZES)))
 
 
@@ -118,14 +119,15 @@ def test_a_run_on_mixed_sizes_reports_stored_size_scores_and_keeps_the_training_
 
     from harness.config.load import load_spec
     from harness.run import run_experiment
-    from harness.tracking.base import open_run
+    from harness.tracking.base import RunOptions, open_run
 
     _folder(tmp_path / "d")
     spec = load_spec("experiments/debug.yaml", [f"data.root={tmp_path / 'd'}", "data.dataset=folder",
                                                 f"data.image_size={S}", "train.epochs=1", "log_model=false",
                                                 "data.val_fraction=0.3"])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_experiment(spec, lambda params, tags: open_run("native", "mixed", params, tags, tracking_uri=uri),
+    result = run_experiment(spec, lambda params, tags: open_run("native", "mixed", params, tags,
+                                                                RunOptions(tracking_uri=uri)),
                             checkpoint_root=tmp_path / "ckpt")
 
     client = MlflowClient(uri)

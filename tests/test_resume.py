@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.config.load import load_spec
 from harness.run import run_experiment
+from harness.tracking.base import RunOptions
 from harness.tracking.mlflow import MlflowTracker
 from harness.tracking.store import find_resumable
 
@@ -34,7 +35,8 @@ def _run(store, root: Path, run_id=None, crash_at=None):
         if epoch == crash_at:
             raise Crash(f"simulated crash after epoch {epoch}")
 
-    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store, run_id=run_id)  # noqa: E731
+    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t,  # noqa: E731
+                                      RunOptions(run_id=run_id, tracking_uri=store))
     return run_experiment(spec, make, checkpoint_root=root, on_epoch=on_epoch), spec
 
 
@@ -101,7 +103,8 @@ def test_resume_with_loader_workers_trains_on_the_same_batches(store, tmp_path):
                                                   "data.num_workers=2"])
 
     def make(run_id=None):
-        return lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store, run_id=run_id)
+        return lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t,
+                                          RunOptions(run_id=run_id, tracking_uri=store))
 
     def crash(epoch, metrics):
         raise Crash(f"simulated crash after epoch {epoch}")
@@ -135,8 +138,8 @@ def test_resumed_run_that_had_early_stopped_does_not_announce_it_again(store, tm
 
     monkeypatch.setattr(loop, "evaluate", fake_evaluate)
     monkeypatch.setattr(experiment, "_finish", crash)
-    make = lambda run_id: lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store,  # noqa: E731
-                                                     run_id=run_id)
+    make = lambda run_id: lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t,  # noqa: E731
+                                                     RunOptions(run_id=run_id, tracking_uri=store))
     with pytest.raises(Crash):
         run_experiment(spec, make(None), checkpoint_root=tmp_path)
     assert "early stopping: val/dice has not improved for 2 epochs" in capsys.readouterr().out
@@ -342,7 +345,7 @@ def test_a_run_whose_data_changed_is_not_resumed(store, tmp_path, capsys):
     def crash(epoch, metrics):
         raise Crash("killed after epoch 1")
 
-    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, tracking_uri=store)  # noqa: E731
+    make = lambda p, t: MlflowTracker(spec.tracking, spec.name, p, t, RunOptions(tracking_uri=store))  # noqa: E731
     with pytest.raises(Crash):
         run_experiment(spec, make, checkpoint_root=tmp_path / "mlruns" / "checkpoints", on_epoch=crash)
     client = MlflowClient(store)

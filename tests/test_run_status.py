@@ -16,6 +16,7 @@ from harness import build as parts_module
 from harness.config.load import load_spec
 from harness.engine.step import NonFiniteLoss
 from harness.run import run_experiment
+from harness.tracking.base import RunOptions
 from harness.tracking.mlflow import MlflowTracker
 
 from conftest import EXPERIMENTS
@@ -23,7 +24,7 @@ from conftest import EXPERIMENTS
 
 def _run(store, tmp_path, on_epoch=None, overrides=("train.epochs=2",)):
     spec = load_spec(EXPERIMENTS / "debug.yaml", list(overrides))
-    make = lambda params, tags: MlflowTracker(spec.tracking, spec.name, params, tags, tracking_uri=store)  # noqa: E731
+    make = lambda params, tags: MlflowTracker(spec.tracking, spec.name, params, tags, RunOptions(tracking_uri=store))  # noqa: E731
     return run_experiment(spec, make, checkpoint_root=tmp_path / "ckpt", on_epoch=on_epoch)
 
 

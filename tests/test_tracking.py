@@ -9,7 +9,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness.config.load import load_spec
-from harness.tracking.base import open_run
+from harness.tracking.base import RunOptions, open_run
 
 from conftest import DEPRECATIONS_ARE_ERRORS, EXPERIMENTS
 
@@ -19,7 +19,8 @@ CPU = "system/cpu_utilization_percentage"
 
 
 def _open_for(uri: str, seconds: float, system_metrics: bool, run_id: str | None = None) -> str:
-    with open_run("sys", "r", {"a": 1}, {}, tracking_uri=uri, run_id=run_id, system_metrics=system_metrics) as t:
+    options = RunOptions(run_id=run_id, tracking_uri=uri, system_metrics=system_metrics)
+    with open_run("sys", "r", {"a": 1}, {}, options) as t:
         time.sleep(seconds)
     return t.run_id
 

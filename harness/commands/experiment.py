@@ -23,15 +23,15 @@ def _experiment(args) -> int:
     from harness.engine import distributed
     from harness.models import WeightsUnavailable
     from harness.run import run_experiment
-    from harness.tracking.base import ResumeMismatch, open_run
+    from harness.tracking.base import ResumeMismatch, RunOptions, open_run
     from harness.tracking.mlflow import default_tracking_uri
 
     try:
         resume = None if args.restart else _resumable(spec)
 
         def make_tracker(params, tags):
-            return open_run(spec.tracking, spec.name, params, tags, run_id=resume,
-                            system_metrics=spec.log_system_metrics)
+            return open_run(spec.tracking, spec.name, params, tags,
+                            RunOptions(run_id=resume, system_metrics=spec.log_system_metrics))
 
         result = run_experiment(spec, make_tracker)
     except (DataError, WeightsUnavailable, ResumeMismatch) as err:

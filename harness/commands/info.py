@@ -27,14 +27,15 @@ def _audit_arguments(parser) -> None:
 def _audit(args) -> int:
     import json
 
-    from harness.data import DataError, build_data
+    from harness.data import DataError, DataSettings, build_data
     from harness.data.audit import format_audit
 
     kind = args.dataset or ("oxford_pet" if (args.root / "annotations" / "trimaps").is_dir() else "folder")
     try:
-        data = build_data(kind, root=str(args.root), image_size=args.image_size, foreground=args.foreground,
-                          on_bad="skip", cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
-                          require_splits=False)  # a folder whose files are all unusable is reported, not an error
+        data = build_data(DataSettings(
+            kind, root=str(args.root), image_size=args.image_size, foreground=args.foreground, on_bad="skip",
+            cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
+            require_splits=False))  # a folder whose files are all unusable is reported, not an error
     except DataError as err:
         return bad_input(err)
     print(f"{args.root} ({kind}, {args.image_size}px, foreground={args.foreground}, fingerprint {data.fingerprint})")

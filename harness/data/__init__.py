@@ -10,7 +10,7 @@ float masks (N, 1, H, W) in {0, 1}; conversion to float and normalisation happen
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +18,46 @@ import numpy as np
 from harness.data import cache, readers, synthetic
 from harness.data.audit import audit as run_audit
 from harness.data.kinds import KINDS
-from harness.data.loaders import SegDataset, make_loader
-from harness.data.native import NativeMasks
+from harness.data.loaders import LoaderSettings, SegDataset, make_loader
 from harness.data.readers import DataError, Decoded
+from harness.data.stored_size import NativeMasks
 
 DATASETS = tuple(KINDS)
 ON_BAD = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Everything `build_data` reads: which data, how it is read, labelled and split. Frozen and
+    hashable, so a memo can key on it (harness.build.cached_data); `palette` and `synthetic_size`
+    are stored as tuples whatever sequence they are given as."""
+
+    dataset: str  # a KINDS name: synthetic, oxford_pet, folder
+    _: KW_ONLY
+    root: str | None
+    image_size: int
+    foreground: str = "not_background"
+    val_fraction: float = 0.1
+    folds: tuple[int, int] | None = None  # (k, i): fold i of k validates, in place of val_fraction
+    limit: int | None = None  # cap on images per split
+    synthetic_size: tuple[int, int] = (400, 100)  # synthetic trainval and test counts
+    synthetic_seed: int = 0
+    on_bad: str = "error"  # 'error' raises naming the first unusable file; 'skip' drops and counts them
+    cache_dir: str | None = None  # None: decode every time
+    download: bool = False
+    num_classes: int = 2
+    target: str = "binary"
+    palette: tuple[tuple[int, int, int], ...] | None = None  # folder: the RGB colour of each class
+    images_dir: str | None = None  # folder layout (harness.data.readers.folder_files); None: detected
+    masks_dir: str | None = None
+    mask_suffix: str | None = None
+    mask_threshold: float | None = None  # binary folder masks: foreground = value > it (default: half the max)
+    require_splits: bool = True  # False (the audit): empty train or test splits instead of DataError
+
+    def __post_init__(self):
+        object.__setattr__(self, "synthetic_size", tuple(self.synthetic_size))
+        if self.palette is not None:
+            object.__setattr__(self, "palette", tuple(map(tuple, self.palette)))
 
 
 @dataclass
@@ -65,27 +99,25 @@ def _carve(names: list[str], fraction: float) -> tuple[list[int], list[int]]:
 TARGETS = ("binary", "trimap3")
 
 
-def _read_disk(dataset: str, path: Path, image_size: int, cache_dir: str | None, num_classes: int,
-               palette, layout: dict) -> tuple[dict, list, str]:
-    """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off).
-    layout: the folder kind's images_dir, masks_dir and mask_suffix (None: detected)."""
+def _read_disk(s: DataSettings, path: Path) -> tuple[dict, list, str]:
+    """Decoded splits (from the cache when warm), listing problems, and the cache entry path ('' if off)."""
     if not path.is_dir():
         raise DataError(f"{path}: data.root is not a directory")
-    kind = KINDS[dataset]
-    files, problems = kind.list_files(path, **layout)
-    valid = kind.valid_values(num_classes)
+    kind = KINDS[s.dataset]
+    files, problems = kind.list_files(path, images_dir=s.images_dir, masks_dir=s.masks_dir, mask_suffix=s.mask_suffix)
+    valid = kind.valid_values(s.num_classes)
     key = readers.stat_key(files)
-    if palette:  # palette masks are cached as class indices, so the palette is part of the key
-        key += "-p" + hashlib.sha1(str(palette).encode()).hexdigest()[:8]
-    entry = cache.entry_dir(Path(cache_dir), dataset, key, image_size) if cache_dir else None
+    if s.palette:  # palette masks are cached as class indices, so the palette is part of the key
+        key += "-p" + hashlib.sha1(str(s.palette).encode()).hexdigest()[:8]
+    entry = cache.entry_dir(Path(s.cache_dir), s.dataset, key, s.image_size) if s.cache_dir else None
     loaded = cache.load(entry) if entry else None
     if loaded is not None:
         return loaded[0], problems, str(entry)
-    decoded = {split: readers.decode_split(items, image_size, split, valid, palette,
+    decoded = {split: readers.decode_split(items, s.image_size, split, valid, s.palette,
                                            keep_native=split in ("test", "all"))  # 'all': test is carved from it
                for split, items in files.items()}
     if entry:
-        cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": dataset, "image_size": image_size})
+        cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": s.dataset, "image_size": s.image_size})
     return decoded, problems, str(entry or "")
 
 
@@ -101,70 +133,70 @@ def _synthetic(seed: int, sizes: tuple[int, int], image_size: int, k_classes: in
     return out
 
 
-def build_data(dataset: str, *, root: str | None, image_size: int, foreground: str = "not_background",
-               val_fraction: float = 0.1, folds: tuple[int, int] | None = None, limit: int | None = None,
-               synthetic_size=(400, 100),
-               synthetic_seed: int = 0, on_bad: str = "error", cache_dir: str | None = None,
-               download: bool = False, num_classes: int = 2, target: str = "binary",
-               palette: list | None = None, layout=None,
-               mask_threshold: float | None = None, require_splits: bool = True) -> DataBundle:
-    """Load a dataset by name into train/val/test splits, audited.
+def build_data(s: DataSettings) -> DataBundle:
+    """Load the dataset `s` names into train/val/test splits, audited.
 
-    on_bad='error' raises DataError naming the first unusable file; 'skip' drops unusable files
-    and counts them in info['skipped']. cache_dir=None decodes every time. Masks are {0, 1}
-    (num_classes 2) or class indices: target='trimap3' (pet, background, border), a `folder`
-    of index masks (or RGB masks with a `palette`, one colour per class), or synthetic K-class.
-    layout: images_dir / masks_dir / mask_suffix of a `folder` (harness.data.readers.folder_files), a
-    dict or (key, value) pairs;
-    mask_threshold: a binary `folder` mask's foreground is value > it (default: half each mask's max).
-    require_splits=False (the audit) returns empty train or test splits instead of raising DataError.
+    s.on_bad='error' raises DataError naming the first unusable file; 'skip' drops unusable files and
+    counts them in info['skipped']. Masks are {0, 1} (num_classes 2) or class indices: target='trimap3'
+    (pet, background, border), a `folder` of index masks (or RGB masks with a `palette`, one colour per
+    class), or synthetic K-class. s.require_splits=False (the audit) returns empty train or test
+    splits instead of raising DataError.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
-    if on_bad not in ON_BAD:
-        raise ValueError(f"unknown on_bad '{on_bad}'; valid: {', '.join(ON_BAD)}")
-    entry, kind = "", KINDS[dataset]
-    if not kind.on_disk:
-        k_mode = num_classes if target == "binary" else 2
-        decoded, problems = _synthetic(synthetic_seed, synthetic_size, image_size, k_mode), []
-        fp = synthetic.fingerprint(synthetic_seed, synthetic_size, image_size) + (f"-k{k_mode}" if k_mode > 2 else "")
-    else:
-        path = kind.prepare_root(Path(root), download)
-        decoded, problems, entry = _read_disk(dataset, path, image_size, cache_dir, num_classes, palette,
-                                              dict(layout or ()))
-        fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{image_size}".encode()).hexdigest()[:16]
-    listing = problems
+    if s.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset '{s.dataset}'; valid: {', '.join(DATASETS)}")
+    if s.on_bad not in ON_BAD:
+        raise ValueError(f"unknown on_bad '{s.on_bad}'; valid: {', '.join(ON_BAD)}")
+    kind = KINDS[s.dataset]
+    decoded, listing, entry, fp = _decode(s)
     problems = listing + [p for d in decoded.values() for p in d.problems]
-    if problems and on_bad == "error":
+    if problems and s.on_bad == "error":
         more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}. `make audit DATA=<root>` lists them all; "
                         f"data.on_bad=skip trains without them")
-    fg = {split: kind.foreground(d.masks, foreground, num_classes, target, mask_threshold)
+    fg = {split: kind.foreground(d.masks, s.foreground, s.num_classes, s.target, s.mask_threshold)
           for split, d in decoded.items()}
-    lossy_check = kind.thresholds_masks and num_classes == 2
-    report = _audit(decoded, fg, listing, entry, f"{foreground}-t{mask_threshold}", lossy_check)
+    lossy_check = kind.thresholds_masks and s.num_classes == 2
+    report = _audit(decoded, fg, listing, entry, f"{s.foreground}-t{s.mask_threshold}", lossy_check)
 
     def rule(raw):  # raw mask values -> training labels; the same for both resolutions
-        return kind.labels(raw, foreground, num_classes, target, mask_threshold)
+        return kind.labels(raw, s.foreground, s.num_classes, s.target, s.mask_threshold)
 
     labels = {split: rule(d.masks) for split, d in decoded.items()}
     decoded = {split: _labelled_native(d, rule) for split, d in decoded.items()}
-    if folds is not None and "val" in decoded:
-        raise DataError(f"{root}: data.folds splits trainval into folds, but this dataset declares a val split")
-    train, val, test = _split(decoded, labels, val_fraction, folds, kind.stratum)
-    if (not len(train) or not len(test)) and require_splits:
+    if s.folds is not None and "val" in decoded:
+        raise DataError(f"{s.root}: data.folds splits trainval into folds, but this dataset declares a val split")
+    train, val, test = _split(decoded, labels, s.val_fraction, s.folds, kind.stratum)
+    if (not len(train) or not len(test)) and s.require_splits:
         first = f" (first: {problems[0].path})" if problems else ""
-        raise DataError(f"{root}: no usable images left in {'train' if not len(train) else 'test'} "
+        raise DataError(f"{s.root}: no usable images left in {'train' if not len(train) else 'test'} "
                         f"after skipping {len(problems)} unusable files{first}")
-    if limit:
-        train, val, test = (s.take(range(min(limit, len(s)))) for s in (train, val, test))
-    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": len(problems)}
+    if s.limit:
+        train, val, test = (part.take(range(min(s.limit, len(part)))) for part in (train, val, test))
+    return DataBundle(train, val, test, fp, _info(train, val, test, len(problems), s.num_classes), report)
+
+
+def _decode(s: DataSettings) -> tuple[dict[str, Decoded], list, str, str]:
+    """(decoded splits, listing problems, cache entry path or '', data fingerprint)."""
+    kind = KINDS[s.dataset]
+    if not kind.on_disk:
+        k_mode = s.num_classes if s.target == "binary" else 2
+        fp = synthetic.fingerprint(s.synthetic_seed, s.synthetic_size, s.image_size)
+        fp += f"-k{k_mode}" if k_mode > 2 else ""
+        return _synthetic(s.synthetic_seed, s.synthetic_size, s.image_size, k_mode), [], "", fp
+    decoded, problems, entry = _read_disk(s, kind.prepare_root(Path(s.root), s.download))
+    fp = hashlib.sha256(b"".join(d.digest for d in decoded.values()) + f"{s.image_size}".encode()).hexdigest()[:16]
+    return decoded, problems, entry, fp
+
+
+def _info(train: Split, val: Split, test: Split, skipped: int, num_classes: int) -> dict:
+    """The split sizes, the files skipped, and the training split's class (or foreground) fractions."""
+    info = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "skipped": skipped}
     if num_classes > 2:
         counts = np.bincount(train.masks.reshape(-1), minlength=num_classes)[:num_classes]
         info["class_fractions_train"] = " ".join(f"{c / max(counts.sum(), 1):.3f}" for c in counts)
     else:
         info["fg_fraction_train"] = round(float(train.masks.mean()), 4) if len(train) else 0.0
-    return DataBundle(train, val, test, fp, info, report)
+    return info
 
 
 def _labelled_native(d: Decoded, rule) -> Decoded:
@@ -227,4 +259,5 @@ def _audit(decoded: dict, fg: dict, listing: list, entry: str, rule: str, lossy_
     return report
 
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "SegDataset", "Split", "build_data", "make_loader"]
+__all__ = ["DATASETS", "DataBundle", "DataError", "DataSettings", "LoaderSettings", "SegDataset", "Split",
+           "build_data", "make_loader"]

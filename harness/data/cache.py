@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.native import NativeMasks
 from harness.data.readers import Decoded, Problem
+from harness.data.stored_size import NativeMasks
 
-CACHE_VERSION = 3  # 2: test masks kept at their stored sizes (harness.data.native); 3: conversion notes
+CACHE_VERSION = 3  # 2: test masks kept at their stored sizes (harness.data.stored_size); 3: conversion notes
 ARRAYS = ("images", "masks", "thumbs")
 NATIVE = ("blob", "offsets")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
@@ -57,27 +59,38 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(info.seed % 2**31)  # torch gives each worker base_seed + id, derived from the loader generator
 
 
-def make_loader(split, *, batch_size: int, shuffle: bool, pipeline=None, num_workers: int = 0,
-                seed: int = 0, pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
-                world: int = 1) -> DataLoader:
-    """With world > 1 this rank sees its shard: DistributedSampler when shuffling (call
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What a run's loaders share: batch size, worker processes, pinned memory, and this process's
+    rank of `world` (world > 1: each rank loads its shard)."""
+
+    batch_size: int
+    num_workers: int = 0
+    pin_memory: bool = False
+    rank: int = 0
+    world: int = 1
+
+
+def make_loader(split, s: LoaderSettings, *, shuffle: bool = False, pipeline=None, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """With s.world > 1 this rank sees its shard: DistributedSampler when shuffling (call
     `loader.sampler.set_epoch(epoch)`), else indices rank::world (see distributed.interleave)."""
     dataset = SegDataset(split, pipeline)
     # The order has a generator of its own (see order_generator): the loader's draws worker
     # seeds whenever workers start, which a resumed run does once more than the original.
     order = torch.Generator().manual_seed(seed)
-    if world > 1:
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=seed, drop_last=drop_last) if shuffle
-                   else list(range(rank, len(dataset), world)))
+    if s.world > 1:
+        sampler = (DistributedSampler(dataset, s.world, s.rank, shuffle=True, seed=seed, drop_last=drop_last)
+                   if shuffle else list(range(s.rank, len(dataset), s.world)))
     else:
         sampler = RandomSampler(dataset, generator=order) if shuffle else SequentialSampler(dataset)
     if pipeline is not None:
         sampler = SeededSampler(sampler, order)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-        num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + 1),
-        worker_init_fn=_seed_worker if num_workers else None,
-        persistent_workers=num_workers > 0,
+        dataset, batch_size=s.batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=s.num_workers, pin_memory=s.pin_memory, generator=torch.Generator().manual_seed(seed + 1),
+        worker_init_fn=_seed_worker if s.num_workers else None,
+        persistent_workers=s.num_workers > 0,
     )
 
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from harness.data import forms, native
+from harness.data import forms, stored_size
 from harness.data.forms import BadFile
-from harness.data.native import NativeMasks
+from harness.data.stored_size import NativeMasks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 THUMB = 32  # near-duplicate thumbnails: 32x32 bilinear, compared by MSE on 0-255 RGB
@@ -214,7 +214,7 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
                        f"{image_path.name} is {original[0]}x{original[1]}")
         labels = forms.mask_array(m, palette, mask_path, mask_notes)
     mask = np.asarray(Image.fromarray(labels, mode="L").resize((size, size), Image.NEAREST))  # never interpolate
-    stored = native.encode(labels) if keep_native else b""
+    stored = stored_size.encode(labels) if keep_native else b""
     if valid is not None:
         extra = sorted(set(np.unique(mask).tolist()) - set(valid))
         if extra:

@@ -7,6 +7,7 @@ stored as tensors and plain Python values, so loading uses `weights_only=True`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -98,10 +99,7 @@ class AsyncWriter:
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
-            try:
-                raise err
-            finally:
-                del err  # no frame <-> traceback cycle keeping the run's frames (and its lock) alive
+            raise err
 
 
 def drop_resume_state(folder: Path) -> None:
@@ -156,13 +154,14 @@ def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
 def hold_lock(folder: Path):
-    """Hold an exclusive lock on the run's folder for this process's lifetime (released on any
-    death, SIGKILL included). Returns the open file; keep a reference to it."""
+    """Hold an exclusive lock on the run's folder while the `with` block runs (released on leaving it,
+    and on any death, SIGKILL included), so `is_active` tells other processes the run is live."""
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK, "w")
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return handle
+    with open(folder / LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
 
 
 def is_active(folder: Path) -> bool:

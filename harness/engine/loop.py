@@ -25,7 +25,7 @@ import torch
 
 from harness.data.loaders import order_generator, start_epoch
 from harness.engine import checkpoint, distributed
-from harness.engine.step import StepConfig, evaluate, freeze_encoder, train_one_epoch
+from harness.engine.step import StepConfig, Update, evaluate, freeze_encoder, train_one_epoch
 
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop (Optuna)
 
@@ -62,7 +62,6 @@ class LoopSettings:
     patience: int | None = None  # early stopping: epochs without a better val/dice
     grad_clip: float | None = None
     skip_nonfinite: bool = False  # train.on_nan=skip_batch
-    threshold: float = 0.5
     freeze_encoder_epochs: int = 0
     plateau: bool = False  # the scheduler is ReduceLROnPlateau, stepped with val/dice
     resumable: bool = True  # False: only best.pt is written (no per-epoch last.pt with the optimizer)
@@ -190,12 +189,11 @@ def run_epoch(p: Parts, s: LoopSettings, epoch: int, batches=None) -> tuple[dict
         freeze_encoder(p.model, epoch <= s.freeze_encoder_epochs)
     if batches is None:
         batches = start_epoch(loader, epoch)
-    train_stats = train_one_epoch(p.train_model, batches, p.loss_fn, p.optimizer, p.scaler, p.cfg,
-                                  grad_clip=s.grad_clip, desc=f"epoch {epoch}/{s.epochs}",
-                                  skip_nonfinite=s.skip_nonfinite)
+    update = Update(p.optimizer, p.scaler, s.grad_clip, s.skip_nonfinite)
+    train_stats = train_one_epoch(p.train_model, batches, p.loss_fn, update, p.cfg, desc=f"epoch {epoch}/{s.epochs}")
     rng = checkpoint.capture_rng(order_generator(loader))
     upcoming = start_epoch(loader, epoch + 1) if loader.num_workers and epoch < s.epochs else None
-    val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, threshold=s.threshold, prefix="val")
+    val = evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg, prefix="val")  # at p.cfg.threshold
     metrics = {**train_stats.metrics, **val.metrics, "lr": lr, "time/epoch_s": time.perf_counter() - start}
     if p.scheduler is not None:
         p.scheduler.step(metrics["val/dice"]) if s.plateau else p.scheduler.step()

@@ -28,12 +28,14 @@ class NonFiniteLoss(FloatingPointError):
 
 @dataclass
 class StepConfig:
-    """How a batch is run: device placement, precision and memory format."""
+    """How a batch is run: device placement, precision and memory format; and how its logits are read
+    (classes, threshold)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     num_classes: int = 2  # 2: binary, float masks (N, 1, H, W); K >= 3: class indices (N, H, W) int64
+    threshold: float = 0.5  # binary: a pixel is foreground where sigmoid(logit) > threshold
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -55,15 +57,24 @@ class StepConfig:
 class EpochStats:
     metrics: dict[str, float]
     counts: torch.Tensor | None = None  # (N, 4) per-image confusion counts (evaluate only)
-    predictions: torch.Tensor | None = None  # (N, H, W) bool on the CPU (evaluate with keep_predictions)
 
 
-def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler,
-                    cfg: StepConfig, *, grad_clip: float | None = None, desc: str = "train",
-                    skip_nonfinite: bool = False) -> EpochStats:
+@dataclass(frozen=True)
+class Update:
+    """How a training step updates the weights: the optimizer, the gradient scaler, gradient clipping,
+    and whether a batch with a non-finite loss is skipped (train.on_nan=skip_batch) rather than fatal."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    grad_clip: float | None = None
+    skip_nonfinite: bool = False
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn, update: Update, cfg: StepConfig, *,
+                    desc: str = "train") -> EpochStats:
     """One pass over `loader`. Returns train/loss and throughput.
 
-    A NaN/Inf loss raises NonFiniteLoss naming the step, unless `skip_nonfinite`: then that
+    A NaN/Inf loss raises NonFiniteLoss naming the step, unless `update.skip_nonfinite`: then that
     batch gets no update and is counted in train/skipped_batches (this costs one host sync per
     step, so it is opt-in); an epoch in which every batch was skipped still raises.
     """
@@ -80,18 +91,12 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         with cfg.autocast():
             logits = model(images)
         loss = loss_fn(logits, masks)  # losses run in float32 outside autocast
-        if skip_nonfinite and not torch.isfinite(loss):
+        if update.skip_nonfinite and not torch.isfinite(loss):
             skipped += 1
             print(f"{desc}: non-finite loss ({loss.item()}) at step {step}: batch skipped", flush=True)
             ready = time.perf_counter()
             continue
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        _step(model, loss, update)
         loss_sum += loss.detach() * images.shape[0]
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         seen += images.shape[0]
@@ -112,9 +117,20 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     _check_finite(mean, desc, first_bad)
     metrics = {"train/loss": mean, "throughput/train_img_s": seen / elapsed, "time/train_s": elapsed,
                "time/data_wait_frac": wait / elapsed}
-    if skip_nonfinite:
+    if update.skip_nonfinite:
         metrics["train/skipped_batches"] = float(skipped)
     return EpochStats(metrics)
+
+
+def _step(model: nn.Module, loss: torch.Tensor, update: Update) -> None:
+    """Backward and one optimizer step (through the gradient scaler, clipping if asked)."""
+    update.optimizer.zero_grad(set_to_none=True)
+    update.scaler.scale(loss).backward()
+    if update.grad_clip:
+        update.scaler.unscale_(update.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), update.grad_clip)
+    update.scaler.step(update.optimizer)
+    update.scaler.update()
 
 
 def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
@@ -124,15 +140,12 @@ def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: float = 0.5,
-             prefix: str = "val", keep_predictions: bool = False, scorer=None) -> EpochStats:
-    """Loss and Dice/IoU/accuracy over `loader` at the training size, keys '<prefix>/...'; counts per
-    image in order, and with keep_predictions the thresholded masks (one device-to-host copy per
-    batch). A `scorer` (harness.engine.native.NativeScorer) also sees every batch's logits, to score
-    them at the images' stored sizes."""
+def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, prefix: str = "val", watch=()) -> EpochStats:
+    """Loss and Dice/IoU/accuracy over `loader` at the training size, keys '<prefix>/...', and the counts
+    per image in order. Each of `watch` (KeptPredictions; harness.engine.stored_size.NativeScorer, to
+    score at the images' stored sizes) also sees every batch's logits: `update(logits, index)`."""
     model.eval()
-    acc = MetricAccumulator(threshold, cfg.num_classes)
-    kept = []
+    acc = MetricAccumulator(cfg.threshold, cfg.num_classes)
     loss_sum = torch.zeros((), device=cfg.device)
     seen = 0
     start = time.perf_counter()
@@ -142,19 +155,31 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, threshold: f
             logits = model(images)
         loss_sum += loss_fn(logits, masks) * images.shape[0]
         acc.update(logits.float(), masks)
-        if scorer is not None:
-            scorer.update(logits, index)
-        if keep_predictions:  # binary: bool masks; K classes: uint8 class maps
-            kept.append(logits.argmax(1).to(torch.uint8).cpu() if cfg.num_classes > 2
-                        else (torch.sigmoid(logits.float()[:, 0]) > threshold).cpu())
+        for watcher in watch:
+            watcher.update(logits, index)
         seen += images.shape[0]
     counts = distributed.interleave(acc.counts())  # every image, in split order, on every rank
     totals = distributed.sum_(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=cfg.device)]))
     metrics = {f"{prefix}/{k}": v for k, v in summarise_counts(counts).items()}
     metrics[f"{prefix}/loss"] = (totals[0] / totals[1].clamp(min=1)).item()
     metrics[f"throughput/{prefix}_img_s"] = seen / (time.perf_counter() - start)
-    kept = distributed.interleave(torch.cat(kept)) if kept else None
-    return EpochStats(metrics, counts, kept)
+    return EpochStats(metrics, counts)
+
+
+class KeptPredictions:
+    """Watches `evaluate` and keeps every image's predicted mask at the training size on the CPU (one
+    device-to-host copy per batch): binary, bool masks (sigmoid > cfg.threshold); K classes, uint8
+    class maps. `result()`: (N, H, W) in split order, or None for an empty loader."""
+
+    def __init__(self, cfg: StepConfig):
+        self.cfg, self.kept = cfg, []
+
+    def update(self, logits: torch.Tensor, index: torch.Tensor) -> None:
+        self.kept.append(logits.argmax(1).to(torch.uint8).cpu() if self.cfg.num_classes > 2
+                         else (torch.sigmoid(logits.float()[:, 0]) > self.cfg.threshold).cpu())
+
+    def result(self) -> torch.Tensor | None:
+        return distributed.interleave(torch.cat(self.kept)) if self.kept else None
 
 
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.10, ..., 0.95

@@ -23,7 +23,7 @@ from harness.config.sweeps import CampaignSpec
 from harness.run import run_experiment, run_identity
 from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
 from harness.tracking import store
-from harness.tracking.base import Tracker, open_run
+from harness.tracking.base import RunOptions, Tracker, open_run
 from harness.tracking.mlflow import run_metrics
 
 
@@ -185,8 +185,8 @@ def _opener(experiment: str, exp, tags: dict, resume: str | None, made: list[Tra
     """run_experiment's make_tracker for the cell `exp`: opens its run (or reopens `resume`) with the
     cell's tags, and keeps the tracker in `made`, so a failure can still name the run."""
     def make_tracker(params, run_tags):
-        made.append(open_run(experiment, exp.name, params, {**run_tags, **tags}, run_id=resume,
-                             system_metrics=exp.log_system_metrics))
+        made.append(open_run(experiment, exp.name, params, {**run_tags, **tags},
+                             RunOptions(run_id=resume, system_metrics=exp.log_system_metrics)))
         return made[-1]
     return make_tracker
 
@@ -202,7 +202,7 @@ def _earlier_runs(experiment: str, campaign: str, exp, head: str) -> tuple[str |
         print(f"{head}: already finished as run {done[0]}, skipped", flush=True)
         return done[0], None
     if other := store.find_runs(experiment, same, "FINISHED"):
-        head += (f": run {other[0]} finished it with {', '.join(store.identity_differences(other[0], here))}, "
+        head += (f": run {other[0]} finished it with {', '.join(store.run_differences(other[0], here))}, "
                  "so the cell runs again; the report compares the two apart")
     resume = store.pick_resumable(experiment, exp.spec_hash(), paths.CHECKPOINTS, here)
     print(head + (f" (resuming run {resume})" if resume else ""), flush=True)

@@ -27,6 +27,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,12 +35,12 @@ import torch
 from harness import paths
 from harness.build import Parts, build_parts, compile_model, dtype_name, list_models, resolve_amp, select_device
 from harness.config.load import SpecError, load_spec
-from harness.data import make_loader
+from harness.data import LoaderSettings, make_loader
 from harness.data.loaders import start_epoch
-from harness.engine.step import StepConfig, evaluate, train_one_epoch
+from harness.engine.step import StepConfig, Update, evaluate, train_one_epoch
 from harness.models import count_parameters
 from harness.tools.measure import checkpoint_times, data_times, flops_per_image, saved_activation_mib, sync
-from harness.tracking.base import open_run
+from harness.tracking.base import RunOptions, open_run
 
 SETTINGS = ("off", "auto", "bf16", "bf16+channels_last", "auto+compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense bf16 tensor core
@@ -80,22 +81,22 @@ def _training_parts(spec, data, device: torch.device, setting: str) -> Parts:
     return build_parts(spec, device, data=data)
 
 
-def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, out: Path) -> dict:
-    """Where a training step's time goes: one profiled harness epoch after a warm-up epoch.
-    Prints the ops with the most device (or CPU) self time, saves a Chrome trace (gzip) beside
+def profile_epoch(spec, data, *, device: torch.device, setting: str, out: Path) -> dict:
+    """Where a training step's time goes: one profiled harness epoch of spec.model.arch after a warm-up
+    epoch. Prints the ops with the most device (or CPU) self time, saves a Chrome trace (gzip) beside
     the JSON, and returns the device-busy share of the epoch (low = launch- or data-bound)."""
     from torch.profiler import ProfilerActivity, profile
 
+    arch = spec.model.arch
     p = _training_parts(spec, data, device, setting)
-    model, cfg, optimizer, scaler, loss_fn = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn
-    loader = p.loaders["train"]
+    loader, update = p.loaders["train"], Update(p.optimizer, p.scaler)
     if setting.endswith("+compile"):  # _training_parts leaves compiling to the caller; the warm-up pays for it
-        compile_model(model, spec.train.compile_mode)
-    train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")
+        compile_model(p.model, spec.train.compile_mode)
+    train_one_epoch(p.model, loader, p.loss_fn, update, p.cfg, desc="warm-up")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()
-        train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc=f"profile {arch}")
+        train_one_epoch(p.model, loader, p.loss_fn, update, p.cfg, desc=f"profile {arch}")
         wall_us = (time.perf_counter() - start) * 1e6
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
@@ -113,66 +114,83 @@ def profile_epoch(arch: str, spec, data, *, device: torch.device, setting: str, 
 
 
 def _tracker(tmp: str):
-    return open_run("bench", "bench", {}, {}, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    return open_run("bench", "bench", {}, {}, RunOptions(tracking_uri=f"sqlite:///{tmp}/mlflow.db"))
 
 
-def bench_one(arch: str, setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
-    """One model x precision: harness vs minimal epochs (interleaved), eval, MLflow, checkpoint, FLOPs."""
+@dataclass
+class Epochs:
+    """What the timed epochs of one model x precision measured, one value per epoch."""
+
+    harness_s: list[float] = field(default_factory=list)  # train_one_epoch + logging its metrics
+    minimal_s: list[float] = field(default_factory=list)  # minimal_epoch over the same batches
+    waits: list[float] = field(default_factory=list)  # share of the harness epoch blocked on the loader
+    log_s: list[float] = field(default_factory=list)  # logging the epoch's metrics to MLflow
+    eval_rates: list[float] = field(default_factory=list)  # validation images/s
+
+
+def timed_epochs(p: Parts, batches: list, tracker, *, repeats: int, desc: str, lr: float) -> Epochs:
+    """One warm-up epoch (autotune, allocator, workers), then `repeats` harness epochs, each followed by
+    validation and by a minimal epoch over `batches`: interleaved, so drifting clocks hit both alike."""
+    loader, update, out = p.loaders["train"], Update(p.optimizer, p.scaler), Epochs()
+    train_one_epoch(p.model, loader, p.loss_fn, update, p.cfg, desc="warm-up")
+    upcoming = start_epoch(loader, 1) if loader.num_workers else None
+    evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg)
+    minimal_epoch(p.model, batches, p.optimizer, p.cfg, p.loss_fn)
+    if p.cfg.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(p.cfg.device)
+    for epoch in range(1, repeats + 1):
+        start = time.perf_counter()
+        stats = train_one_epoch(p.model, upcoming if upcoming is not None else start_epoch(loader, epoch), p.loss_fn,
+                                update, p.cfg, desc=desc)
+        logged = time.perf_counter()
+        tracker.log_metrics({**stats.metrics, "lr": lr}, step=epoch)
+        out.log_s.append(time.perf_counter() - logged)
+        out.harness_s.append(time.perf_counter() - start)
+        out.waits.append(stats.metrics["time/data_wait_frac"])
+        # As the loop does: the workers start on the next epoch while this one validates.
+        upcoming = start_epoch(loader, epoch + 1) if loader.num_workers else None
+        out.eval_rates.append(evaluate(p.model, p.loaders["val"], p.loss_fn, p.cfg).metrics["throughput/val_img_s"])
+        out.minimal_s.append(minimal_epoch(p.model, batches, p.optimizer, p.cfg, p.loss_fn))
+    return out
+
+
+def bench_one(setting: str, spec, data, *, device: torch.device, repeats: int, tracker) -> dict:
+    """One model (spec.model.arch) x precision: harness vs minimal epochs (interleaved), eval, MLflow,
+    checkpoint, FLOPs."""
     t, d = spec.train, spec.data
     p = _training_parts(spec, data, device, setting)
-    model, cfg, optimizer, scaler, loss_fn = p.model, p.cfg, p.optimizer, p.scaler, p.loss_fn
-    loader = p.loaders["train"]
-    val_loader, dtype, channels_last = p.loaders["val"], cfg.amp_dtype, cfg.channels_last
+    model, cfg = p.model, p.cfg
     pin = device.type == "cuda"
-    plain = make_loader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=True)
+    plain = make_loader(data.train, LoaderSettings(t.batch_size), shuffle=True, drop_last=True)
     batches = [(x.pin_memory() if pin else x, y.pin_memory() if pin else y) for x, y, _ in plain]
     flops = flops_per_image(model, batches[0][0][:2], cfg)  # eager: FLOPs are counted on the uncompiled model
     activations = saved_activation_mib(model, batches[0][0], cfg)
     if setting.endswith("+compile"):  # the warm-up epoch pays the compile time
         compile_model(model, t.compile_mode)
-    train_one_epoch(model, loader, loss_fn, optimizer, scaler, cfg, desc="warm-up")  # autotune, allocator, workers
-    upcoming = start_epoch(loader, 1) if loader.num_workers else None
-    evaluate(model, val_loader, loss_fn, cfg)
-    minimal_epoch(model, batches, optimizer, cfg, loss_fn)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    harness_s, minimal_s, waits, log_s, eval_rates = [], [], [], [], []
-    for epoch in range(1, repeats + 1):  # interleaved, so drifting clocks hit both alike
-        start = time.perf_counter()
-        stats = train_one_epoch(model, upcoming if upcoming is not None else start_epoch(loader, epoch), loss_fn,
-                                optimizer, scaler, cfg, desc=f"{arch} {setting}")
-        logged = time.perf_counter()
-        tracker.log_metrics({**stats.metrics, "lr": t.lr}, step=epoch)
-        log_s.append(time.perf_counter() - logged)
-        harness_s.append(time.perf_counter() - start)
-        waits.append(stats.metrics["time/data_wait_frac"])
-        # As the loop does: the workers start on the next epoch while this one validates.
-        upcoming = start_epoch(loader, epoch + 1) if loader.num_workers else None
-        eval_rates.append(evaluate(model, val_loader, loss_fn, cfg).metrics["throughput/val_img_s"])
-        minimal_s.append(minimal_epoch(model, batches, optimizer, cfg, loss_fn))
-    n_train = len(loader) * t.batch_size
-    ckpt_s, block_s = checkpoint_times(model, optimizer)
-    harness, minimal = statistics.median(harness_s), statistics.median(minimal_s)
+    e = timed_epochs(p, batches, tracker, repeats=repeats, desc=f"{spec.model.arch} {setting}", lr=t.lr)
+    n_train = len(p.loaders["train"]) * t.batch_size
+    ckpt_s, block_s = checkpoint_times(model, p.optimizer)
+    harness, minimal = statistics.median(e.harness_s), statistics.median(e.minimal_s)
     achieved = flops * n_train / minimal / 1e12
     peak = next((v for k,
                  v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return {
-        "arch": arch, "setting": setting, "amp_dtype": dtype_name(dtype),
-        "channels_last": channels_last, "compile_mode": t.compile_mode if setting.endswith("+compile") else None,
+        "arch": spec.model.arch, "setting": setting, "amp_dtype": dtype_name(cfg.amp_dtype),
+        "channels_last": cfg.channels_last, "compile_mode": t.compile_mode if setting.endswith("+compile") else None,
         "params": count_parameters(model), "image_size": d.image_size,
         "batch_size": t.batch_size, "num_workers": d.num_workers, "augment": str(spec.augment), "device": str(device),
         "images_per_epoch": n_train, "train_img_s": round(n_train / harness,
                                                           1), "minimal_img_s": round(n_train / minimal, 1),
-        "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(waits), 4),
-        "eval_img_s": round(statistics.median(eval_rates), 1),
-        "mlflow_ms_per_epoch": round(1000 * statistics.median(log_s), 1),
-        "mlflow_share": round(statistics.median(log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
+        "harness_over_minimal": round(harness / minimal, 3), "data_wait_frac": round(statistics.median(e.waits), 4),
+        "eval_img_s": round(statistics.median(e.eval_rates), 1),
+        "mlflow_ms_per_epoch": round(1000 * statistics.median(e.log_s), 1),
+        "mlflow_share": round(statistics.median(e.log_s) / harness, 4), "checkpoint_s": round(ckpt_s, 2),
         "checkpoint_block_s": round(block_s, 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "saved_activations_mib": round(activations, 1), "grad_checkpointing": spec.train.grad_checkpointing,
         "gflop_per_image": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 3),
         "peak_share": round(achieved / peak, 3) if peak else None,
-        "harness_epoch_s": [round(v, 3) for v in harness_s], "minimal_epoch_s": [round(v, 3) for v in minimal_s],
+        "harness_epoch_s": [round(v, 3) for v in e.harness_s], "minimal_epoch_s": [round(v, 3) for v in e.minimal_s],
     }
 
 
@@ -191,7 +209,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="columns: img/s = harness train epoch incl. MLflow logging; ratio = harness / minimal epoch time; "
@@ -212,7 +230,22 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=paths.BENCH)
     p.add_argument("--profile", action="store_true",
                    help="also profile one epoch of the first model at the last setting (table + Chrome trace)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _variants(args) -> list:
+    """The spec once per architecture asked for that takes the spec's model knobs (the others skipped)."""
+    variants = {}
+    for arch in args.archs or list_models():
+        try:
+            variants[arch] = load_spec(args.spec, [*args.overrides, f"model.arch={arch}"])
+        except SpecError as err:
+            print(f"skipping {arch}: {str(err).splitlines()[-1].strip()}")
+    return list(variants.values())
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     spec = load_spec(args.spec, args.overrides)
     device = select_device(args.device)
     if device.type == "cuda":
@@ -220,21 +253,15 @@ def main(argv=None) -> int:
     times = data_times(spec)
     data = times.pop("data")  # decoded once for every model: the spec's data settings are shared
     rows = []
-    variants = {}  # arch -> the spec's knobs on each architecture that takes them
-    for arch in args.archs or list_models():
-        try:
-            variants[arch] = load_spec(args.spec, [*args.overrides, f"model.arch={arch}"])
-        except SpecError as err:
-            print(f"skipping {arch}: {str(err).splitlines()[-1].strip()}")
+    variants = _variants(args)
     with tempfile.TemporaryDirectory() as tmp, _tracker(tmp) as tracker:
-        for arch, variant in variants.items():
+        for variant in variants:
             for setting in args.settings:
-                rows.append({**bench_one(arch, setting, variant, data, device=device, repeats=args.repeats,
+                rows.append({**bench_one(setting, variant, data, device=device, repeats=args.repeats,
                                          tracker=tracker), **times})
     profiled = None
     if args.profile and variants:
-        arch, variant = next(iter(variants.items()))
-        profiled = profile_epoch(arch, variant, data, device=device, setting=args.settings[-1], out=args.out)
+        profiled = profile_epoch(variants[0], data, device=device, setting=args.settings[-1], out=args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.spec} on {device} ({name}), torch {torch.__version__}, {spec.data.dataset} "
           f"{spec.data.image_size}px, batch {spec.train.batch_size}, num_workers {spec.data.num_workers}, "

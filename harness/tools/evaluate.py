@@ -13,16 +13,16 @@ split again is skipped. `make report EVALUATION=<dataset name or fingerprint>` c
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness import outputs
 from harness.build import build_loss, dtype_name, resolve_amp, select_device, spec_data
 from harness.config.catalog import DATASETS, ON_DISK
 from harness.config.load import ExperimentSpec, flatten
-from harness.data import make_loader
-from harness.engine.native import score_split
+from harness.data import LoaderSettings, make_loader
 from harness.engine.step import StepConfig
+from harness.engine.stored_size import score_split
 from harness.metrics import per_image_scores
 from harness.tools.trained import run_threshold, source_spec, trained_model
 from harness.tracking.base import open_run
@@ -69,13 +69,13 @@ def evaluate_run(run_id: str, root: str, dataset: str | None = None, split: str 
     device = select_device(spec.train.device)
     cfg = StepConfig(device, resolve_amp(spec.train.amp, device), spec.train.channels_last, spec.data.num_classes)
     model = model.to(device)
-    loader = make_loader(part, batch_size=spec.train.batch_size, shuffle=False, num_workers=spec.data.num_workers)
+    loader = make_loader(part, LoaderSettings(spec.train.batch_size, num_workers=spec.data.num_workers))
     tags = {**identity, **_source_tags(run_id, source), "evaluation.dataset": name, "evaluation.weights": origin,
             "amp.dtype": dtype_name(cfg.amp_dtype), **git_state(), **environment(device)}
     with open_run(experiment, f"eval-{source.name}-{name}", flatten(spec.to_dict()), tags) as tracker:
         outputs.log_splits(tracker, data, spec.data.dataset, spec.data.root, splits=(split,))
-        scores = score_split(model, loader, build_loss(spec), cfg, part, threshold=run_threshold(run_id, source),
-                             tolerance=spec.eval.nsd_tolerance)
+        cfg = replace(cfg, threshold=run_threshold(run_id, source))  # the threshold the run's own test used
+        scores = score_split(model, loader, build_loss(spec), cfg, part, tolerance=spec.eval.nsd_tolerance)
         tracker.log_metrics({**scores.metrics, **scores.at_train_size}, step=0)
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(outputs.write_per_image(Path(tmp) / "test_per_image.csv", part.names,

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from harness.build import data_kwargs
+from harness.build import data_settings
 from harness.config.catalog import DATASETS
-from harness.data import build_data
+from harness.data import DataSettings, build_data
 from harness.engine import checkpoint
 from harness.engine.step import StepConfig
 
@@ -56,16 +57,15 @@ def saved_activation_mib(model, images: torch.Tensor, cfg: StepConfig) -> float:
 
 def data_times(spec) -> dict:
     """Seconds to build the dataset with an empty cache (decode) and again from it (load)."""
-    d = spec.data
-    kwargs = data_kwargs(spec)
     with tempfile.TemporaryDirectory() as cache:
+        settings = replace(data_settings(spec), cache_dir=cache)
         start = time.perf_counter()
-        data = build_data(d.dataset, cache_dir=cache, **kwargs)
+        data = build_data(settings)
         cold = time.perf_counter() - start
         warm = None
-        if DATASETS[d.dataset].on_disk:  # generated data is never cached: a second build would only cost time
+        if DATASETS[settings.dataset].on_disk:  # generated data is never cached: a second build would only cost time
             start = time.perf_counter()
-            build_data(d.dataset, cache_dir=cache, **kwargs)
+            build_data(settings)
             warm = time.perf_counter() - start
     return {"data": data, "cold_cache_s": round(cold, 2),
             "warm_cache_s": round(warm, 2) if warm is not None else None}
@@ -88,13 +88,13 @@ def checkpoint_times(model: torch.nn.Module, optimizer) -> tuple[float, float]:
 
 
 def scoring_ms(root: str, image_size: int, tolerance: float = 2.0) -> dict:
-    """ms per test image of stored-size scoring (harness.engine.native): the whole scorer (upsample,
+    """ms per test image of stored-size scoring (harness.engine.stored_size): the whole scorer (upsample,
     threshold, counts, NSD + HD95) and its boundary part alone, on `root`'s test split (oxford_pet
     layout). The logits are the training-size masks with noise, so outlines are realistic."""
     from harness.boundary import boundary_per_image
-    from harness.engine.native import NativeScorer
+    from harness.engine.stored_size import NativeScorer
 
-    data = build_data("oxford_pet", root=root, image_size=image_size, cache_dir=None)
+    data = build_data(DataSettings("oxford_pet", root=root, image_size=image_size))
     test = data.test
     noise = torch.randn(len(test), 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
     logits = torch.from_numpy(test.masks[:, None].astype("float32")) * 4 - 2 + noise

@@ -8,6 +8,7 @@ backend implements `Tracker` and is returned by `open_run` (README, "Extending")
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,20 +75,28 @@ class NullTracker:
         return -1
 
 
-def identity_differences(run_tags: dict[str, str], tags: dict[str, Any]) -> list[str]:
-    """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value the run has and `tags` change."""
+def tag_differences(run_tags: dict[str, str], tags: dict[str, Any]) -> list[str]:
+    """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value a run's tags `run_tags` have
+    and `tags` change."""
     return [f"{key} {run_tags[key]} (now {tags[key]})" for key in RUN_IDENTITY_TAGS
             if key in run_tags and key in tags and str(tags[key]) != run_tags[key]]
 
 
-def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any], *,
-             run_id: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None,
-             system_metrics: bool = False) -> Tracker:
-    """The tracker of one run, not yet entered: a new run in `experiment`, nested under `parent_run_id`
-    if given, or the existing run `run_id` reopened (resume). `tracking_uri`: default the store's.
-    `system_metrics`: sample CPU, memory, disk (and GPU) into the run while it is open; a resumed
-    run continues the samples' steps."""
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how `open_run` opens a run, beyond its experiment, name, params and tags."""
+
+    run_id: str | None = None  # reopen this existing run (resume) instead of starting a new one
+    parent_run_id: str | None = None  # nest the new run under this one
+    tracking_uri: str | None = None  # default: the store's
+    system_metrics: bool = False  # sample CPU, memory, disk (and GPU) into the run while it is open
+
+
+def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+             options: RunOptions = RunOptions()) -> Tracker:
+    """The tracker of one run, not yet entered: a new run in `experiment`, nested under
+    `options.parent_run_id` if given, or the existing run `options.run_id` reopened (resume). With
+    `options.system_metrics`, a resumed run continues the samples' steps."""
     from harness.tracking.mlflow import MlflowTracker
 
-    return MlflowTracker(experiment, run_name, params, tags, tracking_uri=tracking_uri, parent_run_id=parent_run_id,
-                         run_id=run_id, system_metrics=system_metrics)
+    return MlflowTracker(experiment, run_name, params, tags, options)

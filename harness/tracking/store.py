@@ -12,12 +12,12 @@ from harness.engine.checkpoint import LAST, PREV, is_active
 from harness.tracking import base
 from harness.tracking.mlflow import find_runs, run_tags
 
-__all__ = ["find_runs", "find_resumable", "identity_differences", "pick_resumable"]
+__all__ = ["find_runs", "find_resumable", "pick_resumable", "run_differences"]
 
 
-def identity_differences(run_id: str, tags: dict[str, Any]) -> list[str]:
+def run_differences(run_id: str, tags: dict[str, Any]) -> list[str]:
     """'amp.dtype bfloat16 (now float32)' for each RUN_IDENTITY_TAGS value run `run_id` has and `tags` change."""
-    return base.identity_differences(run_tags(run_id), tags)
+    return base.tag_differences(run_tags(run_id), tags)
 
 
 def find_resumable(experiment: str, spec_hash: str, checkpoint_root: Path,
@@ -39,6 +39,6 @@ def pick_resumable(experiment: str, spec_hash: str, checkpoint_root: Path, ident
     if resume := find_resumable(experiment, spec_hash, checkpoint_root, identity):
         return resume
     if other := find_resumable(experiment, spec_hash, checkpoint_root):
-        differ = ", ".join(identity_differences(other, identity))
+        differ = ", ".join(run_differences(other, identity))
         print(f"not resuming unfinished run {other}: it trained with {differ}; starting a new run", flush=True)
     return None

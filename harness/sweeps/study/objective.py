@@ -12,7 +12,7 @@ from harness.config.sweeps import StudySpec
 from harness.run import RunResult, run_experiment
 from harness.sweeps.study.storage import describe_sampler
 from harness.tracking import mlflow as tracking
-from harness.tracking.base import Tracker, open_run
+from harness.tracking.base import RunOptions, Tracker, open_run
 
 # A trial keeps its best weights in best.pt but does not export the model to MLflow: torch.export
 # took 4-5 s per trial (UNet, ResNet34-UNet), most of a GPU trial's fixed cost. The best trial's
@@ -84,7 +84,7 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
 
         def make_tracker(params, run_tags):
             made.append(open_run(experiment, exp.name, params, {**run_tags, **tags},
-                                 parent_run_id=parent_run_id, system_metrics=exp.log_system_metrics))
+                                 RunOptions(parent_run_id=parent_run_id, system_metrics=exp.log_system_metrics)))
             return made[-1]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sqlalchemy.exc import IntegrityError
 
-from harness.tracking.base import ResumeMismatch, identity_differences
+from harness.tracking.base import ResumeMismatch, RunOptions, tag_differences
 from harness.tracking.mlflow import models
 from harness.tracking.mlflow.runs import default_tracking_uri, experiment_id_for, prepare_store
 
@@ -27,7 +27,7 @@ from harness.tracking.mlflow.runs import default_tracking_uri, experiment_id_for
 def _check_same_run(run, tags: dict[str, Any]) -> None:
     """Refuse to continue `run` with `tags` that say it would train differently; checked before the
     run is reopened, so its record stays as it was."""
-    if differ := identity_differences(run.data.tags, tags):
+    if differ := tag_differences(run.data.tags, tags):
         raise ResumeMismatch(f"run {run.info.run_id} cannot be resumed here: it trained with {', '.join(differ)}; "
                              "a run is continued only as it began. Start a new run instead (experiment --restart).")
 
@@ -38,18 +38,18 @@ class MlflowTracker:
     An exception marks the run FAILED and stores the traceback as `traceback.txt`; Ctrl-C
     (KeyboardInterrupt) and SIGTERM (converted to KeyboardInterrupt by the CLI) mark it KILLED.
     An exception may carry `run_status` ('KILLED', 'FINISHED') and `run_tags` to end the run
-    deliberately, as a pruned Optuna trial does. `parent_run_id` nests the run under another.
+    deliberately, as a pruned Optuna trial does. `options` (harness.tracking.base.RunOptions): the run
+    to reopen, the parent to nest under, the store, system metrics.
     """
 
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
-                 tracking_uri: str | None = None, parent_run_id: str | None = None, run_id: str | None = None,
-                 system_metrics: bool = False):
+                 options: RunOptions):
         self.experiment, self.run_name = experiment, run_name
-        self.system_metrics = system_metrics
+        self.system_metrics = options.system_metrics
         self.params, self.tags = params, tags
-        self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.parent_run_id = parent_run_id
-        self.resume_id = run_id  # reopen this run (resume) instead of starting a new one
+        self.tracking_uri = options.tracking_uri or default_tracking_uri()
+        self.parent_run_id = options.parent_run_id
+        self.resume_id = options.run_id  # reopen this run (resume) instead of starting a new one
         self.run_id = ""
 
     def __enter__(self) -> "MlflowTracker":

@@ -2,7 +2,7 @@
 
 Training resizes every mask to `data.image_size` squared, which changes both its aspect and its
 pixels; the test metrics are computed against these stored-size masks instead (see
-harness.engine.native). They are kept compactly: each mask PNG-encoded (lossless) into one flat
+harness.engine.stored_size). They are kept compactly: each mask PNG-encoded (lossless) into one flat
 byte array with offsets, so a split of 500x375 trimaps costs a few KB per image rather than
 187 KB, and decoded one at a time when scored.
 """

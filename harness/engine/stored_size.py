@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from harness.boundary import boundary_scores
 from harness.engine import distributed
-from harness.engine.step import evaluate
+from harness.engine.step import KeptPredictions, StepConfig, evaluate
 from harness.metrics import MetricAccumulator, summarise_counts
 
 
@@ -33,7 +33,7 @@ class NativeResult:
 class NativeScorer:
     """Collects stored-size scores batch by batch during `harness.engine.step.evaluate`.
 
-    `masks[i]` -> (H_i, W_i) uint8 labels of split image i (harness.data.native.NativeMasks, or
+    `masks[i]` -> (H_i, W_i) uint8 labels of split image i (harness.data.stored_size.NativeMasks, or
     the training-size masks where no stored size is kept). Each rank scores the images its loader
     holds; `result()` gathers them in split order (distributed.interleave)."""
 
@@ -81,17 +81,17 @@ class TestScores:
 TRAIN_SIZE = "test_at_train_size"  # the test scores on masks resized to data.image_size, kept for comparison
 
 
-def score_split(model, loader, loss_fn, cfg, split, *, threshold: float, tolerance: float) -> TestScores:
-    """Score `model` on `split` (harness.data.Split, loaded by `loader` in order): at each image's
-    stored size where the split keeps it (`split.native`), else at the training size."""
+def score_split(model, loader, loss_fn, cfg: StepConfig, split, *, tolerance: float) -> TestScores:
+    """Score `model` on `split` (harness.data.Split, loaded by `loader` in order) at `cfg.threshold`: at
+    each image's stored size where the split keeps it (`split.native`), else at the training size."""
     truth = split.native if split.native is not None else split.masks
-    scorer = NativeScorer(truth, threshold=threshold, num_classes=cfg.num_classes, tolerance=tolerance,
+    scorer = NativeScorer(truth, threshold=cfg.threshold, num_classes=cfg.num_classes, tolerance=tolerance,
                           device=cfg.device)
-    stats = evaluate(model, loader, loss_fn, cfg, threshold=threshold, prefix="test", keep_predictions=True,
-                     scorer=scorer)
+    kept = KeptPredictions(cfg)
+    stats = evaluate(model, loader, loss_fn, cfg, prefix="test", watch=(scorer, kept))
     scored = scorer.result()
     metrics = {f"test/{k}": v for k, v in summarise_counts(scored.counts).items()}
     if scored.boundary is not None:
         metrics |= {f"test/{k}": float(v.mean()) for k, v in scored.boundary.items()}
     small = {k.replace("test/", f"{TRAIN_SIZE}/", 1): v for k, v in stats.metrics.items() if k.startswith("test/")}
-    return TestScores(metrics, small, scored, stats.counts, stats.predictions)
+    return TestScores(metrics, small, scored, stats.counts, kept.result())
