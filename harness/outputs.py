@@ -15,7 +15,7 @@ import yaml
 from harness import figures
 from harness.engine.loop import LoopState, Parts
 from harness.engine.step import StepConfig
-from harness.engine.stored_size import NativeResult, TestScores
+from harness.engine.stored_size import StoredSizeResult, TestScores
 from harness.metrics import per_image_scores
 
 WORST_K = 8
@@ -70,7 +70,7 @@ def _val_predictions(data, model, cfg: StepConfig, k: int) -> np.ndarray:
     return (torch.sigmoid(logits)[:, 0] > cfg.threshold).cpu().numpy().astype(np.uint8)
 
 
-def write_per_image(path: Path, names: list[str], scored: NativeResult, train_size_counts: torch.Tensor) -> Path:
+def write_per_image(path: Path, names: list[str], scored: StoredSizeResult, train_size_counts: torch.Tensor) -> Path:
     """test_per_image.csv, one row per test image, scored at its stored size (height x width).
     Binary: name, dice, iou, tp, fp, fn, tn, fg_pixels, nsd, hd95, height, width, dice_at_train_size.
     K classes: name, dice, iou (means over the classes present), height, width, dice_at_train_size,

@@ -48,9 +48,9 @@ def test_carvana_layout_imgs_and_gif_masks_named_with_mask_suffix(tmp_path):
     _write(tmp_path, _stems(), images="imgs", mask_name="{}_mask.gif", mask_form=gif)
     data = build_data(DataSettings("folder", root=str(tmp_path), image_size=32, val_fraction=0.2))
     assert len(data.train) + len(data.val) + len(data.test) == 10 and data.info["skipped"] == 0
-    assert data.test.native[0].shape == (H, W) and set(np.unique(data.test.native[0])) == {0, 1}
+    assert data.test.stored[0].shape == (H, W) and set(np.unique(data.test.stored[0])) == {0, 1}
     stem = int(data.test.names[0][1:])
-    assert np.array_equal(data.test.native[0].astype(bool), _truth(stem))
+    assert np.array_equal(data.test.stored[0].astype(bool), _truth(stem))
 
 
 def test_both_images_folders_is_an_error_naming_both(tmp_path):
@@ -109,7 +109,7 @@ def test_jpeg_masks_keep_their_true_foreground_fraction_and_are_reported_lossy(t
     (tmp_path / "test.txt").write_text("s00\ns01\ns02\n")
     truth = np.mean([_truth(i).mean() for i in range(12)])
     data = build_data(DataSettings("folder", root=str(tmp_path), image_size=W))  # 64 px: resizing changes little
-    stored = [data.test.native[i] for i in range(3)]  # stored size: exact comparison
+    stored = [data.test.stored[i] for i in range(3)]  # stored size: exact comparison
     got = np.mean([m.mean() for m in stored])
     want = np.mean([_truth(i).mean() for i in range(3)])
     assert abs(got - want) < 0.01 and not set(np.unique(stored[0])) - {0, 1}
@@ -118,7 +118,7 @@ def test_jpeg_masks_keep_their_true_foreground_fraction_and_are_reported_lossy(t
     assert data.audit["counts"]["lossy_masks"] == 12 and data.audit["lossy_masks"]["example_distinct_values"] > 2
     nonzero = build_data(DataSettings("folder", root=str(tmp_path), image_size=W,
                                       mask_threshold=0))  # the old rule, explicitly
-    assert nonzero.test.native[0].mean() > stored[0].mean()
+    assert nonzero.test.stored[0].mean() > stored[0].mean()
 
 
 def test_rgb_masks_with_equal_channels_read_as_gray_and_coloured_ones_need_a_palette(tmp_path):

@@ -20,7 +20,7 @@ from harness.data.audit import audit as run_audit
 from harness.data.kinds import KINDS
 from harness.data.loaders import LoaderSettings, SegDataset, make_loader
 from harness.data.readers import DataError, Decoded
-from harness.data.stored_size import NativeMasks
+from harness.data.stored_size import StoredMasks
 
 DATASETS = tuple(KINDS)
 ON_BAD = ("error", "skip")
@@ -65,7 +65,7 @@ class Split:
     images: np.ndarray  # (N, S, S, 3) uint8, at data.image_size
     masks: np.ndarray   # (N, S, S) uint8 labels: {0, 1}, or class indices
     names: list[str]
-    native: NativeMasks | None = None  # the same labels at each file's stored size (test splits on disk)
+    stored: StoredMasks | None = None  # the same labels at each file's stored size (test splits on disk)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -73,7 +73,7 @@ class Split:
     def take(self, idx) -> "Split":
         idx = list(idx)
         return Split(np.ascontiguousarray(self.images[idx]), np.ascontiguousarray(self.masks[idx]),
-                     [self.names[i] for i in idx], self.native.take(idx) if self.native is not None else None)
+                     [self.names[i] for i in idx], self.stored.take(idx) if self.stored is not None else None)
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _read_disk(s: DataSettings, path: Path) -> tuple[dict, list, str]:
     if loaded is not None:
         return loaded[0], problems, str(entry)
     decoded = {split: readers.decode_split(items, s.image_size, split, valid, s.palette,
-                                           keep_native=split in ("test", "all"))  # 'all': test is carved from it
+                                           keep_stored=split in ("test", "all"))  # 'all': test is carved from it
                for split, items in files.items()}
     if entry:
         cache.save(entry, decoded, {"root": str(path.resolve()), "dataset": s.dataset, "image_size": s.image_size})
@@ -162,7 +162,7 @@ def build_data(s: DataSettings) -> DataBundle:
         return kind.labels(raw, s.foreground, s.num_classes, s.target, s.mask_threshold)
 
     labels = {split: rule(d.masks) for split, d in decoded.items()}
-    decoded = {split: _labelled_native(d, rule) for split, d in decoded.items()}
+    decoded = {split: _labelled_stored(d, rule) for split, d in decoded.items()}
     if s.folds is not None and "val" in decoded:
         raise DataError(f"{s.root}: data.folds splits trainval into folds, but this dataset declares a val split")
     train, val, test = _split(decoded, labels, s.val_fraction, s.folds, kind.stratum)
@@ -199,11 +199,11 @@ def _info(train: Split, val: Split, test: Split, skipped: int, num_classes: int)
     return info
 
 
-def _labelled_native(d: Decoded, rule) -> Decoded:
+def _labelled_stored(d: Decoded, rule) -> Decoded:
     """`d` with its stored-size masks read through the labels rule (the same one as the training masks)."""
-    if d.native is None:
+    if d.stored is None:
         return d
-    return replace(d, native=d.native.with_transform(rule))
+    return replace(d, stored=d.stored.with_transform(rule))
 
 
 def fold_of(names: list[str], k: int, stratum=lambda name: "") -> list[int]:
@@ -224,11 +224,11 @@ def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, i
     """(train, val, test). A declared val split (val/ folder, val.txt) is used as given; otherwise val
     is carved from trainval by name hash, or is fold i of data.folds. A layout with no declared test
     split ('all') has its test split carved the same way first."""
-    splits = {s: Split(d.images, labels[s], d.names, d.native) for s, d in decoded.items()}
+    splits = {s: Split(d.images, labels[s], d.names, d.stored) for s, d in decoded.items()}
     if "all" in splits:
         keep, test = _carve(splits["all"].names, val_fraction)
         splits |= {"trainval": splits["all"].take(keep), "test": splits.pop("all").take(test)}
-    test, trainval = splits["test"], replace(splits["trainval"], native=None)  # only test is scored at stored size
+    test, trainval = splits["test"], replace(splits["trainval"], stored=None)  # only test is scored at stored size
     if "val" in splits:
         train_idx, val = range(len(trainval)), splits["val"]
         return trainval.take(train_idx), val.take(range(len(val))), test.take(range(len(test)))

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.readers import Decoded, Problem
-from harness.data.stored_size import NativeMasks
+from harness.data.stored_size import StoredMasks
 
 CACHE_VERSION = 3  # 2: test masks kept at their stored sizes (harness.data.stored_size); 3: conversion notes
 ARRAYS = ("images", "masks", "thumbs")
-NATIVE = ("blob", "offsets")
+STORED_ARRAYS = ("blob", "offsets")  # on disk as <split>_native_<a>.npy: the v3 format keeps its file names
 
 
 def entry_dir(cache_dir: Path, dataset: str, key: str, image_size: int) -> Path:
@@ -45,7 +45,8 @@ def load(entry: Path) -> tuple[dict[str, Decoded], dict] | None:
             problems = [Problem(**p) for p in info["problems"]]
             stored = None
             if info.get("native"):
-                stored = NativeMasks(*(np.load(entry / f"{split}_native_{a}.npy", mmap_mode="r") for a in NATIVE))
+                stored = StoredMasks(*(np.load(entry / f"{split}_native_{a}.npy", mmap_mode="r")
+                                       for a in STORED_ARRAYS))
             notes = [Problem(**p) for p in info.get("notes", [])]
             splits[split] = Decoded(*arrays, info["names"], bytes.fromhex(info["digest"]), problems, stored, notes)
     except (OSError, ValueError, KeyError, TypeError):
@@ -62,10 +63,10 @@ def save(entry: Path, splits: dict[str, Decoded], extra: dict) -> None:
         for split, d in splits.items():
             for a in ARRAYS:
                 np.save(tmp / f"{split}_{a}.npy", getattr(d, a))
-            if d.native is not None:
-                for a in NATIVE:
-                    np.save(tmp / f"{split}_native_{a}.npy", getattr(d.native, a))
-            meta["splits"][split] = {"names": d.names, "digest": d.digest.hex(), "native": d.native is not None,
+            if d.stored is not None:
+                for a in STORED_ARRAYS:
+                    np.save(tmp / f"{split}_native_{a}.npy", getattr(d.stored, a))
+            meta["splits"][split] = {"names": d.names, "digest": d.digest.hex(), "native": d.stored is not None,
                                      "problems": [p.to_dict() for p in d.problems],
                                      "notes": [p.to_dict() for p in d.notes]}
         (tmp / "meta.json").write_text(json.dumps(meta))

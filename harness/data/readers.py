@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from harness.data import forms, stored_size
 from harness.data.forms import BadFile
-from harness.data.stored_size import NativeMasks
+from harness.data.stored_size import StoredMasks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 THUMB = 32  # near-duplicate thumbnails: 32x32 bilinear, compared by MSE on 0-255 RGB
@@ -58,7 +58,7 @@ class Decoded:
     names: list[str]
     digest: bytes       # sha256 over the bytes of every file read: the content fingerprint
     problems: list[Problem]
-    native: NativeMasks | None = None  # the masks at their stored sizes (raw values), where kept
+    stored: StoredMasks | None = None  # the masks at their stored sizes (raw values), where kept
     notes: list[Problem] = field(default_factory=list)  # conversions of usable files (harness.data.forms)
 
 
@@ -196,7 +196,7 @@ def _open_image(path: Path, kind: str, what: str):
 
 
 def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list | None = None,
-            keep_native: bool = False):
+            keep_stored: bool = False):
     """One item -> (image (S, S, 3), mask (S, S), thumb, digest, stored-size mask PNG or b'', notes),
     notes being (path, kind, detail) of conversions (harness.data.forms)."""
     name, image_path, mask_path = item
@@ -214,7 +214,7 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
                        f"{image_path.name} is {original[0]}x{original[1]}")
         labels = forms.mask_array(m, palette, mask_path, mask_notes)
     mask = np.asarray(Image.fromarray(labels, mode="L").resize((size, size), Image.NEAREST))  # never interpolate
-    stored = stored_size.encode(labels) if keep_native else b""
+    stored = stored_size.encode(labels) if keep_stored else b""
     if valid is not None:
         extra = sorted(set(np.unique(mask).tolist()) - set(valid))
         if extra:
@@ -225,12 +225,12 @@ def _decode(item: Item, size: int, valid: tuple[int, ...] | None, palette: list 
 
 
 def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...] | None = None,
-                 palette: list | None = None, keep_native: bool = False) -> Decoded:
+                 palette: list | None = None, keep_stored: bool = False) -> Decoded:
     """Decode and resize in threads (PIL releases the GIL). Unusable items become Problems.
-    keep_native: also keep each mask at its stored size (Decoded.native), for test scoring."""
+    keep_stored: also keep each mask at its stored size (Decoded.stored), for test scoring."""
     def one(item):
         try:
-            return _decode(item, size, valid, palette, keep_native)
+            return _decode(item, size, valid, palette, keep_stored)
         except BadFile as bad:
             return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
 
@@ -243,6 +243,6 @@ def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...
              np.zeros((0, THUMB, THUMB, 3), np.uint8))
     stack = [np.stack([r[i] for _, r in good]) if good else empty[i] for i in range(3)]
     digest = hashlib.sha256(b"".join(r[3] for _, r in good)).digest()
-    stored = NativeMasks.from_png([r[4] for _, r in good]) if keep_native else None
+    stored = StoredMasks.from_png([r[4] for _, r in good]) if keep_stored else None
     notes = [Problem(split, n, str(path), kind, detail) for n, r in good for path, kind, detail in r[5]]
     return Decoded(stack[0], stack[1], stack[2], [n for n, _ in good], digest, problems, stored, notes)

@@ -23,7 +23,7 @@ def encode(mask: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-class NativeMasks:
+class StoredMasks:
     """N masks of their own sizes. `masks[i]` -> (H_i, W_i) uint8: the raw values, or with a
     `transform` (the dataset kind's labels rule, set by harness.data.build_data) the labels."""
 
@@ -31,7 +31,7 @@ class NativeMasks:
         self.blob, self.offsets, self.transform = blob, np.asarray(offsets, np.int64), transform
 
     @classmethod
-    def from_png(cls, encoded: list[bytes]) -> "NativeMasks":
+    def from_png(cls, encoded: list[bytes]) -> "StoredMasks":
         offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int64)
         return cls(np.frombuffer(b"".join(encoded), np.uint8), offsets)
 
@@ -42,12 +42,12 @@ class NativeMasks:
         raw = np.asarray(Image.open(io.BytesIO(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes())))
         return self.transform(raw) if self.transform else raw
 
-    def take(self, idx) -> "NativeMasks":
+    def take(self, idx) -> "StoredMasks":
         """The masks at `idx`, in that order (copies only their bytes)."""
         chunks = [self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes() for i in idx]
-        taken = NativeMasks.from_png(chunks)
+        taken = StoredMasks.from_png(chunks)
         taken.transform = self.transform
         return taken
 
-    def with_transform(self, transform: Callable) -> "NativeMasks":
-        return NativeMasks(self.blob, self.offsets, transform)
+    def with_transform(self, transform: Callable) -> "StoredMasks":
+        return StoredMasks(self.blob, self.offsets, transform)

@@ -142,7 +142,7 @@ def _check_finite(value: float, desc: str, first_bad: torch.Tensor) -> None:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, prefix: str = "val", watch=()) -> EpochStats:
     """Loss and Dice/IoU/accuracy over `loader` at the training size, keys '<prefix>/...', and the counts
-    per image in order. Each of `watch` (KeptPredictions; harness.engine.stored_size.NativeScorer, to
+    per image in order. Each of `watch` (KeptPredictions; harness.engine.stored_size.StoredSizeScorer, to
     score at the images' stored sizes) also sees every batch's logits: `update(logits, index)`."""
     model.eval()
     acc = MetricAccumulator(cfg.threshold, cfg.num_classes)

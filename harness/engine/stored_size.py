@@ -24,16 +24,16 @@ from harness.metrics import MetricAccumulator, summarise_counts
 
 
 @dataclass
-class NativeResult:
+class StoredSizeResult:
     counts: torch.Tensor      # (N, 4) binary or (N, K, 3) per-image confusion counts, split order
     sizes: torch.Tensor       # (N, 2) int64 (H, W) each image was scored at
     boundary: dict | None     # binary: {'nsd': (N,), 'hd95': (N,)} float arrays; K classes: None
 
 
-class NativeScorer:
+class StoredSizeScorer:
     """Collects stored-size scores batch by batch during `harness.engine.step.evaluate`.
 
-    `masks[i]` -> (H_i, W_i) uint8 labels of split image i (harness.data.stored_size.NativeMasks, or
+    `masks[i]` -> (H_i, W_i) uint8 labels of split image i (harness.data.stored_size.StoredMasks, or
     the training-size masks where no stored size is kept). Each rank scores the images its loader
     holds; `result()` gathers them in split order (distributed.interleave)."""
 
@@ -60,20 +60,20 @@ class NativeScorer:
             pred = (x[0, 0] > self.cut).cpu().numpy()
             self.boundary.append(boundary_scores(pred, truth > 0, self.tolerance))
 
-    def result(self) -> NativeResult:
+    def result(self) -> StoredSizeResult:
         sizes = distributed.interleave(torch.tensor(self.sizes, dtype=torch.long).reshape(-1, 2))
         counts = distributed.interleave(self.acc.counts())
         if self.num_classes > 2:
-            return NativeResult(counts, sizes, None)
+            return StoredSizeResult(counts, sizes, None)
         both = distributed.interleave(torch.tensor(self.boundary, dtype=torch.float64).reshape(-1, 2)).numpy()
-        return NativeResult(counts, sizes, {"nsd": both[:, 0], "hd95": both[:, 1]})
+        return StoredSizeResult(counts, sizes, {"nsd": both[:, 0], "hd95": both[:, 1]})
 
 
 @dataclass
 class TestScores:
     metrics: dict[str, float]        # test/*: at stored size (NSD, HD95 for binary)
     at_train_size: dict[str, float]  # TRAIN_SIZE/*: the same split at data.image_size (with the loss)
-    scored: NativeResult
+    scored: StoredSizeResult
     counts: torch.Tensor             # training-size per-image counts
     predictions: torch.Tensor        # training-size thresholded masks (N, S, S)
 
@@ -83,9 +83,9 @@ TRAIN_SIZE = "test_at_train_size"  # the test scores on masks resized to data.im
 
 def score_split(model, loader, loss_fn, cfg: StepConfig, split, *, tolerance: float) -> TestScores:
     """Score `model` on `split` (harness.data.Split, loaded by `loader` in order) at `cfg.threshold`: at
-    each image's stored size where the split keeps it (`split.native`), else at the training size."""
-    truth = split.native if split.native is not None else split.masks
-    scorer = NativeScorer(truth, threshold=cfg.threshold, num_classes=cfg.num_classes, tolerance=tolerance,
+    each image's stored size where the split keeps it (`split.stored`), else at the training size."""
+    truth = split.stored if split.stored is not None else split.masks
+    scorer = StoredSizeScorer(truth, threshold=cfg.threshold, num_classes=cfg.num_classes, tolerance=tolerance,
                           device=cfg.device)
     kept = KeptPredictions(cfg)
     stats = evaluate(model, loader, loss_fn, cfg, prefix="test", watch=(scorer, kept))

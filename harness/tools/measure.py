@@ -92,21 +92,22 @@ def scoring_ms(root: str, image_size: int, tolerance: float = 2.0) -> dict:
     threshold, counts, NSD + HD95) and its boundary part alone, on `root`'s test split (oxford_pet
     layout). The logits are the training-size masks with noise, so outlines are realistic."""
     from harness.boundary import boundary_per_image
-    from harness.engine.stored_size import NativeScorer
+    from harness.engine.stored_size import StoredSizeScorer
 
     data = build_data(DataSettings("oxford_pet", root=root, image_size=image_size))
     test = data.test
     noise = torch.randn(len(test), 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
     logits = torch.from_numpy(test.masks[:, None].astype("float32")) * 4 - 2 + noise
-    scorer = NativeScorer(test.native, threshold=0.5, num_classes=2, tolerance=tolerance, device=torch.device("cpu"))
+    scorer = StoredSizeScorer(test.stored, threshold=0.5, num_classes=2, tolerance=tolerance,
+                              device=torch.device("cpu"))
     start = time.perf_counter()
     for lo in range(0, len(test), 32):
         scorer.update(logits[lo:lo + 32], torch.arange(lo, min(lo + 32, len(test))))
     scorer.result()
     whole = time.perf_counter() - start
-    preds = [(torch.nn.functional.interpolate(logits[i:i + 1], size=test.native[i].shape, mode="bilinear")[0, 0] > 0)
+    preds = [(torch.nn.functional.interpolate(logits[i:i + 1], size=test.stored[i].shape, mode="bilinear")[0, 0] > 0)
              .numpy() for i in range(len(test))]
-    truths = [test.native[i] > 0 for i in range(len(test))]
+    truths = [test.stored[i] > 0 for i in range(len(test))]
     start = time.perf_counter()
     boundary_per_image(preds, truths, tolerance)
     boundary = time.perf_counter() - start

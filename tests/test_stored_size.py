@@ -11,7 +11,7 @@ from PIL import Image
 
 from harness.boundary import boundary_scores
 from harness.data import DataSettings, build_data, cache
-from harness.engine.stored_size import NativeScorer
+from harness.engine.stored_size import StoredSizeScorer
 
 SIZES = [(23, 37), (48, 64), (80, 50), (31, 31), (40, 17), (19, 57)]  # (H, W): mixed, mostly not square
 S = 16
@@ -56,17 +56,17 @@ def data(tmp_path):
 
 
 def test_the_test_split_keeps_every_mask_at_its_stored_size_through_the_cache(data, tmp_path):
-    assert data.test.native is not None and data.train.native is None and data.val.native is None
+    assert data.test.stored is not None and data.train.stored is None and data.val.stored is None
     for i, name in enumerate(data.test.names):
         k = int(name[1:])
-        assert data.test.native[i].shape == SIZES[k % len(SIZES)]
-        assert np.array_equal(data.test.native[i], _truth(*SIZES[k % len(SIZES)], k))  # labels: {0, 1}
+        assert data.test.stored[i].shape == SIZES[k % len(SIZES)]
+        assert np.array_equal(data.test.stored[i], _truth(*SIZES[k % len(SIZES)], k))  # labels: {0, 1}
     [entry] = (tmp_path / "cache").iterdir()
-    stored = cache.load(entry)[0]["test"].native
+    stored = cache.load(entry)[0]["test"].stored
     assert isinstance(stored.blob, np.memmap) and stored.blob.nbytes < sum(h * w for h, w in SIZES)  # compact
     again = build_data(DataSettings("folder", root=str(tmp_path / "d"), image_size=S,
                                     cache_dir=str(tmp_path / "cache")))
-    assert all(np.array_equal(again.test.native[i], data.test.native[i]) for i in range(len(SIZES)))
+    assert all(np.array_equal(again.test.stored[i], data.test.stored[i]) for i in range(len(SIZES)))
 
 
 def test_logits_that_are_exactly_the_downsized_mask_score_what_a_hand_computation_at_stored_size_gives(data):
@@ -74,12 +74,12 @@ def test_logits_that_are_exactly_the_downsized_mask_score_what_a_hand_computatio
     prediction is the training-size mask upsampled, which misses the outline by up to a pixel of
     the 16 px grid. Its score there must be the one computed by hand from the stored masks."""
     small = data.test.masks.astype(np.float64) * 20 - 10  # logits: +10 inside the resized mask, -10 outside
-    scorer = NativeScorer(data.test.native, threshold=0.5, num_classes=2, tolerance=1.0, device=torch.device("cpu"))
+    scorer = StoredSizeScorer(data.test.stored, threshold=0.5, num_classes=2, tolerance=1.0, device=torch.device("cpu"))
     scorer.update(torch.from_numpy(small[:, None]).float(), torch.arange(len(small)))
     got = scorer.result()
     expected_dice, expected_nsd = [], []
     for i in range(len(small)):
-        truth = data.test.native[i].astype(bool)
+        truth = data.test.stored[i].astype(bool)
         pred = _bilinear(small[i], *truth.shape) > 0
         tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
         expected_dice.append(2 * tp / (2 * tp + fp + fn))
@@ -95,7 +95,7 @@ def test_logits_that_are_exactly_the_downsized_mask_score_what_a_hand_computatio
 def test_where_the_stored_size_is_the_training_size_both_scores_coincide():
     masks = (np.random.default_rng(0).random((3, 12, 12)) > 0.5).astype(np.uint8)
     logits = torch.from_numpy(masks[:, None] * 2.0 - 1)
-    scorer = NativeScorer(masks, threshold=0.5, num_classes=2, tolerance=2.0, device=torch.device("cpu"))
+    scorer = StoredSizeScorer(masks, threshold=0.5, num_classes=2, tolerance=2.0, device=torch.device("cpu"))
     scorer.update(logits, torch.arange(3))
     got = scorer.result()
     assert (got.counts[:, 1:3] == 0).all() and got.boundary["nsd"].tolist() == [1.0, 1.0, 1.0]
@@ -107,7 +107,7 @@ def test_k_class_logits_are_upsampled_per_class_then_argmaxed():
     logits = torch.zeros(1, 3, 4, 4)
     logits[0, 0, :, :2] = 5
     logits[0, 2, :, 2:] = 5
-    scorer = NativeScorer([truth], threshold=0.5, num_classes=3, tolerance=2.0, device=torch.device("cpu"))
+    scorer = StoredSizeScorer([truth], threshold=0.5, num_classes=3, tolerance=2.0, device=torch.device("cpu"))
     scorer.update(logits, torch.tensor([0]))
     got = scorer.result()
     assert got.boundary is None and got.sizes.tolist() == [[30, 20]]
