@@ -27,7 +27,7 @@ TIE = 1e-12  # |difference| at or below this is rounding: Dice differences on re
 # --folds 5`, 1,000 each): the bootstrap over runs and images excluded 0 in 10.2% (5 runs per arm), 7.3%
 # (6), 7.5% (10), 7.1% (20), 4.5% (30) of them, the Welch t in 4.5%, 3.7%, 4.7%, 6.5%, 3.9%; with 5
 # folds x 3 seeds (200 campaigns) the bootstrap over folds, seeds and images in 11.0%, the t over fold
-# means in 6.0% (4.75% of 400 in tests/test_multiplicity.py, whose verdict needs the images too).
+# means in 6.0% (4.75% of 400 in tests/test_analysis_multiplicity.py, whose verdict needs the images too).
 FEW_RUNS = 20
 
 

@@ -192,7 +192,7 @@ def test_run_keys_match_the_recorded_list(finished_run):
     """A finished run's param, tag, metric and artifact names are what users' queries and reports
     read: a refactor must not rename one. The list was recorded from a run before the code moved."""
     _, _, client, run = finished_run
-    recorded = json.loads((Path(__file__).parent / "data" / "run_keys_debug.json").read_text())
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "run_keys_debug.json").read_text())
 
     def walk(path=None):
         found = []

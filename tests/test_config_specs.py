@@ -18,7 +18,7 @@ from harness.config.load import ExperimentSpec, SpecError, flatten, load_spec, r
 from conftest import EXPERIMENTS, REPO
 
 # Experiment specs, recursively; studies/ and campaigns/ hold other kinds of spec, with their own
-# contract tests in test_study.py and test_campaign_report.py.
+# contract tests in test_sweeps_study.py and test_analysis_campaign_report.py.
 ALL_SPECS = sorted(p for p in EXPERIMENTS.rglob("*.yaml")
                    if p.relative_to(EXPERIMENTS).parts[0] not in ("studies", "campaigns"))
 

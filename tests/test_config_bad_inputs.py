@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_specs import BAD
+from test_config_specs import BAD
 
 from harness.config.load import SpecError, load_spec
 from harness.data import DataError, DataSettings, build_data
 
 from conftest import write_pet_layout
 
-# (yaml text, overrides, words the message must contain); merged below with test_specs.BAD.
+# (yaml text, overrides, words the message must contain); merged below with test_config_specs.BAD.
 MORE_SPECS = {
     "model_unknown_key": ("model: {depth: 5}\n", [], ["model.depth", "arch"]),
     "data_unknown_key": ("data: {size: 64}\n", [], ["data.size", "image_size"]),
