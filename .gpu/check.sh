@@ -5,7 +5,7 @@
 #   1. the decoder's float32 upsample (what CUDA autocast does; the code before 63b5448),
 #   2. the bf16 upsample (the code now), 3. the same with --profile, 4. batch 256 auto+compile.
 # Each step has its own cap and is skipped when the deadline is near; each writes $OUT/<step>.json.
-# STEPS="name ..." runs only those steps. tests/test_bench.py runs two of them on CPU, on tiny
+# STEPS="name ..." runs only those steps. tests/test_tools_bench.py runs two of them on CPU, on tiny
 # synthetic data (PY=.venv/bin/python SKIP_INSTALL=1 ARGS="--device cpu --repeats 1" SET=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."

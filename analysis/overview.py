@@ -58,7 +58,7 @@ def _stats(result: Comparison) -> dict:
     runs = result.runs_interval
     return {"diff": result.mean_diff, "ci_low": result.images_interval.low, "ci_high": result.images_interval.high,
             "seed_ci_low": runs.low if runs else float("nan"), "seed_ci_high": runs.high if runs else float("nan"),
-            "p_wilcoxon": result.p_wilcoxon, "p_raw": result.decisive_p, "_result": result}
+            "p_wilcoxon": result.p_wilcoxon, "p_raw": result.decisive_p}
 
 
 def _arm(side: str, runs: pd.DataFrame, metric: str) -> dict:
@@ -69,7 +69,7 @@ def _arm(side: str, runs: pd.DataFrame, metric: str) -> dict:
     return {f"runs_{side}": len(runs), f"dice_{side}": arm.mean, f"dice_{side}_low": low, f"dice_{side}_high": high}
 
 
-def _row(scope: dict, runs: pd.DataFrame, result: Comparison) -> dict:
+def _comparison_row(scope: dict, runs: pd.DataFrame, result: Comparison) -> dict:
     """One comparison: scope holds campaign, compared (the axis), setting; `runs` are the runs in
     its scope (both levels); `result` is compare_arms', labelled with its metric and arms. The dice_*
     columns hold the arms' test metric (the `metric` column says which)."""
@@ -88,12 +88,12 @@ def _gap_row(scope: dict, first: str, result: Comparison) -> dict:
             "A": result.arms[0], "B": result.arms[1], **_stats(result), "n_images": result.n_images}
 
 
-def _settle(rows: list[dict]) -> list[dict]:
-    """Holm over `rows` as one family: each row's p_holm, family_size and verdict."""
-    results = adjust_family([row.pop("_result") for row in rows])
-    for row, result in zip(rows, results):
-        row.update(p_holm=result.p_holm, family_size=result.family_size, verdict=result.verdict)
-    return rows
+def _settle(pairs: list[tuple[dict, Comparison]]) -> list[dict]:
+    """Holm over the comparisons of `pairs` (row, its Comparison) as one family: each row with its
+    p_holm, family_size and verdict."""
+    adjusted = adjust_family([result for _, result in pairs])
+    return [{**row, "p_holm": r.p_holm, "family_size": r.family_size, "verdict": r.verdict}
+            for (row, _), r in zip(pairs, adjusted)]
 
 
 def _folds(paired, keys) -> list | None:
@@ -101,11 +101,16 @@ def _folds(paired, keys) -> list | None:
     return [paired.groups[k] for k in keys] if paired.groups else None
 
 
-def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) -> list[dict]:
-    """The campaign's comparisons (see the module docstring) for each headline metric (Dice, and NSD
-    where every run has it), then, with several settings, whether the B - A gap changes from the
-    first setting to each other one (an interaction, as in the report); [] while no setting has
-    finished runs of two levels. Per-image scores are averaged over each arm's seeds, as in the
+def campaign_rows(campaign: str, uri: str | None = None) -> list[dict]:
+    """The campaign's rows, its comparisons Holm-adjusted as one family (campaign_pairs)."""
+    return _settle(campaign_pairs(campaign, uri))
+
+
+def campaign_pairs(campaign: str, uri: str | None = None) -> list[tuple[dict, Comparison]]:
+    """The campaign's comparisons, each as (table row, Comparison) (see the module docstring), for each
+    headline metric (Dice, and NSD where every run has it), then, with several settings, whether the
+    B - A gap changes from the first setting to each other one (an interaction, as in the report);
+    [] while no setting has finished runs of two levels. Per-image scores are averaged over each arm's seeds, as in the
     report; with data.fold varied, the intervals over runs resample folds, then seeds, then images."""
     runs, axes = load_campaign(campaign, uri=uri)
     axis = compare_axis(axes)
@@ -129,22 +134,22 @@ def campaign_rows(campaign: str, uri: str | None = None, settle: bool = True) ->
                 result = compare_arms([cells[k] for k in keys[:len(chosen)]], [cells[k] for k in keys[len(chosen):]],
                                       groups=_folds(paired, keys)).labelled(metric, a, b)
                 scope = {"campaign": campaign, "compared": axis, "setting": name}
-                rows.append(_row(scope, runs[labels.isin(chosen)], result))
+                rows.append((_comparison_row(scope, runs[labels.isin(chosen)], result), result))
             first = settings[0]
             for s in settings[1:]:
                 keys = [(first, a), (first, b), (s, a), (s, b)]
                 result = compare_gaps(*(cells[k] for k in keys), groups=_folds(paired, keys)).labelled(metric, a, b)
-                rows.append(_gap_row({"campaign": campaign, "compared": axis, "setting": s}, first, result))
-    return _settle(rows) if settle else rows  # alone, the campaign's rows are the family
+                rows.append((_gap_row({"campaign": campaign, "compared": axis, "setting": s}, first, result), result))
+    return rows
 
 
 def overview_table(campaigns: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
-    """campaign_rows of `campaigns` (default: every campaign in the store) as one frame; the counts
+    """The rows of `campaigns` (default: every campaign in the store) as one frame; the counts
     are nullable integers, NA on the gap rows."""
     names = campaigns_in_store(uri) if campaigns is None else campaigns
-    rows = [row for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
-            for row in campaign_rows(name, uri, settle=False)]
-    table = pd.DataFrame(_settle(rows))  # every comparison the table prints is one family (Holm)
+    pairs = [pair for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
+             for pair in campaign_pairs(name, uri)]
+    table = pd.DataFrame(_settle(pairs))  # every comparison the table prints is one family (Holm)
     return table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})
 
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from analysis.stats import summarize_arm  # noqa: E402
+
 sns.set_theme(style="whitegrid", context="notebook")
 
 
@@ -61,10 +63,17 @@ def paired_scatter(paired: pd.DataFrame, a: str, b: str, metric: str = "test Dic
 
 
 def summary_bars(runs: pd.DataFrame, arm: str = "arm", metric: str = "test/dice"):
+    """Each run's `metric` (points) and each arm's mean with the interval every table gives it
+    (stats.summarize_arm: a t over runs below FEW_RUNS runs)."""
+    order = _order(runs, arm)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.pointplot(data=runs, x=arm, y=metric, order=_order(runs, arm), errorbar=("ci", 95), ax=ax)
-    sns.stripplot(data=runs, x=arm, y=metric, order=_order(runs, arm), color="black", alpha=0.5, ax=ax)
-    ax.set(title=f"{metric} per run (points) and mean with 95% CI")
+    sns.stripplot(data=runs, x=arm, y=metric, order=order, color="black", alpha=0.5, ax=ax)
+    arms = [summarize_arm(runs.loc[runs[arm] == level, metric]) for level in order]
+    means = [a.mean for a in arms]
+    low = [a.mean - a.interval.low if a.interval else 0.0 for a in arms]
+    high = [a.interval.high - a.mean if a.interval else 0.0 for a in arms]
+    ax.errorbar(range(len(order)), means, yerr=[low, high], fmt="o-", color="C0", capsize=4, zorder=3)
+    ax.set(title=f"{metric} per run (points) and mean with 95% CI over runs")
     fig.tight_layout()
     return fig
 
@@ -103,6 +112,6 @@ def effect_forest(table: pd.DataFrame, label: str, title: str = "Effect of each 
                 fmt="o", capsize=4)
     ax.axvline(0, color="grey", ls="--")
     ax.set_yticks(list(y), table["level"].astype(str))
-    ax.set(xlabel=f"per-image test Dice difference vs {label} (95% bootstrap CI)", title=title)
+    ax.set(xlabel=f"per-image test Dice difference vs {label} (95% CI)", title=title)
     fig.tight_layout()
     return fig

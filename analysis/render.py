@@ -17,7 +17,8 @@ from functools import cache
 import jinja2
 from markupsafe import Markup
 
-from analysis.results import ALPHA
+from analysis.results import ALPHA, LEVEL
+from analysis.stats import FEW_RUNS
 
 # The glyphs sentences use: HTML entities on the page (as reports always printed them), characters
 # in the terminal.
@@ -44,7 +45,7 @@ def figure(fig, dpi: int = 90) -> Figure:
     return Figure(base64.b64encode(buf.getvalue()).decode())
 
 
-def table(frame, **kwargs) -> Markup:
+def html_table(frame, **kwargs) -> Markup:
     """A pandas frame as an HTML table (pandas escapes the cells)."""
     return Markup(frame.to_html(**kwargs))
 
@@ -56,7 +57,8 @@ def _env(markup: bool) -> jinja2.Environment:
                              keep_trailing_newline=False)
     env.globals.update({name: Markup(glyphs[0]) if markup else glyphs[1] for name, glyphs in _GLYPHS.items()})
     env.globals["b"] = (lambda x: Markup("<b>{}</b>").format(x)) if markup else str
-    env.globals.update(markup=markup, alpha=ALPHA, alpha_pct=f"{ALPHA:.0%}")
+    env.globals.update(markup=markup, alpha=ALPHA, alpha_pct=f"{ALPHA:.0%}", level_pct=f"{LEVEL:.0%}",
+                       few_runs=FEW_RUNS)
     env.filters["fmt"] = lambda value, spec: format(value, spec)
     return env
 

@@ -31,17 +31,19 @@ from analysis.paired import (
 )
 from analysis.results import METRICS, Comparison, Conclusion, SeedCounts, SettingLine
 from analysis.runs import campaign_list, experiment_name, load_campaign, load_evaluation, load_history, log_report
-from analysis.stats import FEW_RUNS, adjust_family, compare_arms, summarize_arm
+from analysis.stats import adjust_family, compare_arms, summarize_arm
 
 
 @dataclass(frozen=True)
 class Report:
     """A rendered report: its HTML page and the sentences of its Conclusion (empty until a setting
-    has finished runs of every arm), which the terminal prints as text."""
+    has finished runs of every arm), which the terminal prints as text; with other axes varied, the
+    per-setting results of each metric, Holm-adjusted with the rest of the family."""
 
     title: str
     html: str
     conclusions: tuple[Conclusion | SettingLine, ...] = ()
+    settings: dict = dataclasses.field(default_factory=dict)  # metric -> (within, gaps) SettingLines, adjusted
 
     def text(self) -> str:
         """The Conclusion as plain text, one sentence per line ("" when there is none)."""
@@ -129,14 +131,12 @@ def _paired_section(paired: dict, conclusions: list[Conclusion], seeds, strata: 
     n_folds = conclusions[0].comparison.n_folds  # the folds compared (those every arm has)
     per_arm = seeds if isinstance(seeds, int) else seeds.text()
     rows = [{"metric": c.metric_name, "A": c.comparison.arms[0], "B": c.comparison.arms[1],
-             **sections.rounded(c.comparison),
-             **({"runs_interval": c.comparison.runs_interval.method} if c.comparison.runs_interval else {})}
-            for c in conclusions]
+             **sections.rounded(c.comparison, method=True)} for c in conclusions]
     scatters = [render.figure(plots.paired_scatter(paired[c.comparison.metric].wide.rename(columns=str),
                                                    *map(str, c.comparison.arms), metric=f"test {c.metric_name}"))
                 for c in conclusions]
     return {"seeds": f"{per_arm} per fold, {n_folds} folds" if n_folds else per_arm, "strata": strata,
-            "table": render.table(pd.DataFrame(rows), index=False), "scatters": scatters}
+            "table": render.html_table(pd.DataFrame(rows), index=False), "scatters": scatters}
 
 
 def _history(runs: pd.DataFrame, uri: str | None) -> pd.DataFrame:
@@ -189,14 +189,14 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
         "report.html.j2", title=title, n_runs=len(runs), axes=axes, axis=axis,
         generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         rules=", ".join(sorted(runs["data.foreground"].dropna().unique())) or "unknown",
-        **provenance(runs, axes), conclusions=lines, few_runs=FEW_RUNS,
-        summary=render.table(summary_table(runs), index=False, escape=True),
+        **provenance(runs, axes), conclusions=lines,
+        summary=render.html_table(summary_table(runs), index=False, escape=True),
         summary_figure=render.figure(plots.summary_bars(runs)), folded=folded,
         curves=render.figure(plots.learning_curves(history)),
         paired=_paired_section(paired, conclusions, seeds, strata) if conclusions else None,
         sections=_extra_sections(runs, axes, axis, context), time_figure=render.figure(plots.time_to_score(history)),
-        runs_table=render.table(runs.drop(columns=["arm", "start_time"]), index=False, na_rep=""))
-    return Report(title, page, tuple(lines))
+        runs_table=render.html_table(runs.drop(columns=["arm", "start_time"]), index=False, na_rep=""))
+    return Report(title, page, tuple(lines), within)
 
 
 def provenance(runs: pd.DataFrame, axes: list[str]) -> dict:

@@ -132,9 +132,10 @@ class Comparison:
         """A copy that names its metric and arms."""
         return dataclasses.replace(self, metric=metric, arms=(a, b))
 
-    def row(self) -> dict:
-        """The flat columns of the report's tables (names as they have always been printed); the runs
-        interval's columns only where there is one."""
+    def row(self, method: bool = False) -> dict:
+        """The flat columns of the report's tables (names as they have always been printed): the runs
+        interval's columns (and, with `method`, how it was made) only where there is one, the family's
+        once adjusted."""
         out = {"n": self.n_images, "mean_diff": self.mean_diff, "ci_low": self.images_interval.low,
                "ci_high": self.images_interval.high, "p_wilcoxon": self.p_wilcoxon, "p_boot": self.p_images,
                "rank_biserial": self.rank_biserial, "b_better": self.b_better, "a_better": self.a_better}
@@ -143,6 +144,8 @@ class Comparison:
         if self.runs_interval is not None:
             out.update(seed_ci_low=self.runs_interval.low, seed_ci_high=self.runs_interval.high,
                        p_boot_runs=self.p_runs)
+            if method:
+                out["runs_interval"] = self.runs_interval.method
         if self.p_holm is not None:
             out.update(p_holm=self.p_holm, family_size=self.family_size)
         return out
@@ -163,8 +166,30 @@ class SeedCounts:
         return ", ".join(f"{arm} {lo}" if lo == hi else f"{arm} {lo}-{hi}" for arm, lo, hi in self.per_arm)
 
 
+class Sentence:
+    """A result that reads as one sentence: the macro `macro` of templates/sentences.j2, rendered as
+    HTML for the report or as plain text for the terminal and notebooks (analysis.render)."""
+
+    macro: str
+    comparison: Comparison
+
+    @property
+    def metric_name(self) -> str:
+        return METRICS.get(self.comparison.metric, self.comparison.metric)
+
+    def html(self) -> str:
+        from analysis import render  # render imports this module: a lazy import keeps the two apart
+
+        return render.sentence(self.macro, self)
+
+    def text(self) -> str:
+        from analysis import render
+
+        return render.sentence(self.macro, self, markup=False)
+
+
 @dataclass(frozen=True)
-class Conclusion:
+class Conclusion(Sentence):
     """A headline sentence: `comparison` (labelled with its metric and arms) of the compared `axis`;
     seeds: runs per cell, an int when every cell has as many, else SeedCounts; scope: what the
     comparison averages over ('mean over augment=none; augment=flip'), '' for one setting."""
@@ -173,24 +198,11 @@ class Conclusion:
     axis: str
     seeds: int | SeedCounts
     scope: str = ""
-
-    @property
-    def metric_name(self) -> str:
-        return METRICS.get(self.comparison.metric, self.comparison.metric)
-
-    def html(self) -> str:
-        from analysis import render
-
-        return render.sentence("conclusion", self)
-
-    def text(self) -> str:
-        from analysis import render
-
-        return render.sentence("conclusion", self, markup=False)
+    macro = "conclusion"
 
 
 @dataclass(frozen=True)
-class SettingLine:
+class SettingLine(Sentence):
     """A sentence 'under which settings': `comparison` within `setting` (setting_from empty), or the
     change of the gap from `setting_from` to `setting` (an interaction)."""
 
@@ -199,15 +211,5 @@ class SettingLine:
     setting_from: str = ""
 
     @property
-    def metric_name(self) -> str:
-        return METRICS.get(self.comparison.metric, self.comparison.metric)
-
-    def html(self) -> str:
-        from analysis import render
-
-        return render.sentence("gap" if self.setting_from else "within", self)
-
-    def text(self) -> str:
-        from analysis import render
-
-        return render.sentence("gap" if self.setting_from else "within", self, markup=False)
+    def macro(self) -> str:
+        return "gap" if self.setting_from else "within"

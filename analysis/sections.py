@@ -8,7 +8,6 @@ Each section is computed here from typed results (`analysis.stats`) and rendered
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import pandas as pd
@@ -16,7 +15,7 @@ import pandas as pd
 from analysis import plots, render
 from analysis.results import Comparison, SettingLine
 from analysis.runs import FOLD, campaign_list, load_campaign, load_history, load_per_image, load_predictions
-from analysis.stats import FEW_RUNS, adjust_family, compare_arms, compare_gaps, summarize_arm
+from analysis.stats import adjust_family, compare_arms, compare_gaps, summarize_arm
 
 WORST_K = 6
 SPIKE = 1.10  # an epoch whose train/loss exceeds the previous epoch's by 10% counts as a spike
@@ -95,7 +94,7 @@ def loss_stability(runs: pd.DataFrame, campaign: str | list[str] | None, uri: st
                      "test/dice": _fmt_ci(group["test/dice"]), "test/dice_micro": _fmt_ci(group["test/dice_micro"])})
     loss = loss.rename(columns={"train.loss": "loss"})
     figure = png(plots.learning_curves(loss.assign(metric="train/loss"), arm="loss", metric="train/loss"))
-    return [render.fragment("sections/loss.html.j2", table=render.table(pd.DataFrame(rows), index=False),
+    return [render.fragment("sections/loss.html.j2", table=render.html_table(pd.DataFrame(rows), index=False),
                             figure=figure)]
 
 
@@ -114,14 +113,14 @@ def ablation(runs: pd.DataFrame, axis: str, paired, png: Callable) -> list[str]:
     table = pd.DataFrame(rows).sort_values("mean_diff", ascending=False)
     return [render.fragment("sections/ablation.html.j2", axis=axis, reference=reference,
                             reference_dice=_fmt_ci(runs.loc[runs[axis] == reference, "test/dice"]),
-                            table=render.table(table, index=False),
+                            table=render.html_table(table, index=False),
                             figure=png(plots.effect_forest(table, str(reference))))]
 
 
-def rounded(result: Comparison) -> dict:
+def rounded(result: Comparison, method: bool = False) -> dict:
     """A comparison's table columns (Comparison.row), floats to 4 significant figures (p-values stay
     non-zero)."""
-    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.row().items()}
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.row(method).items()}
 
 
 def _row(result: Comparison, **keys) -> dict:
@@ -148,12 +147,6 @@ def setting_results(paired) -> tuple[list[SettingLine], list[SettingLine]]:
     return within, gaps
 
 
-def adjusted(lines: list[SettingLine]) -> list[SettingLine]:
-    """`lines` with their comparisons Holm-adjusted as one family (stats.adjust_family)."""
-    return [dataclasses.replace(line, comparison=c) for line, c in zip(lines, adjust_family([x.comparison
-                                                                                             for x in lines]))]
-
-
 def setting_tables(paired, results=None) -> tuple[pd.DataFrame, pd.DataFrame, list[SettingLine]]:
     """setting_results (computed here unless given, e.g. after `adjust_family`) as (within table,
     gaps table, the sentences in the order they are printed: each B, its settings, then its gaps)."""
@@ -177,11 +170,11 @@ def by_setting(paired, axis: str, png: Callable, results=None, metric: str = "Di
     table, gaps, lines = setting_tables(paired, results)
     a, others = paired.levels[0], paired.levels[1:]
     forest = table.assign(level=table["setting"] + (" | " + table["B"].astype(str) if len(others) > 1 else ""))
-    if "seed_ci_low" in forest:  # plot the wider, runs-and-images interval where there is one
-        forest = forest.assign(ci_low=forest["seed_ci_low"].fillna(forest["ci_low"]),
-                               ci_high=forest["seed_ci_high"].fillna(forest["ci_high"]))
+    # plot each comparison's widest interval: over runs and images where runs are counted, else over images
+    widest = [line.comparison.confidence_interval() for line in lines if not line.setting_from]
+    forest = forest.assign(ci_low=[ci.low for ci in widest], ci_high=[ci.high for ci in widest])
     figure = png(plots.effect_forest(forest, str(a), title=f"{metric} difference within each setting"))
-    part = render.fragment("sections/by_setting.html.j2", axis=axis, metric=metric, reference=a, few_runs=FEW_RUNS,
-                           table=render.table(table, index=False), figure=figure,
-                           gaps=render.table(gaps, index=False) if len(gaps) else None)
+    part = render.fragment("sections/by_setting.html.j2", axis=axis, metric=metric, reference=a,
+                           table=render.html_table(table, index=False), figure=figure,
+                           gaps=render.html_table(gaps, index=False) if len(gaps) else None)
     return [line.html() for line in lines], [part]

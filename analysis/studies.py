@@ -13,7 +13,7 @@ import seaborn as sns
 from analysis.runs import load_history
 
 
-def storage_for(storage: str) -> object:
+def study_storage(storage: str) -> object:
     """A URL (sqlite:///, postgresql://) or a journal file path."""
     if "://" in storage:
         return storage
@@ -21,7 +21,7 @@ def storage_for(storage: str) -> object:
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage_for(storage))
+    return optuna.load_study(study_name=name, storage=study_storage(storage))
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Command line: `python -m harness experiment|validate|study|campaign|audit|evaluate|predict|models`.
+"""Command line: `python -m harness <command>`, one of the commands in COMMANDS below (`--help` lists them).
 
 Exit status: 0 ok, 1 run failed, 2 bad input (spec, data, arguments), 130 interrupted.
 """

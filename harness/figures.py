@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
+def run_history_figure(history: list[dict[str, float]], path: Path) -> Path:
     """history: one dict of metrics per epoch (keys like 'train/loss', 'val/dice')."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -110,7 +110,7 @@ def log_run_artifacts(tracker, spec, parts: Parts, state: LoopState, test: TestS
         out = Path(tmp)
         (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         tracker.log_artifact(out / "spec.yaml")
-        tracker.log_artifact(figures.learning_curves(state.history, out / "learning_curves.png"))
+        tracker.log_artifact(figures.run_history_figure(state.history, out / "learning_curves.png"))
         k = min(6, len(data.val))
         preds = _val_predictions(data, model, cfg, k)
         tracker.log_artifact(figures.prediction_grid(data.val.images[:k], data.val.masks[:k], preds,

@@ -47,3 +47,23 @@ def test_the_readme_stays_a_guide():
     first_section = README.split("\n## ")[1]
     assert first_section.startswith("Two commands") and "make experiment" in first_section
     assert "\n## Your first comparison" in README
+
+
+def test_every_file_and_folder_of_the_layout_exists():
+    """The Layout block: each top-level folder, and each module or folder named at the start of the
+    lines below it, is in the tree (anywhere below that folder)."""
+    block = README.split("## Layout", 1)[1].split("```")[1]
+    top, missing, checked = None, [], 0
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            top = line.split()[0].rstrip("/")
+            missing += [] if (REPO / top).is_dir() else [top]
+            continue
+        for name in re.findall(r"(?<![\w/.])(\w+(?:\.py|/))", line.split("  ")[1] if line.startswith("  ") else line):
+            checked += 1
+            stem = name.rstrip("/")
+            if not any(p.name == stem for p in (REPO / top).rglob(stem)):
+                missing.append(f"{top}/{name}")
+    assert checked > 20 and missing == []

@@ -26,10 +26,9 @@ import os
 from analysis import plots
 from analysis.overview import forest, overview_table, readable
 from analysis.paired import compare_axis, paired_frames, strata_of
-from analysis.report import summary_table, verdict
+from analysis.report import build_report, summary_table
 from analysis.runs import load_campaign, load_history
 from analysis.sections import setting_tables
-from analysis.stats import compare_arms
 
 CAMPAIGN = os.environ.get("CAMPAIGN", "unet_vs_resnet34").split()
 AXIS = os.environ.get("AXIS") or None  # None: model.arch when varied, else the first varied field
@@ -45,30 +44,35 @@ history = load_history(list(runs.run_id), metrics=["val/dice", "time/epoch_s"]).
 plots.learning_curves(history)
 
 # %% [markdown]
+# ## The verdicts
+# What `make report` prints, from the same result objects (`analysis.results.Conclusion`): per headline
+# metric, the mean paired per-image difference with its CI over images, the Wilcoxon test, and the CI that
+# also counts training runs (seeds, and folds where there are any), Holm-adjusted over every comparison
+# the report prints. If the runs interval includes 0, another set of seeds could well reverse it.
+
+# %%
+report = build_report(CAMPAIGN, axis=AXIS)
+print(report.text())
+report.conclusions[0].comparison if report.conclusions else None  # an analysis.results.Comparison
+
+# %% [markdown]
 # ## Paired per-image comparison
-# Each test image's Dice, averaged over the seeds of each arm; Wilcoxon signed-rank test on
-# the paired differences, and the rank-biserial correlation as the effect size. Then the same
-# mean difference with a 95% CI that also resamples each arm's training runs: if it includes 0,
-# another set of seeds could well reverse the verdict.
+# Each test image's Dice, averaged over the runs of each arm.
 
 # %%
 axis = compare_axis(axes, AXIS)
 paired = paired_frames(runs, axis, None, strata_of(axes, axis))  # within each setting of the other axes
 a, b = paired.levels[0], paired.levels[1]
-result = compare_arms(**paired.compare(a, b)).labelled("dice", a, b)  # an analysis.results.Comparison
-print(verdict(result))
-result
-
-# %%
 plots.paired_scatter(paired.wide.rename(columns=str), str(a), str(b))
 
 # %% [markdown]
 # ## Under which settings
 # When the campaign varies other axes too (augmentation, loss, ...), the same comparison within
-# each of their settings, and whether the gap changes between settings (interaction).
+# each of their settings, and whether the gap changes between settings (interaction), as adjusted in
+# the report.
 
 # %%
-within, gaps, _ = setting_tables(paired)  # one row per setting ('' when no other axis varies)
+within, gaps, _ = setting_tables(paired, report.settings.get("dice"))  # one row per setting
 within
 
 # %%

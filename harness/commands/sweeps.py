@@ -27,10 +27,10 @@ def _study(args) -> int:
     spec, base = load_study_spec(args.spec, args.overrides)
     from harness.data import DataError
     from harness.sweeps.launch import local_workers
-    from harness.sweeps.study import StudyMismatch, run_study, run_worker, storage_for
+    from harness.sweeps.study import StudyMismatch, run_study, run_study_worker, storage_for
 
     if args.worker_index is not None:
-        run_worker(spec, base, storage_for(spec, args.storage), args.worker_index, args.workers)
+        run_study_worker(spec, base, storage_for(spec, args.storage), args.worker_index, args.workers)
         return 0
     try:
         study = run_study(spec, base, args.spec.resolve(), workers=args.workers, storage_url=args.storage,
@@ -65,7 +65,7 @@ def _campaign(args) -> int:
     from harness.sweeps.launch import local_workers, submitit_workers
 
     if args.worker_index is not None:
-        campaign.run_worker(spec, base, args.storage, args.worker_index)
+        campaign.run_campaign_worker(spec, base, args.storage, args.worker_index)
         return 0
     if args.status:
         campaign.print_status(spec, base, args.storage)

@@ -147,7 +147,7 @@ def build_data(s: DataSettings) -> DataBundle:
     if s.on_bad not in ON_BAD:
         raise ValueError(f"unknown on_bad '{s.on_bad}'; valid: {', '.join(ON_BAD)}")
     kind = KINDS[s.dataset]
-    decoded, listing, entry, fp = _decode(s)
+    decoded, listing, entry, fp = _decode_splits(s)
     problems = listing + [p for d in decoded.values() for p in d.problems]
     if problems and s.on_bad == "error":
         more = f" (and {len(problems) - 1} more unusable files)" if len(problems) > 1 else ""
@@ -156,7 +156,7 @@ def build_data(s: DataSettings) -> DataBundle:
     fg = {split: kind.foreground(d.masks, s.foreground, s.num_classes, s.target, s.mask_threshold)
           for split, d in decoded.items()}
     lossy_check = kind.thresholds_masks and s.num_classes == 2
-    report = _audit(decoded, fg, listing, entry, f"{s.foreground}-t{s.mask_threshold}", lossy_check)
+    report = _audit_decoded(decoded, fg, listing, entry, f"{s.foreground}-t{s.mask_threshold}", lossy_check)
 
     def rule(raw):  # raw mask values -> training labels; the same for both resolutions
         return kind.labels(raw, s.foreground, s.num_classes, s.target, s.mask_threshold)
@@ -175,7 +175,7 @@ def build_data(s: DataSettings) -> DataBundle:
     return DataBundle(train, val, test, fp, _info(train, val, test, len(problems), s.num_classes), report)
 
 
-def _decode(s: DataSettings) -> tuple[dict[str, Decoded], list, str, str]:
+def _decode_splits(s: DataSettings) -> tuple[dict[str, Decoded], list, str, str]:
     """(decoded splits, listing problems, cache entry path or '', data fingerprint)."""
     kind = KINDS[s.dataset]
     if not kind.on_disk:
@@ -242,7 +242,7 @@ def _split(decoded: dict, labels: dict, val_fraction: float, folds: tuple[int, i
     return trainval.take(train_idx), trainval.take(val_idx), test.take(range(len(test)))
 
 
-def _audit(decoded: dict, fg: dict, listing: list, entry: str, rule: str, lossy_check: bool = False) -> dict:
+def _audit_decoded(decoded: dict, fg: dict, listing: list, entry: str, rule: str, lossy_check: bool = False) -> dict:
     """The audit of these splits (read from the cache entry when computed before) plus the
     listing problems, which are not part of the entry (an unmatched stem has no cached pixels)."""
     name = f"audit-{rule}.json"

@@ -99,7 +99,10 @@ class AsyncWriter:
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
-            raise err
+            try:
+                raise err
+            finally:
+                del err  # no frame <-> traceback cycle keeping the run's frames (model, optimizer) alive
 
 
 def drop_resume_state(folder: Path) -> None:

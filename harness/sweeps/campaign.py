@@ -92,7 +92,7 @@ def worker_name(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}#{index}"
 
 
-def run_worker(spec: CampaignSpec, base: Path, storage_url: str | None, index: int) -> dict[str, CellResult]:
+def run_campaign_worker(spec: CampaignSpec, base: Path, storage_url: str | None, index: int) -> dict[str, CellResult]:
     """One worker process (--worker-index, a SLURM array task): claim and run cells until none is left."""
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(index), spec.stale_after_s)
     return work(spec, base, queue)

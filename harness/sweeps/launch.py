@@ -5,7 +5,7 @@ workers and returns True once they have stopped, or False when they run on their
   hidden --worker-index=i (worker_command), its exit code reported when it is not 0;
 - submitit_workers (campaigns): a SLURM job array on a cluster, or submitit's local executor (the
   same code path, as processes on this machine: what the tests use). The one module in harness that
-  imports submitit, and only then. Each job is one campaign worker (harness.sweeps.campaign.run_worker).
+  imports submitit, and only then. Each job is one campaign worker (harness.sweeps.campaign.run_campaign_worker).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def _worker_job(spec_path: str, overrides: list[str], storage: str | None, index
     """One job: the campaign worker `index`, run from the launcher's working directory."""
     os.chdir(cwd)
     from harness.config.sweeps import load_campaign_spec
-    from harness.sweeps.campaign import run_worker
+    from harness.sweeps.campaign import run_campaign_worker
 
     spec, base = load_campaign_spec(spec_path, overrides)
-    return len(run_worker(spec, base, storage, index))
+    return len(run_campaign_worker(spec, base, storage, index))
 
 
 def submitit_workers(spec_path: Path, overrides: list[str], storage: str | None, launcher: str, params: str):

@@ -209,7 +209,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="columns: img/s = harness train epoch incl. MLflow logging; ratio = harness / minimal epoch time; "
@@ -245,7 +245,7 @@ def _variants(args) -> list:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = _bench_parser().parse_args(argv)
     spec = load_spec(args.spec, args.overrides)
     device = select_device(args.device)
     if device.type == "cuda":

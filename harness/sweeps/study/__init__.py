@@ -10,7 +10,7 @@ which is also written as a ready-to-run experiment spec.
 - summary.py: trials table, figures, Pareto front, the best trial and its spec.
 """
 
-from harness.sweeps.study.driver import StudyMismatch, close_failed_runs, run_study, run_worker, study_identity
+from harness.sweeps.study.driver import StudyMismatch, close_failed_runs, run_study, run_study_worker, study_identity
 from harness.sweeps.study.objective import LATENCY, TRIAL_DEFAULTS, Pruned, baseline_params, make_objective
 from harness.sweeps.study.storage import (
     DONE,
@@ -23,9 +23,9 @@ from harness.sweeps.study.storage import (
     sampler_for,
     storage_for,
 )
-from harness.sweeps.study.summary import best_trial, pareto_table, summarise, write_best_spec
+from harness.sweeps.study.summary import best_trial, pareto_table, summarise_study, write_best_spec
 
 __all__ = ["DONE", "LATENCY", "PRUNERS", "SAMPLERS", "TRIAL_DEFAULTS", "Pruned", "RetryStaleTrial", "StudyMismatch",
            "baseline_params", "best_trial", "close_failed_runs", "describe_sampler", "make_objective", "open_study",
-           "pareto_table", "pruner_for", "run_study", "run_worker", "sampler_for", "storage_for", "study_identity",
-           "summarise", "write_best_spec"]
+           "pareto_table", "pruner_for", "run_study", "run_study_worker", "sampler_for", "storage_for",
+           "study_identity", "summarise_study", "write_best_spec"]

@@ -13,11 +13,12 @@ from harness.config.sweeps import StudySpec
 from harness.run import run_identity
 from harness.sweeps.study.objective import baseline_params, make_objective
 from harness.sweeps.study.storage import DONE, open_study, storage_for
-from harness.sweeps.study.summary import summarise
+from harness.sweeps.study.summary import summarise_study
 from harness.tracking import mlflow as tracking
+from harness.tracking.base import tag_differences
 
 
-def run_worker(spec: StudySpec, base: Path, storage, worker: int, workers: int = 1) -> None:
+def run_study_worker(spec: StudySpec, base: Path, storage, worker: int, workers: int = 1) -> None:
     """Optimise until the study holds n_trials finished (complete or pruned) trials. `workers`: how
     many share the study (TPE samples for parallel workers when it is more than 1)."""
     study = open_study(spec, storage, worker, workers)
@@ -70,7 +71,7 @@ def _parent_run(study: optuna.Study, spec: StudySpec, base: Path, spec_path: Pat
         study.set_user_attr("mlflow_experiment", experiment)
         study.set_user_attr("identity", identity)
     recorded = study.user_attrs.get("identity", {})
-    if differ := [f"{k} {recorded[k]} (now {v})" for k, v in identity.items() if recorded.get(k, v) != v]:
+    if differ := tag_differences(recorded, identity):
         raise StudyMismatch(
             f"study '{spec.name}' cannot be continued here: its trials trained with {', '.join(differ)}, so the "
             "sampler and the pruner would compare trials across them (amp: auto is bf16 on one machine and "
@@ -95,10 +96,10 @@ def run_study(spec: StudySpec, base: Path, spec_path: Path, *, workers: int = 1,
         if workers > 1:
             launch(workers)
         else:
-            run_worker(spec, base, storage, 0)
+            run_study_worker(spec, base, storage, 0)
         study = optuna.load_study(study_name=spec.name, storage=storage)
         close_failed_runs(study)
-        summarise(study, spec, base, parent)
+        summarise_study(study, spec, base, parent)
     except BaseException as err:
         tracking.set_run_tags(parent, {"error": f"{type(err).__name__}: {err}"[:5000]})
         tracking.end_run(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

@@ -20,7 +20,7 @@ from harness.config.sweeps import BestRule, StudySpec
 from harness.tracking import mlflow as tracking
 
 
-def summarise(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> Path | None:
+def summarise_study(study: optuna.Study, spec: StudySpec, base: Path, parent: str) -> Path | None:
     """Log the trials table, figures and best result to the parent run; write the best spec."""
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState
