@@ -16,7 +16,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install lint experiment validate audit study dashboard campaign campaign-status report overview bench test test-all ui predict evaluate register clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign campaign-status report overview plan bench test test-all ui predict evaluate register clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ report: $(VENV)/.installed  ## HTML comparison report, logged to MLflow: CAMPAIG
 
 overview: $(VENV)/.installed  ## one table over every campaign in the store: each comparison, pooled and per setting, with its verdict
 	$(PY) -m analysis.overview $(if $(CAMPAIGN),--campaign $(CAMPAIGN)) $(if $(OUT),--out $(OUT))
+
+plan: $(VENV)/.installed  ## how many runs a comparison needs, from a campaign's runs: CAMPAIGN=<name> [DELTA=0.01] [POWER=0.8] [MAX_FOLDS=10]
+	@test -n "$(CAMPAIGN)" || { echo "usage: make plan CAMPAIGN=<name> [DELTA=0.01] [POWER=0.8]"; exit 2; }
+	$(PY) -m analysis.plan --campaign $(CAMPAIGN) $(if $(DELTA),--delta $(DELTA)) $(if $(POWER),--power $(POWER)) $(if $(MAX_FOLDS),--max-folds $(MAX_FOLDS))
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
 	$(PY) -m harness.tools.bench --spec $(if $(filter command line,$(origin SPEC)),$(SPEC),experiments/base.yaml) $(SET) $(BENCH_ARGS)

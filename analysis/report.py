@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots, render, sections
+from analysis import plan, plots, render, sections
 from analysis.paired import (
     FOLD,
     compare_axis,
@@ -162,7 +162,19 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
         if other in axes:
             by = dice if axis == other else paired_frames(runs, other, uri, strata_of(axes, other), context["scores"])
             parts += sections.ablation(runs, other, by, render.figure)
+    if context["conclusions"]:
+        parts += _plan_section(paired)
     return parts
+
+
+def _plan_section(paired: dict) -> list:
+    """How many runs the comparison needs (analysis.plan), at the plan's default effect; nothing while an
+    arm has a single run (no seed-to-seed spread to plan from)."""
+    try:
+        plans = plan.plan_paired(paired, delta=0.01)
+    except LookupError:
+        return []
+    return [plan.section(plans, render.figure)]
 
 
 def build_report(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,

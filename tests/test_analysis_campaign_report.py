@@ -234,8 +234,22 @@ def test_the_report_renders_its_verdicts_from_the_result_objects(campaign_store)
     for section in ("<h2>Conclusion</h2>", "<h2>Summary per arm</h2>", "<h2>Learning curves</h2>",
                     "<h2>Paired per-image comparison (model.arch)</h2>",
                     "<h2>Worst test images per arm (model.arch)</h2>",
-                    "<h2>Time to Dice</h2>", "<h2>Runs</h2>"):
+                    "<h2>Time to Dice</h2>", "<h2>Runs</h2>", "<h2>How many runs this comparison needs</h2>"):
         assert section in report.html, section
+
+
+def test_plan_prints_the_designs_and_writes_its_power_curves(campaign_store, capsys):
+    from analysis.plan import main
+
+    tmp, _, _, _ = campaign_store
+    assert main(["--campaign", "debug_campaign", "--delta", "0.05", "--out", str(tmp / "plan")]) == 0
+    printed = capsys.readouterr().out
+    assert "### Dice: resnet34_unet - unet" in printed and "### NSD: resnet34_unet - unet" in printed
+    assert "| current: 2 seeds, 16 images (4 runs) | 4 |" in printed and "Equivalence within +-0.05" in printed
+    assert (tmp / "plan.md").read_text().strip() == printed.split("\nwrote ")[0].strip()
+    assert (tmp / "plan.png").stat().st_size > 0
+    assert main(["--campaign", "nope", "--out", str(tmp / "plan2")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp / "plan2.md").exists()
 
 
 def test_stats_on_known_data():

@@ -1,0 +1,81 @@
+"""analysis.plan: the components it estimates from a pilot, and the power it predicts, checked against
+the harness's own rule (stats.compare_arms) on simulated campaigns with known components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.plan import Components, Design, MetricPlan, equivalence_power, estimate, images_needed, mde, power
+from analysis.stats import compare_arms
+
+HEADLINE = Components("dice", interaction_sd=0.04, noise_sd=0.05, seed_sd=0.004, fold_sd=0.003, effect=0.0)
+
+
+def campaign(c: Components, d: Design, delta: float, rng: np.random.Generator):
+    """(a, b, groups): per-run per-image scores of two arms with components `c` and true B - A `delta`."""
+    n = d.images
+    base, g = rng.uniform(0.6, 0.95, n), rng.normal(0, c.interaction_sd, n)
+    a, b, folds = [], [], []
+    for f in range(max(d.folds, 1)):
+        u = rng.normal(0, c.fold_sd) if d.folds else 0.0
+        for _ in range(d.seeds):
+            a.append(base + rng.normal(0, c.seed_sd) + rng.normal(0, c.noise_sd, n))
+            b.append(base + delta + g + u + rng.normal(0, c.seed_sd) + rng.normal(0, c.noise_sd, n))
+            folds.append(f)
+    folds = np.array(folds)
+    return np.array(a), np.array(b), ([folds, folds] if d.folds else None)
+
+
+def test_the_components_of_a_pilot_are_recovered():
+    a, b, groups = campaign(HEADLINE, Design(5, 3, 400), 0.01, np.random.default_rng(0))
+    c = estimate(a, b, groups, "dice")
+    assert c.interaction_sd == pytest.approx(0.04, rel=0.1) and c.noise_sd == pytest.approx(0.05, rel=0.05)
+    assert c.seed_sd == pytest.approx(0.004, rel=0.5) and c.fold_sd < 0.01
+    assert c.effect == pytest.approx(0.01, abs=0.006)
+    seeds = estimate(*campaign(HEADLINE, Design(0, 6, 400), 0.0, np.random.default_rng(1))[:2], None, "dice")
+    assert seeds.fold_sd == 0 and seeds.noise_sd == pytest.approx(0.05, rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design", [Design(5, 3, 200), Design(0, 4, 200)], ids=["5 folds x 3 seeds", "4 seeds"])
+def test_predicted_power_matches_the_rule_within_5_points(design):
+    """At three effect sizes, power(...) against the share of 800 simulated campaigns that
+    stats.compare_arms (bootstrap image interval, Wilcoxon, t over fold or run means) calls real
+    (binomial sd of that share: at most 1.8 points)."""
+    for k, delta in enumerate((0.004, 0.008, 0.012)):
+        said = [compare_arms(a, b, groups=g).evidence == "real"
+                for a, b, g in (campaign(HEADLINE, design, delta, np.random.default_rng(1000 * k + r))
+                                for r in range(800))]
+        assert abs(power(HEADLINE, design, delta, sims=4000) - np.mean(said)) <= 0.05, delta
+
+
+def test_more_runs_or_images_never_raise_the_minimal_detectable_effect():
+    now = mde(HEADLINE, Design(5, 3, 200))
+    assert 0.003 < now < 0.03
+    assert mde(HEADLINE, Design(5, 6, 200)) <= now and mde(HEADLINE, Design(10, 3, 200)) <= now
+    assert mde(HEADLINE, Design(5, 3, 800)) < now
+    # With no true difference the rule says "real" in about 6% of these campaigns, not 5%: the t over fold
+    # means treats the test set as fixed and the image tests the runs (analysis.null_rates measured 6.0%).
+    assert power(HEADLINE, Design(5, 3, 200), 0.0) < 0.08 < power(HEADLINE, Design(5, 3, 200), now)
+
+
+def test_the_test_set_limit_is_said_with_the_images_that_would_lift_it():
+    """0.005 Dice over 200 images with an arm x image sd of 0.05: unlimited runs leave the image interval at
+    about +-0.007, so no number of runs detects it; about 800 images would."""
+    c = Components("dice", 0.05, 0.03, 0.003, 0.002, 0.0)
+    needed = images_needed(c, 0.005)
+    assert 700 < needed < 900
+    limit = 2.80 * 0.05 / np.sqrt(200)
+    plan = MetricPlan(c, ("unet", "resnet34_unet"), Design(5, 3, 200), 1, 0.005, 0.8, (("current", None, 0.02),),
+                      None, limit, needed, 0.0, None)
+    assert plan.sentence() == (f"Dice: the test set limits this comparison: with 200 test images no number of runs "
+                               f"detects 0.005 (even unlimited runs detect {limit:.4f} at 80% power); about "
+                               f"{needed:,} images would.")
+
+
+def test_equivalence_needs_both_intervals_inside_the_margin():
+    quiet = Components("dice", 0.01, 0.01, 0.001, 0.001, 0.0)
+    assert equivalence_power(quiet, Design(5, 3, 200), 0.01) > 0.9
+    assert equivalence_power(HEADLINE, Design(2, 1, 200), 0.01) < 0.2  # 2 folds: the t over 1 df is wide
+    assert equivalence_power(quiet, Design(5, 3, 200), 0.001) < 0.05
