@@ -40,7 +40,7 @@ from analysis.paired import (
     strata_of,
 )
 from analysis.results import Comparison
-from analysis.runs import load_campaign, tracking_uri
+from analysis.runs import load_campaign, margin_of, tracking_uri
 from analysis.stats import adjust_family, compare_arms, compare_gaps, summarize_arm
 
 
@@ -118,6 +118,7 @@ def campaign_pairs(campaign: str, uri: str | None = None) -> list[tuple[dict, Co
     runs = compared_runs(runs, axis, strata)  # the run counts and scores shown are the compared runs'
     scores = load_scores(runs, uri)
     labels = setting_labels(runs, strata)
+    margin, _ = margin_of(runs)  # the campaign's own (spec `delta:`): the overview takes no post hoc margin
     rows = []
     for metric in headline_metrics(scores):
         paired = paired_frames(runs, axis, uri, strata, scores, metric)
@@ -132,7 +133,7 @@ def campaign_pairs(campaign: str, uri: str | None = None) -> list[tuple[dict, Co
             for name, chosen in scopes:
                 keys = [(s, a) for s in chosen] + [(s, b) for s in chosen]
                 result = compare_arms([cells[k] for k in keys[:len(chosen)]], [cells[k] for k in keys[len(chosen):]],
-                                      groups=_folds(paired, keys)).labelled(metric, a, b)
+                                      groups=_folds(paired, keys), margin=margin).labelled(metric, a, b)
                 scope = {"campaign": campaign, "compared": axis, "setting": name}
                 rows.append((_comparison_row(scope, runs[labels.isin(chosen)], result), result))
             first = settings[0]
@@ -147,7 +148,7 @@ def overview_table(campaigns: list[str] | None = None, uri: str | None = None) -
     """The rows of `campaigns` (default: every campaign in the store) as one frame; the counts
     are nullable integers, NA on the gap rows."""
     names = campaigns_in_store(uri) if campaigns is None else campaigns
-    pairs = [pair for name in tqdm(names, desc="campaigns", unit="campaign", leave=False)
+    pairs = [pair for name in tqdm(names, desc="campaigns", unit="campaign", leave=False, disable=None)
              for pair in campaign_pairs(name, uri)]
     table = pd.DataFrame(_settle(pairs))  # every comparison the table prints is one family (Holm)
     return table.astype({c: "Int64" for c in ("runs_a", "runs_b", "b_better") if c in table})

@@ -30,7 +30,15 @@ from analysis.paired import (
     strata_of,
 )
 from analysis.results import METRICS, Comparison, Conclusion, SeedCounts, SettingLine
-from analysis.runs import campaign_list, experiment_name, load_campaign, load_evaluation, load_history, log_report
+from analysis.runs import (
+    campaign_list,
+    experiment_name,
+    load_campaign,
+    load_evaluation,
+    load_history,
+    log_report,
+    margin_of,
+)
 from analysis.stats import adjust_family, compare_arms, summarize_arm
 
 
@@ -108,18 +116,20 @@ def seed_counts(runs: pd.DataFrame, axis: str, cell_axes: list[str]) -> int | Se
     return SeedCounts(tuple((str(level), int(c.min()), int(c.max())) for level, c in by_level))
 
 
-def _comparisons(paired: dict, axis: str, strata: list[str], seeds) -> tuple[list[Conclusion], dict]:
-    """The headline conclusions (each metric, each level against the first) and, with other axes,
-    the per-setting lines of each metric; Holm-adjusted as one family: every comparison the report
-    prints together."""
+def _comparisons(paired: dict, axis: str, strata: list[str], seeds, margin=(None, False)):
+    """(headline conclusions, per-setting lines of each metric): each metric, each level against the
+    first and, with other axes, within each setting; adjusted as one family: every comparison the
+    report prints together. margin: margin_of's (margin, post hoc)."""
     dice = paired["dice"]
     if not dice.complete_settings():  # none until a setting has every level
         return [], {}
     first, others = dice.levels[0], dice.levels[1:]
-    heads = [compare_arms(**paired[m].compare(first, b)).labelled(m, first, b) for m in paired for b in others]
-    within = {m: sections.setting_results(p) for m, p in paired.items()} if strata else {}
+    heads = [compare_arms(**paired[m].compare(first, b), margin=margin[0]).labelled(m, first, b)
+             for m in paired for b in others]
+    within = {m: sections.setting_results(p, margin[0]) for m, p in paired.items()} if strata else {}
     lines = [line for w, g in within.values() for line in w + g]
-    settled = adjust_family(heads + [line.comparison for line in lines])
+    settled = [dataclasses.replace(r, margin_post_hoc=margin[1] and r.margin is not None)
+               for r in adjust_family(heads + [line.comparison for line in lines])]
     heads, adjusted = settled[:len(heads)], iter(settled[len(heads):])
     within = {m: tuple([dataclasses.replace(x, comparison=next(adjusted)) for x in part] for part in wg)
               for m, wg in within.items()}
@@ -179,10 +189,11 @@ def _plan_section(paired: dict) -> list:
 
 def build_report(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,
                  loaded: tuple[pd.DataFrame, list[str]] | None = None, axis: str | None = None,
-                 title: str | None = None) -> Report:
+                 title: str | None = None, *, delta: float | None = None) -> Report:
     """The report. Raises LookupError when there are no finished runs, or when `axis` (the field
     whose levels are compared; default: see compare_axis) is not varied. `loaded` is
-    `load_campaign`'s result, when the caller already has it."""
+    `load_campaign`'s result, when the caller already has it. delta: an equivalence margin given on
+    the command line (post hoc unless the campaign declared it); by default the campaign's own."""
     runs, axes = loaded or load_campaign(campaign, experiment, uri)
     axis = compare_axis(axes, axis)
     names = campaign_list(campaign)
@@ -191,7 +202,7 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     paired = {m: paired_frames(runs, axis, uri, strata, scores, m) for m in headline_metrics(scores)}
     folded = FOLD in axes and axis != FOLD
     seeds = seed_counts(runs, axis, [axis, *strata] + [FOLD] * folded)
-    conclusions, within = _comparisons(paired, axis, strata, seeds)
+    conclusions, within = _comparisons(paired, axis, strata, seeds, margin_of(runs, delta))
     context = {"paired": paired, "within": within, "uri": uri, "campaign": campaign, "scores": scores,
                "conclusions": conclusions}
     lines = [*conclusions, *(line for m, results in within.items()
@@ -239,7 +250,11 @@ def main(argv=None) -> int:
                                   "(default: model.arch when varied, else the first); the report is then "
                                   "<name>-by-<axis>.html")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    p.add_argument("--delta", type=float, help="an equivalence margin (metric units) when the campaign declared "
+                   "none (`delta:` in its spec): printed as post hoc")
     args = p.parse_args(argv)
+    if args.delta is not None and args.delta <= 0:
+        p.error("--delta must be > 0")
     name = ("+".join(args.campaign) if args.campaign else args.experiment or f"evaluation-{args.evaluation}") \
         + (f"-by-{args.axis}" if args.axis else "")
     out = args.out or Path("reports")
@@ -252,7 +267,8 @@ def main(argv=None) -> int:
             runs, axes = load_campaign(args.campaign, args.experiment)
         axis = compare_axis(axes, args.axis)
         title = f"Evaluation on {args.evaluation} (test split)" if args.evaluation else None
-        report = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis, title=title)
+        report = build_report(args.campaign, args.experiment, loaded=(runs, axes), axis=axis, title=title,
+                              delta=args.delta)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,11 +22,12 @@ LEVEL = 1 - ALPHA
 
 Method = Literal["bootstrap over images", "t over run means", "bootstrap over runs and images",
                  "t over fold means", "bootstrap over folds, seeds and images", "bootstrap over runs", "one run"]
-Evidence = Literal["real", "uncorrected only", "images only", "one run", "none"]
+Evidence = Literal["real", "uncorrected only", "images only", "one run", "none", "equivalent"]
 
 VERDICTS: dict[str, str] = {"real": "real", "uncorrected only": "not shown after Holm's correction",
                             "images only": "not shown: runs disagree",
-                            "one run": "over images only: one run in an arm", "none": "no difference shown"}
+                            "one run": "over images only: one run in an arm", "none": "no difference shown",
+                            "equivalent": "equivalent within the margin"}
 """The words reports use for each `Evidence` kind."""
 
 
@@ -77,7 +78,14 @@ class Comparison:
     also counts training runs, None when a cell has a single run; n_folds: folds compared when runs
     come in folds. runs: run counts per arm (A, B), or per cell for a gap (A1, B1, A2, B2).
     family_size and p_holm: set by `stats.adjust_family`, None before. metric and arms: labels callers
-    may attach with `labelled`."""
+    may attach with `labelled`. margin: the equivalence margin (+-, metric units) when the campaign
+    declared one (`delta:`; margin_post_hoc when it came from the command line instead), with
+    p_equivalence the TOST p: the larger of the two intervals' (images; runs), so both must lie inside.
+
+    One error budget for "real" and "equivalent": with a margin, each comparison carries two hypotheses
+    (no difference; a difference of at least the margin) of which at most one is true, so over a family
+    of m comparisons at most m of the 2m are true, and testing each at ALPHA / m (Bonferroni) keeps the
+    chance of any wrong "real" or "equivalent" at ALPHA or less. Without a margin "real" uses Holm."""
 
     n_images: int
     mean_diff: float
@@ -95,6 +103,9 @@ class Comparison:
     p_holm: float | None = None
     metric: str = ""
     arms: tuple = ()
+    margin: float | None = None
+    p_equivalence: float | None = None
+    margin_post_hoc: bool = False
 
     @property
     def decisive_p(self) -> float:
@@ -103,7 +114,29 @@ class Comparison:
         return max(p for p in (self.p_wilcoxon, self.p_images, self.p_runs) if p is not None)
 
     @property
+    def p_adjusted(self) -> float | None:
+        """The family-adjusted p of "real": Holm's, or with a margin Bonferroni's (see the class); None
+        before stats.adjust_family."""
+        if self.family_size is None:
+            return None
+        return min(1.0, self.decisive_p * self.family_size) if self.margin is not None else self.p_holm
+
+    @property
+    def equivalent(self) -> bool:
+        """Shown equivalent within +-margin: TOST's p below ALPHA / family size (1 before adjusting)."""
+        if self.margin is None or self.p_equivalence is None:
+            return False
+        return self.p_equivalence * (self.family_size or 1) < ALPHA
+
+    @property
     def evidence(self) -> Evidence:
+        """`difference_evidence`, except that a comparison not shown to differ but shown equivalent
+        within its margin is 'equivalent'."""
+        kind = self.difference_evidence
+        return "equivalent" if kind != "real" and self.equivalent else kind
+
+    @property
+    def difference_evidence(self) -> Evidence:
         """'real': Wilcoxon p < ALPHA, the CI over images excludes 0 and, where there are runs to count,
         so does the CI over runs and images; and, once `stats.adjust_family` has set p_holm, that is below
         ALPHA too (else 'uncorrected only'). 'images only': all but the runs interval. 'one run':
@@ -114,13 +147,15 @@ class Comparison:
             return "none"
         if self.runs_interval is not None and not self.runs_interval.excludes_zero():
             return "images only"
-        if self.p_holm is not None and self.p_holm >= ALPHA:
+        if self.p_adjusted is not None and self.p_adjusted >= ALPHA:
             return "uncorrected only"
         return "real" if self.runs_interval is not None else "one run"
 
     @property
     def verdict(self) -> str:
-        """The words for `evidence` (VERDICTS)."""
+        """The words for `evidence` (VERDICTS), with the margin where it is the verdict."""
+        if self.evidence == "equivalent":
+            return f"equivalent within ±{self.margin:g}" + (" (post hoc margin)" if self.margin_post_hoc else "")
         return VERDICTS[self.evidence]
 
     def confidence_interval(self) -> Interval:
@@ -148,6 +183,8 @@ class Comparison:
                 out["runs_interval"] = self.runs_interval.method
         if self.p_holm is not None:
             out.update(p_holm=self.p_holm, family_size=self.family_size)
+        if self.margin is not None:
+            out.update(margin=self.margin, p_equivalence=self.p_equivalence)
         return out
 
 

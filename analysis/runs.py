@@ -26,7 +26,8 @@ KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding
               "train.optimizer", "train.epochs", "data.dataset", "data.image_size", "data.foreground",
               "data.num_classes", "data.target", "seed"]
 FOLD = "data.fold"  # like the seed, a replicate: runs differing only in it form one arm
-KEY_TAGS = ["campaign", "spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype"]
+KEY_TAGS = ["campaign", "spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype",
+            "campaign.delta"]
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -265,3 +266,15 @@ def load_predictions(run_id: str, uri: str | None = None) -> dict | None:
                 "pred": np.unpackbits(z["pred_bits"])[:size].reshape(shape).astype(bool),
                 "truth": np.unpackbits(z["true_bits"])[:size].reshape(shape).astype(bool),
                 "worst": z["worst"].tolist(), "worst_images": z["worst_images"]}
+
+
+def margin_of(runs: pd.DataFrame, given: float | None = None) -> tuple[float | None, bool]:
+    """(equivalence margin, post hoc): the one the campaign declared (tag campaign.delta), or `given`
+    on the command line, which is post hoc unless the campaign declared the same. LookupError when
+    the runs declare different margins."""
+    declared = sorted({float(v) for v in runs.get("campaign.delta", pd.Series(dtype=object)).dropna()})
+    if len(declared) > 1 and given is None:
+        raise LookupError(f"these runs declare different equivalence margins {declared}: give one with --delta")
+    if given is not None:
+        return given, declared != [given]
+    return (declared[0], False) if declared else (None, False)

@@ -127,10 +127,11 @@ def _row(result: Comparison, **keys) -> dict:
     return {**keys, **rounded(result), "verdict": result.verdict}
 
 
-def setting_results(paired) -> tuple[list[SettingLine], list[SettingLine]]:
+def setting_results(paired, margin: float | None = None) -> tuple[list[SettingLine], list[SettingLine]]:
     """Under which settings, computed: (within, gaps). within: each level of the compared axis against
     the first, using only the runs of one setting of the other axes; gaps: whether that gap changes
-    from the first setting to each other one (interaction). paired: analysis.paired.Paired."""
+    from the first setting to each other one (interaction). paired: analysis.paired.Paired; margin:
+    the equivalence margin of the comparisons within settings, if any."""
     settings, (a, *others) = paired.complete_settings(), paired.levels
     cells, within, gaps = paired.cells, [], []
 
@@ -138,7 +139,7 @@ def setting_results(paired) -> tuple[list[SettingLine], list[SettingLine]]:
         return [paired.groups[k] for k in keys] if paired.groups else None
 
     for b in others:
-        within += [SettingLine(compare_arms(cells[(s, a)], cells[(s, b)], groups=folds((s, a), (s, b)))
+        within += [SettingLine(compare_arms(cells[(s, a)], cells[(s, b)], groups=folds((s, a), (s, b)), margin=margin)
                                .labelled(paired.metric, a, b), s) for s in settings]
         first = settings[0]
         gaps += [SettingLine(compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)],

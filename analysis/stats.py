@@ -18,7 +18,7 @@ from analysis.results import ALPHA, LEVEL, VERDICTS, ArmSummary, Comparison, Int
 __all__ = ["ALPHA", "FEW_RUNS", "VERDICTS", "ArmSummary", "Comparison", "Interval", "adjust_family", "bootstrap_ci",
            "bootstrap_p", "compare_arms", "compare_gaps", "contrast_ci", "contrast_draws", "excludes_zero",
            "fold_contrast_draws", "fold_contrast_t", "holm", "paired_comparison", "run_contrast_t",
-           "seed_and_image_ci", "shared_folds", "summarize_arm", "t_interval"]
+           "seed_and_image_ci", "shared_folds", "summarize_arm", "t_interval", "tost_p", "welch_parts"]
 
 TIE = 1e-12  # |difference| at or below this is rounding: Dice differences on real images are far larger
 
@@ -181,7 +181,7 @@ def _strata(x) -> list[np.ndarray]:
     return [np.atleast_2d(np.asarray(c, float)) for c in cells]
 
 
-def compare_arms(a, b, *, seed: int = 0, groups=None) -> Comparison:
+def compare_arms(a, b, *, seed: int = 0, groups=None, margin: float | None = None) -> Comparison:
     """paired_comparison of the arms' seed-averaged per-image scores, plus the runs interval (over
     runs and images) when every cell has two or more runs.
 
@@ -191,7 +191,9 @@ def compare_arms(a, b, *, seed: int = 0, groups=None) -> Comparison:
     so the difference between settings is not mistaken for seed-to-seed noise.
 
     groups: each row's fold, as arrays matching the cells of a then b (analysis.paired.Paired.compare).
-    Then the interval over runs is hierarchical: folds, then runs within each fold, then images."""
+    Then the interval over runs is hierarchical: folds, then runs within each fold, then images.
+
+    margin: an equivalence margin; then p_equivalence is TOST's p (`tost_p`)."""
     a, b = _strata(a), _strata(b)
     if len(a) != len(b):
         raise ValueError(f"arms cover different settings: {len(a)} vs {len(b)}")
@@ -199,9 +201,53 @@ def compare_arms(a, b, *, seed: int = 0, groups=None) -> Comparison:
     result = paired_comparison(np.mean([c.mean(axis=0) for c in a], axis=0),
                                np.mean([c.mean(axis=0) for c in b], axis=0), seed=seed)
     result = dataclasses.replace(result, runs=(sum(len(c) for c in a), sum(len(c) for c in b)))
+    weights = [-1 / n] * n + [1 / n] * n
     if min(len(c) for c in a + b) >= 2:
-        result = _runs_and_images(result, a + b, [-1 / n] * n + [1 / n] * n, seed, groups)
+        result = _runs_and_images(result, a + b, weights, seed, groups)
+    if margin is not None:
+        d = np.mean([c.mean(axis=0) for c in b], axis=0) - np.mean([c.mean(axis=0) for c in a], axis=0)
+        result = dataclasses.replace(result, margin=margin, p_equivalence=tost_p(d, a + b, weights, margin, groups,
+                                                                                 seed))
     return result
+
+
+def _tost_t(point: float, se: float, df: float, margin: float) -> float:
+    """TOST's p for a t statistic: the larger of the two one-sided p-values against -margin and +margin."""
+    if se == 0:
+        return 0.0 if abs(point) < margin else 1.0
+    return float(max(stats.t.sf((point + margin) / se, df), stats.t.sf((margin - point) / se, df)))
+
+
+def _tost_draws(draws: np.ndarray, margin: float) -> float:
+    """TOST's p from bootstrap draws (as bootstrap_p: with the +1)."""
+    tail = max((draws <= -margin).sum(), (draws >= margin).sum())
+    return float(min(1.0, (tail + 1) / (draws.size + 1)))
+
+
+def tost_p(d, cells, weights, margin: float, groups=None, seed: int = 0) -> float:
+    """Two one-sided tests that the difference lies within +-margin, an intersection-union over the
+    two intervals the verdict "real" uses: over images (the bootstrap of the mean of `d`, the
+    per-image differences) and over runs (the same method as the runs interval of `cells`). 1 with a
+    single run in a cell: what a retraining would change is not counted. Wilcoxon has no equivalence
+    form; the image bootstrap stands for it. p < alpha exactly when both (1 - 2 alpha) intervals lie
+    inside +-margin."""
+    images = _tost_draws(_mean_draws(np.asarray(d, float), seed=seed)[1], margin)
+    cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
+    if min(len(c) for c in cells) < 2:
+        return 1.0
+    k = len(shared_folds(groups)) if groups is not None else 0
+    if 2 <= k < FEW_RUNS:
+        means = [c.mean(axis=1) for c in cells]  # one value per run
+        per_fold = np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, means, groups))
+                             for f in shared_folds(groups)])
+        runs = _tost_t(per_fold.mean(), per_fold.std(ddof=1) / np.sqrt(k), k - 1, margin)
+    elif k >= 2:
+        runs = _tost_draws(fold_contrast_draws(cells, groups, weights, seed=seed), margin)
+    elif min(len(c) for c in cells) < FEW_RUNS:
+        runs = _tost_t(*welch_parts(cells, weights), margin)
+    else:
+        runs = _tost_draws(contrast_draws(cells, weights, seed=seed)[1], margin)
+    return max(images, runs)
 
 
 def run_contrast_t(cells, weights, level: float = LEVEL) -> tuple[float, float, float, float]:
@@ -210,15 +256,23 @@ def run_contrast_t(cells, weights, level: float = LEVEL) -> tuple[float, float, 
     freedom over any weighted contrast (scipy's Welch test covers only B - A of two samples). Honest
     with as few as 2 runs per cell, where a percentile bootstrap over 2-4 values is far too narrow.
     cells: (runs, images) arrays, each with >= 2 runs."""
+    point, se, df = welch_parts(cells, weights)
+    if se == 0:
+        return point, point, point, 1.0 if point == 0 else 0.0
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, df))
+
+
+def welch_parts(cells, weights) -> tuple[float, float, float]:
+    """(point, standard error, Welch-Satterthwaite df) of sum_k weights[k] * (cell k's mean run score);
+    df is nan when the standard error is 0."""
     means = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
     point = float(sum(w * m.mean() for w, m in zip(weights, means)))
     terms = np.array([w * w * m.var(ddof=1) / m.size for w, m in zip(weights, means)])
     se = float(np.sqrt(terms.sum()))
     if se == 0:
-        return point, point, point, 1.0 if point == 0 else 0.0
-    df = terms.sum() ** 2 / sum(t * t / (m.size - 1) for t, m in zip(terms, means))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return point, point - half, point + half, float(2 * stats.t.sf(abs(point) / se, df))
+        return point, 0.0, float("nan")
+    return point, se, float(terms.sum() ** 2 / sum(t * t / (m.size - 1) for t, m in zip(terms, means)))
 
 
 def shared_folds(groups) -> list:

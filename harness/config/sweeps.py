@@ -87,6 +87,8 @@ class CampaignSpec(PlanSpec):
         default_factory=dict, description="named sets of dotted overrides: an axis 'variant' crossed with the matrix")
     stale_after_s: float = Field(120.0, gt=0, description="a worker's claim on a cell without a heartbeat this long "
                                  "is stale: the cell is handed to another worker, which resumes its run")
+    delta: float | None = Field(None, gt=0, description="equivalence margin in metric units, fixed before any "
+                                "result: reports then also say 'equivalent within +-delta' (TOST); tagged campaign.delta")
 
     @model_validator(mode="after")
     def _non_empty(self):

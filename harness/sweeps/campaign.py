@@ -156,7 +156,8 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
     """Train one claimed cell: skipped if it FINISHED meanwhile, its interrupted run resumed if any."""
     exp = _cell_spec(spec, base, cell)
     tags = {"campaign": spec.name, "campaign.axes": ",".join(spec.axis_names()),
-            "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()}}
+            "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()},
+            **({"campaign.delta": spec.delta} if spec.delta is not None else {})}
     made: list[Tracker] = []
     try:
         done, resume = _earlier_runs(experiment, spec.name, exp, f"{head} {exp.name}")
