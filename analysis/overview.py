@@ -58,7 +58,10 @@ def _stats(result: Comparison) -> dict:
     runs = result.runs_interval
     return {"diff": result.mean_diff, "ci_low": result.images_interval.low, "ci_high": result.images_interval.high,
             "seed_ci_low": runs.low if runs else float("nan"), "seed_ci_high": runs.high if runs else float("nan"),
-            "p_wilcoxon": result.p_wilcoxon, "p_raw": result.decisive_p}
+            "p_wilcoxon": result.p_wilcoxon, "p_raw": result.decisive_p,
+            "p_improvement": result.improvement if result.improvement is not None else float("nan"),
+            "p_improvement_low": result.improvement_interval.low if result.improvement_interval else float("nan"),
+            "p_improvement_high": result.improvement_interval.high if result.improvement_interval else float("nan")}
 
 
 def _arm(side: str, runs: pd.DataFrame, metric: str) -> dict:
@@ -133,7 +136,8 @@ def campaign_pairs(campaign: str, uri: str | None = None) -> list[tuple[dict, Co
             for name, chosen in scopes:
                 keys = [(s, a) for s in chosen] + [(s, b) for s in chosen]
                 result = compare_arms([cells[k] for k in keys[:len(chosen)]], [cells[k] for k in keys[len(chosen):]],
-                                      groups=_folds(paired, keys), margin=margin).labelled(metric, a, b)
+                                      groups=_folds(paired, keys), margin=margin,
+                                      improvement=True).labelled(metric, a, b)
                 scope = {"campaign": campaign, "compared": axis, "setting": name}
                 rows.append((_comparison_row(scope, runs[labels.isin(chosen)], result), result))
             first = settings[0]
@@ -179,6 +183,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         "family": table["family_size"],
         "images better with B": [f"{k:.0f} of {n:.0f}" if ok else "" for k, n, ok in
                                  zip(table["b_better"], table["n_images"], comparison)],
+        "P(B > A) per image": [f"{p:.0%} [{lo:.0%}, {hi:.0%}]" if pd.notna(p) else "" for p, lo, hi in
+                               zip(table["p_improvement"], table["p_improvement_low"], table["p_improvement_high"])],
         "verdict": table["verdict"], "commits": table["commits"].fillna("")})
 
 

@@ -124,7 +124,7 @@ def _comparisons(paired: dict, axis: str, strata: list[str], seeds, margin=(None
     if not dice.complete_settings():  # none until a setting has every level
         return [], {}
     first, others = dice.levels[0], dice.levels[1:]
-    heads = [compare_arms(**paired[m].compare(first, b), margin=margin[0]).labelled(m, first, b)
+    heads = [compare_arms(**paired[m].compare(first, b), margin=margin[0], improvement=True).labelled(m, first, b)
              for m in paired for b in others]
     within = {m: sections.setting_results(p, margin[0]) for m, p in paired.items()} if strata else {}
     lines = [line for w, g in within.values() for line in w + g]

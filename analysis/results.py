@@ -85,7 +85,10 @@ class Comparison:
     One error budget for "real" and "equivalent": with a margin, each comparison carries two hypotheses
     (no difference; a difference of at least the margin) of which at most one is true, so over a family
     of m comparisons at most m of the 2m are true, and testing each at ALPHA / m (Bonferroni) keeps the
-    chance of any wrong "real" or "equivalent" at ALPHA or less. Without a margin "real" uses Holm."""
+    chance of any wrong "real" or "equivalent" at ALPHA or less. Without a margin "real" uses Holm.
+
+    improvement: the probability of improvement per image (the share of test images on which B's
+    run-averaged score beats A's, ties half), with its bootstrap interval; None unless asked for."""
 
     n_images: int
     mean_diff: float
@@ -106,6 +109,8 @@ class Comparison:
     margin: float | None = None
     p_equivalence: float | None = None
     margin_post_hoc: bool = False
+    improvement: float | None = None
+    improvement_interval: Interval | None = None
 
     @property
     def decisive_p(self) -> float:
@@ -185,6 +190,9 @@ class Comparison:
             out.update(p_holm=self.p_holm, family_size=self.family_size)
         if self.margin is not None:
             out.update(margin=self.margin, p_equivalence=self.p_equivalence)
+        if self.improvement is not None:
+            out.update(p_improvement=self.improvement, p_improvement_low=self.improvement_interval.low,
+                       p_improvement_high=self.improvement_interval.high)
         return out
 
 

@@ -231,6 +231,7 @@ def test_the_report_renders_its_verdicts_from_the_result_objects(campaign_store)
     assert report.text().splitlines()[0] == first.text()
     assert "<" not in report.text() and "&" not in report.text()
     assert first.text().startswith(f"Dice: resnet34_unet is {'higher' if first.comparison.mean_diff > 0 else 'lower'}")
+    assert first.comparison.improvement is not None and "beats unet on" in first.text()  # per image, with its CI
     for section in ("<h2>Conclusion</h2>", "<h2>Summary per arm</h2>", "<h2>Learning curves</h2>",
                     "<h2>Paired per-image comparison (model.arch)</h2>",
                     "<h2>Worst test images per arm (model.arch)</h2>",
