@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --runs and/or --folds")
     jobs = [("runs per arm", n, rates_over_runs) for n in args.runs] + \
            [("folds", n, rates_over_folds) for n in args.folds]
-    for what, n, rates in tqdm(jobs, desc="settings", unit="setting"):
+    for what, n, rates in tqdm(jobs, desc="settings", unit="setting", disable=None):
         figures = ", ".join(f"{name} {share:.1%}" for name, share in rates(n, args.sims).items())
         tqdm.write(f"{n} {what}, {args.sims} null campaigns: the 95% interval excludes 0 in: {figures}")
 

@@ -75,7 +75,7 @@ class Paired:
 def load_scores(runs: pd.DataFrame, uri: str | None) -> pd.DataFrame:
     """Every run's test_per_image.csv, stacked (one row per run and image)."""
     return pd.concat([load_per_image(r, uri) for r in tqdm(runs.run_id, desc="per-image test scores", unit="run",
-                                                           leave=False)], ignore_index=True)
+                                                           leave=False, disable=None)], ignore_index=True)
 
 
 def headline_metrics(scores: pd.DataFrame) -> list[str]:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from harness.data import forms, stored_size
 from harness.data.forms import BadFile
 from harness.data.stored_size import StoredMasks
+from harness.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 THUMB = 32  # near-duplicate thumbnails: 32x32 bilinear, compared by MSE on 0-255 RGB
@@ -235,8 +235,8 @@ def decode_split(items: list[Item], size: int, split: str, valid: tuple[int, ...
             return Problem(split, item[0], str(bad.path), bad.kind, bad.detail)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(tqdm(pool.map(one, items), total=len(items), desc=f"decode {split}", unit="img",
-                            leave=False, disable=len(items) < 200))
+        results = list(progress(pool.map(one, items), total=len(items), desc=f"decode {split}", unit="img",
+                                leave=False, disable=len(items) < 200))
     good = [(item[0], r) for item, r in zip(items, results) if not isinstance(r, Problem)]
     problems = [r for r in results if isinstance(r, Problem)]
     empty = (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),

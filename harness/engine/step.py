@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from harness.engine import distributed
 from harness.metrics import MetricAccumulator, summarise_counts
+from harness.progress import progress
 
 SYNC_EVERY = 10  # steps between progress-bar updates (each one is a host sync)
 
@@ -84,7 +84,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, update: Update, cfg: Step
     seen = skipped = 0
     wait = 0.0  # host time blocked on the loader: the data pipeline's share of the epoch
     start = ready = time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    bar = progress(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for step, (images, masks, _) in enumerate(bar, 1):
         wait += time.perf_counter() - ready
         images, masks = cfg.to_device(images, masks)
@@ -149,7 +149,7 @@ def evaluate(model: nn.Module, loader, loss_fn, cfg: StepConfig, *, prefix: str 
     loss_sum = torch.zeros((), device=cfg.device)
     seen = 0
     start = time.perf_counter()
-    for images, masks, index in tqdm(loader, desc=prefix, unit="batch", leave=False, dynamic_ncols=True):
+    for images, masks, index in progress(loader, desc=prefix, unit="batch", leave=False, dynamic_ncols=True):
         images, masks = cfg.to_device(images, masks)
         with cfg.autocast():
             logits = model(images)
@@ -191,7 +191,7 @@ def choose_threshold(model: nn.Module, loader, cfg: StepConfig, grid=THRESHOLD_G
     `loader` (binary). Ties go to the value nearest 0.5, so a flat curve keeps the usual threshold."""
     model.eval()
     accumulators = [MetricAccumulator(t, 2) for t in grid]
-    for images, masks, _ in tqdm(loader, desc="threshold", unit="batch", leave=False, dynamic_ncols=True):
+    for images, masks, _ in progress(loader, desc="threshold", unit="batch", leave=False, dynamic_ncols=True):
         images, masks = cfg.to_device(images, masks)
         with cfg.autocast():
             logits = model(images).float()

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from harness.data.readers import IMAGE_SUFFIXES
+from harness.progress import progress
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -67,7 +67,7 @@ def predict_paths(model, inputs: list[Path], output: Path, *, size: int, thresho
     returns the mask paths."""
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in tqdm(inputs, desc="predict", unit="img", disable=len(inputs) < 10):
+    for path in progress(inputs, desc="predict", unit="img", disable=len(inputs) < 10):
         with Image.open(path) as image:
             image.load()
             mask = predict_mask(model, image, size, threshold)
