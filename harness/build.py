@@ -94,6 +94,13 @@ def create_model(arch: str, *, out_channels: int = 1, grad_checkpointing: bool =
     return Segmenter(cls(out_channels=out_channels, grad_checkpointing=grad_checkpointing, **values))
 
 
+def model_name(spec: ExperimentSpec) -> str:
+    """What the run's LoggedModel is called (the MLflow UI's Models tab, `runs:/<run id>/<name>`): the
+    architecture, and its width where it takes one: 'unet-w32', 'unet_plus_plus-w16', 'resnet34_unet'."""
+    arch = spec.model.arch
+    return f"{arch}-w{spec.model.base_width}" if "base_width" in ARCHS[arch].knobs else arch
+
+
 def build_model(spec: ExperimentSpec) -> nn.Module:
     """The spec's model: architecture, knobs and head size (see harness.config.catalog)."""
     m = spec.model.model_dump()

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from harness import figures
+from harness.build import model_name
 from harness.engine.loop import LoopState, Parts
 from harness.engine.step import StepConfig
 from harness.engine.stored_size import StoredSizeResult, TestScores
@@ -123,4 +124,4 @@ def log_run_artifacts(tracker, spec, parts: Parts, state: LoopState, test: TestS
     if example.shape[0] < 2:  # batch > 1 keeps the exported batch dimension dynamic
         example = example.repeat(2, 1, 1, 1)
     return tracker.log_model(model.float().to(memory_format=torch.contiguous_format), example,
-                             step=state.best_epoch)
+                             model_name(spec), step=state.best_epoch)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -29,23 +30,40 @@ SECRET = "planted-secret-7f3a9c"
 ARTIFACTS = {"spec.yaml", "learning_curves.png", "val_predictions.png", "test_per_image.csv", "audit.json"}
 
 
-def _cli(args, cwd, uri):
+def _cli(args, cwd, uri, log=None):
+    """`python -m harness <args>`; its output captured, or with `log` (a path) both streams written there."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1",
            "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    if log is None:
+        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=600)
+    with open(log, "w") as out:
+        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """The debug spec through the CLI as `> run.log 2>&1` would run it: both streams to one file."""
     tmp = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    proc = _cli(["experiment", str(EXPERIMENTS / "debug.yaml"), "train.epochs=4"], tmp, uri)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = _cli(["experiment", str(EXPERIMENTS / "debug.yaml"), "train.epochs=4"], tmp, uri, log=tmp / "run.log")
+    assert proc.returncode == 0, (tmp / "run.log").read_text()[-6000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
     assert len(runs) == 1
     return tmp, uri, client, runs[0]
+
+
+def test_a_log_file_holds_plain_lines(finished_run):
+    """Progress bars redraw with carriage returns only on a terminal; in a file every line is whole,
+    and one per epoch says how training went."""
+    tmp, _, _, run = finished_run
+    log = (tmp / "run.log").read_bytes()
+    assert b"\r" not in log
+    lines = log.decode().splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/4", "2/4", "3/4", "4/4"]
+    assert any(line.startswith(f"run {run.info.run_id} FINISHED") for line in lines)
 
 
 def test_run_is_finished_with_every_metric(finished_run):
@@ -125,7 +143,7 @@ def test_run_logs_system_metrics_and_its_model_carries_the_test_metrics(finished
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     mlflow.set_tracking_uri(uri)
     [model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert model.source_run_id == run.info.run_id
+    assert model.source_run_id == run.info.run_id and model.name == "unet-w8"  # architecture and width
     linked = {m.key: m for m in model.metrics}
     for key in ("test/dice", "test/nsd", "test/hd95"):
         assert linked[key].value == pytest.approx(run.data.metrics[key])
@@ -144,9 +162,24 @@ def test_logged_model_serves_through_pyfunc(finished_run):
 
     _, uri, _, run = finished_run
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/unet-w8")  # the model's name (harness.build)
     out = model.predict(np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32))
     assert out.shape == (1, 1, 40, 56) and np.isfinite(out).all()
+
+
+def test_the_run_names_its_command_and_its_model_loads_by_name_without_best_pt(finished_run, tmp_path, monkeypatch):
+    """mlflow.source.name is the harness command (not '__main__.py'); with no best.pt at hand
+    (another machine's store), predict and evaluate load the LoggedModel, found by its name."""
+    from harness import paths
+    from harness.tools.trained import source_spec, trained_model
+
+    _, uri, _, run = finished_run
+    assert run.data.tags["mlflow.source.name"] == f"harness experiment {EXPERIMENTS / 'debug.yaml'} train.epochs=4"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(paths, "CHECKPOINTS", tmp_path)  # no best.pt here
+    model, origin = trained_model(run.info.run_id, source_spec(run.info.run_id))
+    assert origin == f"runs:/{run.info.run_id}/unet-w8"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
 
 
 def test_cosine_schedule_lowers_lr_each_epoch(finished_run):
@@ -200,7 +233,8 @@ def test_run_keys_match_the_recorded_list(finished_run):
             found += walk(f.path) if f.is_dir else [f.path]
         return found
 
-    tags = {k for k in run.data.tags if not k.startswith("mlflow.") or k == "mlflow.source.git.commit"}
+    tags = {k for k in run.data.tags if not k.startswith("mlflow.") or k in ("mlflow.source.git.commit",
+                                                                             "mlflow.source.name")}
     tags -= {"device.name", "env.cuda"}  # CUDA machines only
     assert sorted(run.data.params) == recorded["params"]
     assert sorted(tags) == [t for t in recorded["tags"] if t not in ("device.name", "env.cuda")]

@@ -142,3 +142,40 @@ def test_register_gives_a_version_and_alias_logging_best_pt_first(trained):
     assert out.shape == (2, 1, 32, 32)
     with pytest.raises(LookupError, match="not in this store"):
         register_run("0" * 32, "pets")
+
+
+def test_a_model_logged_under_the_old_name_still_serves_predict_evaluate_and_register(trained, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Runs logged before models were named (#42) called every LoggedModel 'model'. With no best.pt at
+    hand, predict, evaluate and register find it, and runs:/<id>/model still loads it."""
+    import mlflow
+    import torch
+
+    from harness import paths
+    from harness.cli import main
+    from harness.tools.trained import source_spec, trained_model
+    from harness.tracking.mlflow import log_model_to_run
+
+    tmp, (first, _) = trained
+    spec = source_spec(first)
+    model, _ = trained_model(first, spec)  # best.pt
+    example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model_id = log_model_to_run(first, model, example, "model")  # as every run was logged before #42
+    monkeypatch.setattr(paths, "CHECKPOINTS", tmp_path / "elsewhere")  # so the logged model is what is read
+    loaded, origin = trained_model(first, spec)
+    assert origin == f"runs:/{first}/model"
+    assert torch.allclose(loaded(example), model(example), atol=1e-5)
+    old = mlflow.pytorch.load_model(f"runs:/{first}/model", map_location="cpu")
+    assert torch.allclose(old(example), model(example), atol=1e-5)
+
+    assert main(["predict", "--run", first, "--input", str(tmp / "other" / "images"),
+                 "--output", str(tmp_path / "pred")]) == 0
+    assert f"weights: runs:/{first}/model" in capsys.readouterr().out
+    assert Image.open(tmp_path / "pred" / "im02_mask.png").size == (70, 33)
+    assert main(["evaluate", "--run", first, "--data", str(tmp / "train_data")]) == 0
+    [evaluation] = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("debug-evaluation").experiment_id],
+        f"tags.`source.run_id` = '{first}' and tags.`evaluation.dataset` = 'train_data'")
+    assert evaluation.data.tags["evaluation.weights"] == f"runs:/{first}/model"
+    assert main(["register", "--run", first, "--name", "old-style"]) == 0
+    assert f"model {model_id}" in capsys.readouterr().out  # its own model, not a second one logged

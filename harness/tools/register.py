@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.build import model_name
 from harness.tools.trained import source_spec, trained_model
 from harness.tracking.mlflow import log_model_to_run, logged_model_id, register, run_metrics, run_status
 
@@ -41,5 +42,5 @@ def register_run(run_id: str, name: str, alias: str | None = None) -> Registered
         size = spec.data.image_size
         example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         step = int(run_metrics(run_id).get("best/epoch", 0))
-        model_id, logged_now = log_model_to_run(run_id, model, example, step), True
+        model_id, logged_now = log_model_to_run(run_id, model, example, model_name(spec), step), True
     return Registered(model_id, register(model_id, name, alias), logged_now)

@@ -12,7 +12,7 @@ from harness import paths
 from harness.build import build_model
 from harness.config.load import ExperimentSpec
 from harness.engine import checkpoint
-from harness.tracking.mlflow import has_logged_model, load_model, run_artifact_text, run_metrics
+from harness.tracking.mlflow import load_model, logged_model_uri, run_artifact_text, run_metrics
 
 
 def source_spec(run_id: str) -> ExperimentSpec:
@@ -31,8 +31,8 @@ def trained_model(run_id: str, spec: ExperimentSpec) -> tuple[torch.nn.Module, s
         state = torch.load(best, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state.items()})  # torch.compile's prefix
         return model.eval(), str(best)
-    if has_logged_model(run_id):
-        return load_model(run_id), f"runs:/{run_id}/model"
+    if uri := logged_model_uri(run_id):  # runs:/<id>/unet-w32, or runs:/<id>/model (runs before #42)
+        return load_model(run_id), uri
     raise LookupError(f"run {run_id}: no {best} and no logged model; was it trained in another store or "
                       f"checkpoint folder (harness.paths.CHECKPOINTS)?")
 

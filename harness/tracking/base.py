@@ -34,9 +34,9 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int, *, model_id: str | None = None,
                     dataset: tuple[str, str] | None = None) -> None: ...
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
-    # torch.nn.Module, example batch (N, 3, H, W), `step` the epoch of the weights; logged after the
-    # test/* metrics, which it carries. Returns the model's id (None where nothing is recorded).
-    def log_model(self, model, example, step: int = 0) -> str | None: ...
+    # torch.nn.Module, example batch (N, 3, H, W), `name` what it is (harness.build.model_name), `step`
+    # the epoch of the weights. Returns the model's id (None where nothing is recorded).
+    def log_model(self, model, example, name: str, step: int = 0) -> str | None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def last_step(self, key: str) -> int: ...  # highest step logged for `key`, or -1
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None: ...
@@ -62,7 +62,7 @@ class NullTracker:
     def log_artifact(self, path, folder=None):
         pass
 
-    def log_model(self, model, example, step=0):
+    def log_model(self, model, example, name, step=0):
         return None
 
     def set_tags(self, tags):

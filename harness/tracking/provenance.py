@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +28,17 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
         return {"git.commit": sha, "git.dirty": str(bool(status.strip())).lower()}
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def source_name(argv: list[str] | None = None) -> str | None:
+    """The command this process runs, as a run's `mlflow.source.name` ('harness experiment
+    experiments/unet.yaml train.epochs=3'; MLflow's own would be '__main__.py'), or None where the
+    process is not `python -m harness` or the `harness` script (tests, notebooks: MLflow's stays)."""
+    argv = sys.argv if argv is None else argv
+    script = Path(argv[0]) if argv else Path()
+    if script.name == "harness" or script.parts[-2:] == ("harness", "__main__.py"):
+        return shlex.join(["harness", *argv[1:]])[:1000]
+    return None
 
 
 def environment(device: torch.device) -> dict[str, str]:

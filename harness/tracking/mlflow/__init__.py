@@ -10,12 +10,11 @@ to the working directory (harness.paths); `MLFLOW_TRACKING_URI` overrides it.
 """
 
 from harness.tracking.mlflow.models import (
-    MODEL_NAME,
-    has_logged_model,
     link_metrics,
     load_model,
     log_model_to_run,
     logged_model_id,
+    logged_model_uri,
     register,
 )
 from harness.tracking.mlflow.runs import (
@@ -41,9 +40,9 @@ from harness.tracking.mlflow.runs import (
 from harness.tracking.mlflow.tracker import MlflowTracker, SplitDataset
 
 __all__ = [
-    "create_parent_run", "default_tracking_uri", "end_run", "EXPERIMENT_KIND", "find_runs", "has_logged_model",
+    "create_parent_run", "default_tracking_uri", "end_run", "EXPERIMENT_KIND", "find_runs",
     "link_metrics", "load_model", "log_model_to_run", "log_run_artifact", "log_run_metrics",
-    "logged_model_id", "MlflowTracker", "MODEL_NAME", "prepare_store", "register", "reopen_run",
+    "logged_model_id", "logged_model_uri", "MlflowTracker", "prepare_store", "register", "reopen_run",
     "run_artifact_text", "run_experiment_name", "run_metrics", "run_params", "run_status", "run_tags",
     "runs_table_links", "set_run_tags", "SplitDataset", "store_client",
 ]

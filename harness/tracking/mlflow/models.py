@@ -4,6 +4,8 @@ registry (versions and aliases, not the deprecated stages), and loading a model 
 
 from __future__ import annotations
 
+import types
+
 import mlflow
 import numpy as np
 import torch
@@ -14,7 +16,6 @@ from mlflow.types import Schema, TensorSpec
 
 from harness.tracking.mlflow.runs import default_tracking_uri, store_client
 
-MODEL_NAME = "model"
 # The run's metrics that describe its model, and the split (dataset input) each was measured on:
 # the headline test scores, the validation scores of the weights' epoch, the parameter count.
 LINKED = {"test/": "test", "val/": "val", "model/": None}
@@ -24,10 +25,11 @@ LINKED = {"test/": "test", "val/": "val", "model/": None}
 UNUSED_STEP = -1
 
 
-def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
-    """Log `model` into the active run `run_id` with torch.export ('pt2', MLflow 3's default off
-    Databricks: no pickle on load) and attach the run's metrics that describe it (link_metrics).
-    Returns the model id. `step`: the epoch the weights are from (the model's `epoch` tag).
+def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str, step: int = 0) -> str:
+    """Log `model` into the active run `run_id` as the LoggedModel `name` (harness.build.model_name:
+    'unet-w32'; runs logged before #42 called every model 'model') with torch.export ('pt2', MLflow 3's
+    default off Databricks: no pickle on load) and attach the run's metrics that describe it
+    (link_metrics). Returns the model id. `step`: the epoch the weights are from (the `epoch` tag).
 
     The signature marks batch, height and width as dynamic (-1), so the exported program accepts
     any size; `example` (N, 3, H, W), float in [0, 1], needs N > 1 for the batch dim to stay dynamic.
@@ -44,7 +46,7 @@ def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, step: 
     # Requirements are known exactly; letting MLflow infer them re-imports the model in a
     # subprocess, which cost ~15 s per run (measured with cProfile on the debug spec).
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
-    info = mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature, input_example=example.numpy(),
+    info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
                                     serialization_format="pt2", pip_requirements=requirements, step=UNUSED_STEP)
     mlflow.set_logged_model_tags(info.model_id, {"epoch": str(step), "mlflow_run_id": run_id})
     link_metrics(run_id, info.model_id, step)
@@ -83,18 +85,20 @@ def logged_model_id(run_id: str) -> str | None:
     return models[-1].model_id if models else None
 
 
-def has_logged_model(run_id: str) -> bool:
-    """Whether the run logged a model (log_model: true), as an MLflow 3 LoggedModel output."""
-    return logged_model_id(run_id) is not None
+def logged_model_uri(run_id: str) -> str | None:
+    """`runs:/<run id>/<model name>` of the LoggedModel the run logged last, or None: the name is the
+    model's own ('unet-w32'), or 'model' for a run logged before models were named (#42)."""
+    model_id = logged_model_id(run_id)
+    return f"runs:/{run_id}/{store_client().get_logged_model(model_id).name}" if model_id else None
 
 
-def log_model_to_run(run_id: str, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
-    """Log `model` into the finished run `run_id` (one trained with log_model: false): the run is
-    reopened for it and ends with the status it had. Returns the model id."""
+def log_model_to_run(run_id: str, model: torch.nn.Module, example: torch.Tensor, name: str, step: int = 0) -> str:
+    """Log `model` as `name` into the finished run `run_id` (one trained with log_model: false): the run
+    is reopened for it and ends with the status it had. Returns the model id."""
     status = store_client().get_run(run_id).info.status
     mlflow.set_tracking_uri(default_tracking_uri())
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        model_id = log_model(run_id, model, example, step)
+        model_id = log_model(run_id, model, example, name, step)
         mlflow.set_tag("model.logged_by", "register")
         mlflow.end_run(status)
     return model_id
@@ -111,6 +115,15 @@ def register(model_id: str, name: str, alias: str | None) -> str:
 
 
 def load_model(run_id: str, tracking_uri: str | None = None) -> torch.nn.Module:
-    """The model logged by `log_model` for a run."""
+    """The model the run logged last (by `log_model`), whatever its name: 'unet-w32', or 'model' in a
+    run logged before models were named."""
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_NAME}", map_location="cpu")
+    model_id = logged_model_id(run_id)
+    if model_id is None:
+        raise LookupError(f"run {run_id} logged no model")
+    model = mlflow.pytorch.load_model(f"models:/{model_id}", map_location="cpu")
+    # torch.export's module refuses train() and eval() (NotImplementedError), which evaluate calls: it
+    # was exported in eval mode (log_model), fixed in its graph, so both may leave it as it is.
+    model.train = types.MethodType(lambda self, mode=True: self, model)
+    model.eval = types.MethodType(lambda self: self, model)
+    return model

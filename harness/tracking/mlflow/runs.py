@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME
 
 from harness import paths
+from harness.tracking.provenance import source_name
 
 
 def default_tracking_uri() -> str:
@@ -94,12 +96,20 @@ def store_client() -> MlflowClient:
     return MlflowClient(default_tracking_uri())
 
 
+def source_tags() -> dict[str, str]:
+    """{'mlflow.source.name': 'harness experiment experiments/unet.yaml'}: what a new run says it came
+    from (harness.tracking.provenance.source_name), or {} outside the harness command (MLflow's own)."""
+    source = source_name()
+    return {MLFLOW_SOURCE_NAME: source} if source else {}
+
+
 def create_parent_run(experiment: str, name: str, params: dict[str, Any]) -> str:
     """A run that other runs nest under (an Optuna study). Returns its id; it stays RUNNING."""
     uri = default_tracking_uri()
     prepare_store(uri)
     client = MlflowClient(uri)
-    run = client.create_run(experiment_id_for(experiment, uri), run_name=name, tags={"run.kind": "study"})
+    run = client.create_run(experiment_id_for(experiment, uri), run_name=name,
+                            tags={**source_tags(), "run.kind": "study"})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from harness.tracking.base import ResumeMismatch, RunOptions, tag_differences
 from harness.tracking.mlflow import models
-from harness.tracking.mlflow.runs import default_tracking_uri, experiment_id_for, prepare_store
+from harness.tracking.mlflow.runs import default_tracking_uri, experiment_id_for, prepare_store, source_tags
 
 
 def _check_same_run(run, tags: dict[str, Any]) -> None:
@@ -64,7 +64,7 @@ class MlflowTracker:
         else:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                    parent_run_id=self.parent_run_id, log_system_metrics=self.system_metrics,
-                                   tags={k: str(v) for k, v in self.tags.items()})
+                                   tags={**source_tags(), **{k: str(v) for k, v in self.tags.items()}})
             mlflow.log_params(self.params)
         self.run_id = run.info.run_id
         self._client = MlflowClient(self.tracking_uri)  # by run id: usable from the checkpoint writer's thread
@@ -115,10 +115,10 @@ class MlflowTracker:
         """One split as an MLflow dataset input (as mlflow.log_input logs it): the run's Datasets column."""
         log_split(self._client, self.run_id, SplitDataset(name, digest, source, profile), context)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor, step: int = 0) -> str:
-        """Log the model (weights of epoch `step`) as this run's LoggedModel, with any test/* metrics
-        the run has attached to it (harness.tracking.mlflow.models). Returns its model id."""
-        return models.log_model(self.run_id, model, example, step)
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, name: str, step: int = 0) -> str:
+        """Log the model (weights of epoch `step`) as this run's LoggedModel called `name`, with any
+        test/* metrics the run has attached to it (harness.tracking.mlflow.models). Returns its model id."""
+        return models.log_model(self.run_id, model, example, name, step)
 
 
 def system_metrics_sample_s(tracking_uri: str, samples: int = 20) -> float:
