@@ -9,6 +9,7 @@ SPEC ?= experiments/quickstart.yaml
 SET ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+NOTEBOOK_PORT ?= 8888
 PYTEST_ARGS ?=
 WORKERS ?= 1
 STORAGE ?=
@@ -16,7 +17,7 @@ STUDY_SPEC ?= experiments/studies/unet_vs_resnet34.yaml
 export NO_ALBUMENTATIONS_UPDATE = 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help install lint experiment validate audit study dashboard campaign campaign-status report overview plan bench test test-all ui predict evaluate register clean-venv
+.PHONY: help install lint experiment validate audit study dashboard campaign campaign-status report overview plan bench test test-all ui predict evaluate register notebook install-notebooks clean-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +29,18 @@ $(VENV)/.installed: $(ROOT)/pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extra
+
+# JupyterLab and jupytext (the notebooks extra). The settings (.venv's own) open a .py notebook
+# (py:percent) as a notebook on a double click, not as text, and fetch no Jupyter news.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(VENV)/.notebooks: $(VENV)/.installed $(ROOT)/pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '$(ROOT)[dev,notebooks]'
+	@mkdir -p $(dir $(LAB_SETTINGS))
+	@echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}},' \
+		'"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}' > $(LAB_SETTINGS)
+	@touch $@
+
+install-notebooks: $(VENV)/.notebooks  ## JupyterLab and jupytext in .venv (make notebook does it on first use)
 
 experiment: $(VENV)/.installed  ## train and test SPEC (default: quickstart) with overrides SET; resumes a crashed run (RESTART=1: start over)
 	$(PY) -m harness experiment $(SPEC) $(SET) $(if $(RESTART),--restart)
@@ -81,6 +94,14 @@ ui: $(VENV)/.installed  ## MLflow UI on http://HOST:PORT (default 127.0.0.1:5000
 	@mkdir -p mlruns
 	@echo "runs tables (model training view):"; $(PY) -m harness links --url http://$(HOST):$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(PORT)
+
+notebook: $(VENV)/.notebooks  ## JupyterLab on http://HOST:NOTEBOOK_PORT (default 127.0.0.1:8888): the analysis notebooks, kernel from .venv
+	@token=$${NOTEBOOK_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(16))')}; \
+	echo "JupyterLab (MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)); open:"; \
+	echo "  http://$(HOST):$(NOTEBOOK_PORT)/lab/tree/analysis/notebooks/compare_architectures.py?token=$$token"; \
+	exec $(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=$(HOST) --ServerApp.port=$(NOTEBOOK_PORT) \
+		--ServerApp.port_retries=0 --ServerApp.root_dir=$(ROOT) --IdentityProvider.token=$$token \
+		--ServerApp.contents_manager_class=jupytext.TextFileContentsManager --ServerApp.allow_root=True
 
 evaluate: $(VENV)/.installed  ## score a run on other labelled data: RUN=<run id> DATA=<root> [DATASET=..] [SPLIT=test]
 	@test -n "$(RUN)" -a -n "$(DATA)" || { echo "usage: make evaluate RUN=<run id> DATA=<root> [DATASET=oxford_pet|folder] [SPLIT=test]"; exit 2; }
