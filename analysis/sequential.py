@@ -25,6 +25,7 @@ made, and not stopping would not raise any error rate.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -203,6 +204,83 @@ def simulate(components: dict, design: Design, sims: int = 2000, seed: int = 0, 
              f"{null_blocks.mean():.1f} / {blocks1.mean():.1f} / {blocks2.mean():.1f} of {design.max_blocks}")]
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A comparison's state after a look: 'real', 'equivalent within +-delta' or 'undecided', the look
+    (blocks) it was decided at, the boundary's nominal level there (before / family), and its p."""
+
+    metric: str
+    arms: tuple
+    verdict: str
+    look: int
+    level: float
+    p: float
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A recorded campaign taken look by look: the decisions, the look it stops at (every comparison
+    decided) or the last, the complete blocks recorded, runs per block, and the family's size."""
+
+    decisions: list
+    stop: int
+    recorded: int
+    runs_per_block: int
+    family: int
+
+    @property
+    def runs_saved(self) -> int:
+        return (self.recorded - self.stop) * self.runs_per_block if len(self.decisions) == self.family else 0
+
+
+def block_order(runs, folds: bool) -> list[tuple]:
+    """The blocks of a campaign's runs in look order: (seed, fold) fold-major within seed, or (seed,)."""
+    keys = ["seed", "data.fold"] if folds else ["seed"]
+    return sorted(set(runs[keys].itertuples(index=False, name=None)), key=lambda b: tuple(float(x) for x in b))
+
+
+def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, uri: str | None = None,
+           spending: Spending = "obrien_fleming") -> Replay:
+    """Take a recorded campaign's looks in block order, as a sequential campaign would have: at look k
+    (k >= 2 blocks, each a cell of every arm) every comparison not yet decided is tested on the runs of
+    blocks 1..k with the harness's rule (stats.compare_arms with the margin) at the boundary's nominal
+    level / family; decisions stay as made."""
+    from analysis.paired import FOLD, compare_axis, headline_metrics, load_scores, paired_frames, strata_of
+    from analysis.stats import compare_arms
+
+    axis = compare_axis(axes)
+    folded = FOLD in runs and runs[FOLD].nunique() > 1
+    keys = runs[["seed", FOLD] if folded else ["seed"]].apply(tuple, axis=1)
+    per_block = int(keys.value_counts().max())  # a block: one cell of every arm (in every setting)
+    complete = [b for b in block_order(runs, folded) if (keys == b).sum() == per_block]
+    total = max_blocks or len(complete)
+    looks = [k for k in range(2, len(complete) + 1)]
+    levels = nominal_levels(np.array(looks) / total, spending=spending) if looks else []
+    scores = load_scores(runs, uri)
+    metrics = headline_metrics(scores)
+    decided: dict[tuple, Decision] = {}
+    stop = looks[-1] if looks else 0
+    family = len(metrics) * (runs[axis].nunique() - 1)
+    for k, level in zip(looks, levels):
+        now = runs[keys.isin(complete[:k])]
+        for m in metrics:
+            paired = paired_frames(now, axis, uri, strata_of(axes, axis), scores, m)
+            for b in paired.levels[1:]:
+                if (m, b) in decided:
+                    continue
+                r = compare_arms(**paired.compare(paired.levels[0], b), margin=delta)
+                bar = level / family
+                if r.decisive_p < bar:
+                    decided[(m, b)] = Decision(m, (paired.levels[0], b), "real", k, bar, r.decisive_p)
+                elif r.p_equivalence is not None and r.p_equivalence < bar:
+                    decided[(m, b)] = Decision(m, (paired.levels[0], b), f"equivalent within ±{delta:g}", k, bar,
+                                               r.p_equivalence)
+        if len(decided) == family:
+            stop = k
+            break
+    return Replay(list(decided.values()), stop, len(complete), per_block, family)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -215,14 +293,41 @@ def main(argv=None) -> int:
     p.add_argument("--delta", type=float, default=0.01, help="equivalence margin and powered effect (default "
                    "%(default)s)")
     p.add_argument("--spending", choices=["obrien_fleming", "pocock"], default="obrien_fleming")
+    p.add_argument("--replay", nargs="+", metavar="CAMPAIGN", help="a recorded campaign's looks in block order: "
+                   "where it would have stopped, its verdicts and the runs it would have saved")
+    p.add_argument("--max-blocks", type=int, help="with --replay: the fixed design's blocks (default: those recorded)")
     args = p.parse_args(argv)
+    if args.replay:
+        return _replay_main(args)
     if not args.simulate:
-        p.error("nothing to do: --simulate (--replay is not built yet)")
+        p.error("nothing to do: give --simulate or --replay CAMPAIGN")
     design = Design(folds=5, seeds=3, delta=args.delta, spending=args.spending)
     print(f"{args.n} simulated campaigns per row: 5 folds x 3 seeds (15 blocks, looks at 2..15, {args.spending}), "
           f"200 images, family of 2, delta {args.delta}; components {MEASURED}")
     for what, figure in simulate(MEASURED, design, args.n, args.seed):
         print(f"  {what:<56} {figure}")
+    return 0
+
+
+def _replay_main(args) -> int:
+    from analysis.runs import load_campaign
+
+    try:
+        runs, axes = load_campaign(args.replay)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending)
+    print(f"{' + '.join(args.replay)}: {r.recorded} complete blocks of {r.runs_per_block} runs recorded; looks from 2 "
+          f"({args.spending}, delta {args.delta:g}, {args.max_blocks or r.recorded} blocks planned, family of "
+          f"{r.family})")
+    for d in r.decisions:
+        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.verdict} at look {d.look} (p {d.p:.3g} < {d.level:.3g})")
+    if len(r.decisions) == r.family:
+        print(f"every comparison decided at look {r.stop} of {r.recorded}: {r.runs_saved} runs not needed")
+    else:
+        print(f"{r.family - len(r.decisions)} comparison(s) undecided at the last recorded look ({r.recorded}): "
+              "they read 'not shown'; no runs saved")
     return 0
 
 

@@ -253,6 +253,20 @@ def test_plan_prints_the_designs_and_writes_its_power_curves(campaign_store, cap
     assert "nope" in capsys.readouterr().err and not (tmp / "plan2.md").exists()
 
 
+def test_a_recorded_campaign_replays_look_by_look(campaign_store, capsys):
+    from analysis.runs import load_campaign
+    from analysis.sequential import main, replay
+
+    runs, axes = load_campaign("debug_campaign")
+    r = replay(runs, axes, delta=1.0)  # two seeds: two blocks of 2 runs, one look; Dice lies within +-1
+    assert (r.recorded, r.runs_per_block, r.family, r.stop) == (2, 2, 2, 2) and r.runs_saved == 0
+    assert all(d.look == 2 and d.p < d.level for d in r.decisions)
+    assert all(d.verdict in ("real", "equivalent within ±1") for d in r.decisions)
+    assert main(["--replay", "debug_campaign", "--delta", "1"]) == 0
+    assert "2 complete blocks of 2 runs recorded" in capsys.readouterr().out
+    assert main(["--replay", "nope"]) == 2
+
+
 def test_stats_on_known_data():
     from analysis.stats import bootstrap_ci, paired_comparison
 
