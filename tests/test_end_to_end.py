@@ -170,11 +170,16 @@ def test_logged_model_serves_through_pyfunc(finished_run):
 def test_the_run_names_its_command_and_its_model_loads_by_name_without_best_pt(finished_run, tmp_path, monkeypatch):
     """mlflow.source.name is the harness command (not '__main__.py'); with no best.pt at hand
     (another machine's store), predict and evaluate load the LoggedModel, found by its name."""
+    import mlflow
+
     from harness import paths
     from harness.tools.trained import source_spec, trained_model
 
     _, uri, _, run = finished_run
     assert run.data.tags["mlflow.source.name"] == f"harness experiment {EXPERIMENTS / 'debug.yaml'} train.epochs=4"
+    mlflow.set_tracking_uri(uri)
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert logged.tags["mlflow.source.name"] == run.data.tags["mlflow.source.name"]  # the Models tab's "Logged from"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(paths, "CHECKPOINTS", tmp_path)  # no best.pt here
     model, origin = trained_model(run.info.run_id, source_spec(run.info.run_id))

@@ -14,7 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from harness.tracking.mlflow.runs import default_tracking_uri, store_client
+from harness.tracking.mlflow.runs import default_tracking_uri, source_tags, store_client
 
 # The run's metrics that describe its model, and the split (dataset input) each was measured on:
 # the headline test scores, the validation scores of the weights' epoch, the parameter count.
@@ -48,7 +48,8 @@ def log_model(run_id: str, model: torch.nn.Module, example: torch.Tensor, name: 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
                                     serialization_format="pt2", pip_requirements=requirements, step=UNUSED_STEP)
-    mlflow.set_logged_model_tags(info.model_id, {"epoch": str(step), "mlflow_run_id": run_id})
+    # source_tags: the model's "Logged from" is the harness command too, not MLflow's '__main__.py'
+    mlflow.set_logged_model_tags(info.model_id, {"epoch": str(step), "mlflow_run_id": run_id, **source_tags()})
     link_metrics(run_id, info.model_id, step)
     return info.model_id
 
