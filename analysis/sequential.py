@@ -240,7 +240,7 @@ def block_order(runs, folds: bool) -> list[tuple]:
 
 
 def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, uri: str | None = None,
-           spending: Spending = "obrien_fleming") -> Replay:
+           spending: Spending = "obrien_fleming", min_blocks: int = 2) -> Replay:
     """Take a recorded campaign's looks in block order, as a sequential campaign would have: at look k
     (k >= 2 blocks, each a cell of every arm) every comparison not yet decided is tested on the runs of
     blocks 1..k with the harness's rule (stats.compare_arms with the margin) at the boundary's nominal
@@ -254,7 +254,7 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
     per_block = int(keys.value_counts().max())  # a block: one cell of every arm (in every setting)
     complete = [b for b in block_order(runs, folded) if (keys == b).sum() == per_block]
     total = max_blocks or len(complete)
-    looks = [k for k in range(2, len(complete) + 1)]
+    looks = list(range(min_blocks, len(complete) + 1))
     levels = nominal_levels(np.array(looks) / total, spending=spending) if looks else []
     scores = load_scores(runs, uri)
     metrics = headline_metrics(scores)
@@ -296,7 +296,12 @@ def main(argv=None) -> int:
     p.add_argument("--replay", nargs="+", metavar="CAMPAIGN", help="a recorded campaign's looks in block order: "
                    "where it would have stopped, its verdicts and the runs it would have saved")
     p.add_argument("--max-blocks", type=int, help="with --replay: the fixed design's blocks (default: those recorded)")
+    p.add_argument("--min-blocks", type=int, default=2, help="the first look (default %(default)s)")
+    p.add_argument("--look", metavar="CAMPAIGN", help="a sequential campaign's current look, as one JSON line "
+                   "(what `harness campaign` reads between blocks)")
     args = p.parse_args(argv)
+    if args.look:
+        return _look_main(args)
     if args.replay:
         return _replay_main(args)
     if not args.simulate:
@@ -309,6 +314,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _look_main(args) -> int:
+    """One JSON line: {stop, look, decisions}; stop when every comparison is decided."""
+    import json
+
+    from analysis.runs import load_campaign
+
+    runs, axes = load_campaign(args.look)
+    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending, min_blocks=args.min_blocks)
+    print(json.dumps({"stop": len(r.decisions) == r.family, "look": r.stop,
+                      "decisions": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "verdict": d.verdict,
+                                     "look": d.look, "level": d.level, "p": d.p} for d in r.decisions]}))
+    return 0
+
+
 def _replay_main(args) -> int:
     from analysis.runs import load_campaign
 
@@ -317,7 +336,7 @@ def _replay_main(args) -> int:
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending)
+    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending, min_blocks=args.min_blocks)
     print(f"{' + '.join(args.replay)}: {r.recorded} complete blocks of {r.runs_per_block} runs recorded; looks from 2 "
           f"({args.spending}, delta {args.delta:g}, {args.max_blocks or r.recorded} blocks planned, family of "
           f"{r.family})")

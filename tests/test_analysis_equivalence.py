@@ -89,3 +89,43 @@ def test_a_campaign_declares_its_margin_and_every_run_records_it(store, tmp_path
 
     with pytest.raises(SpecError, match="delta"):
         load_campaign_spec(bad)
+
+
+def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp_path, capsys):
+    """2 seeds x 2 folds (4 blocks of 2 runs): with a margin no Dice difference can reach (100), both
+    comparisons are equivalent at the first look (2 blocks), so blocks 3-4 are NOT NEEDED; a re-run
+    takes the same look from the record and trains nothing."""
+    from harness.config.sweeps import load_campaign_spec
+    from harness.sweeps.campaign import run_campaign
+
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "seq", "base": str(EXPERIMENTS / "debug.yaml"),
+        "sequential": {"delta": 100, "block": ["seed", "data.fold"], "min_blocks": 2},
+        "matrix": {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet", "resnet34_unet"]},
+        "set": {"train.epochs": 1, "log_model": False, "model.base_width": 4, "data.synthetic_size": [32, 8],
+                "data.folds": 2}}, sort_keys=False))  # the matrix order: seed slowest
+    spec, base = load_campaign_spec(path)
+    assert spec.blocks() == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    results = run_campaign(spec, base)
+    assert [r.status for r in results] == ["FINISHED"] * 4 + ["NOT NEEDED"] * 4
+    out = capsys.readouterr().out
+    assert "every comparison decided at look 2" in out and "equivalent within ±100" in out
+    assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED"] * 4 + ["NOT NEEDED"] * 4
+    with pytest.raises(Exception, match="one worker"):
+        run_campaign(spec, base, workers=2, launch=lambda n: True)
+
+
+@pytest.mark.parametrize("sequential, words", [({"delta": 0.01, "block": ["data.fold"]}, "block"),
+                                                ({"delta": 0.01, "max_blocks": 9}, "exceeds"),
+                                                ({"delta": -1}, "delta")])
+def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, words):
+    from harness.config.load import SpecError
+    from harness.config.sweeps import load_campaign_spec
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "base": str(EXPERIMENTS / "debug.yaml"), "sequential": sequential,
+                                    "matrix": {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet"]},
+                                    "set": {"data.folds": 2}}))
+    with pytest.raises(SpecError, match=words):
+        load_campaign_spec(path)

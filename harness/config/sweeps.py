@@ -81,6 +81,20 @@ class PlanSpec(BaseModel):
         raise NotImplementedError
 
 
+class SequentialSpec(BaseModel):
+    """A campaign that may stop early: blocks (one cell of every arm at one value of `block`'s axes) run
+    in order, fold-major within seed; after each block from `min_blocks` on, a look (analysis.
+    sequential) decides each comparison 'real' or 'equivalent within +-delta' at a Lan-DeMets boundary,
+    and the campaign stops once every comparison is decided, or at `max_blocks`."""
+
+    model_config = ConfigDict(extra="forbid")
+    delta: float = Field(gt=0, description="equivalence margin and the effect the design is powered for")
+    block: list[str] = Field(default_factory=lambda: ["seed", "data.fold"], description="the axes of a block")
+    max_blocks: int | None = Field(None, ge=2, description="the fixed design's blocks (default: every block)")
+    min_blocks: int = Field(2, ge=2, description="the first look")
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+
+
 class CampaignSpec(PlanSpec):
     matrix: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field -> values; the product is run")
     variants: dict[str, dict[str, Any]] = Field(
@@ -88,7 +102,8 @@ class CampaignSpec(PlanSpec):
     stale_after_s: float = Field(120.0, gt=0, description="a worker's claim on a cell without a heartbeat this long "
                                  "is stale: the cell is handed to another worker, which resumes its run")
     delta: float | None = Field(None, gt=0, description="equivalence margin in metric units, fixed before any "
-                                "result: reports then also say 'equivalent within +-delta' (TOST); tagged campaign.delta")
+                                "result: reports also say 'equivalent within +-delta' (TOST); tag campaign.delta")
+    sequential: SequentialSpec | None = Field(None, description="stop once the verdicts are settled (one worker)")
 
     @model_validator(mode="after")
     def _non_empty(self):
@@ -96,7 +111,42 @@ class CampaignSpec(PlanSpec):
             raise ValueError("give a matrix (fields with non-empty lists of values) and/or variants")
         if "variant" in self.matrix:
             raise ValueError("'variant' is the name of the variants axis; it cannot be a matrix field")
+        if self.sequential is not None:
+            self._check_sequential()
         return self
+
+    def _check_sequential(self) -> None:
+        seq = self.sequential
+        if seq.block not in (["seed"], ["seed", "data.fold"]):
+            raise ValueError(f"sequential.block must be [seed] or [seed, data.fold], not {seq.block}")
+        missing = [a for a in seq.block if a not in self.matrix]
+        if missing or ("data.fold" in self.matrix and "data.fold" not in seq.block):
+            raise ValueError(f"sequential.block {seq.block} must name the matrix's replicate axes (seed, and "
+                             f"data.fold when varied); the matrix has {list(self.matrix)}")
+        if "data.fold" in seq.block and len(self.matrix["data.fold"]) < 2:
+            raise ValueError("sequential.block has data.fold: every look needs two or more folds")
+        if seq.max_blocks is not None and seq.max_blocks > len(self.blocks()):
+            raise ValueError(f"sequential.max_blocks {seq.max_blocks} exceeds the {len(self.blocks())} blocks "
+                             "the matrix has")
+        if seq.min_blocks > len(self.blocks()[:seq.max_blocks]):
+            raise ValueError("sequential.min_blocks exceeds the blocks the design runs")
+        if self.delta is not None and self.delta != seq.delta:
+            raise ValueError(f"delta {self.delta} and sequential.delta {seq.delta} differ: give one")
+        if self.variants:
+            raise ValueError("a sequential campaign takes a matrix, not variants")
+
+    def blocks(self) -> list[tuple]:
+        """The sequential design's blocks in look order: (seed, fold) fold-major within seed, or (seed,)."""
+        axes = self.sequential.block if self.sequential else ["seed"]
+        return list(itertools.product(*(self.matrix[a] for a in axes)))
+
+    def block_of(self, cell: dict) -> int:
+        """The 1-based block of a cell."""
+        return self.blocks().index(tuple(cell[a] for a in self.sequential.block)) + 1
+
+    def margin(self) -> float | None:
+        """The equivalence margin: `delta`, or the sequential design's."""
+        return self.delta if self.delta is not None else (self.sequential.delta if self.sequential else None)
 
     def overrides(self, values: dict[str, Any]) -> list[str]:
         values = dict(values)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
-from harness.config.load import load_spec
+from harness.config.load import SpecError, load_spec
 from harness.config.sweeps import CampaignSpec
 from harness.run import run_experiment, run_identity
 from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
@@ -31,6 +32,7 @@ from harness.tracking.mlflow import run_metrics
 class CellResult:
     cell: dict
     status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED | TO RUN, TO RESUME (dry run)
+    #              | NOT NEEDED (a sequential campaign stopped before its block)
     run_id: str = ""
     test_dice: float | None = None
     error: str = ""
@@ -73,10 +75,15 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     if dry_run or not todo:
         return [results[i] for i in range(1, len(cells) + 1)]
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
-    queued = queue.enqueue(todo)
+    queued = queue.enqueue(todo if spec.sequential is None else [])  # sequential: block by block
     print(f"queued {len(queued)} of {len(todo)} cell(s) to run in campaign:{spec.name} "
           f"({storage_url or paths.OPTUNA / f'campaign-{spec.name}.journal'}); {workers} worker(s)", flush=True)
-    if launch is not None:
+    if spec.sequential is not None:
+        if launch is not None or workers != 1:
+            raise SpecError(f"campaign {spec.name}: a sequential campaign runs with one worker (--workers 1) "
+                            "for now: its looks are taken between blocks")
+        ran = run_blocks(spec, base, queue, [c for i, c in enumerate(cells, 1) if i not in results])
+    elif launch is not None:
         if not launch(workers):
             return []
         ran = {}
@@ -86,6 +93,48 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
         raise ValueError("more than one worker needs a launcher (harness.sweeps.launch)")
     return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell)
             for i, cell in enumerate(cells, 1)]
+
+
+def run_blocks(spec: CampaignSpec, base: Path, queue: CellQueue, todo: list[dict]) -> dict[str, CellResult]:
+    """A sequential campaign (spec.sequential): queue and run the cells of one block at a time, in look
+    order, and after each block from min_blocks on take a look (`look`); once it stops, the cells of
+    later blocks are NOT NEEDED. Blocks already FINISHED are looked at again: a look is a pure function
+    of the record, so a re-run reproduces the stop."""
+    seq, ran = spec.sequential, {}
+    last = seq.max_blocks or len(spec.blocks())
+    for k in range(1, last + 1):
+        block = [c for c in todo if spec.block_of(c) == k]
+        if block:
+            queue.enqueue(block)
+            print(f"block {k}/{last}: {len(block)} cell(s)", flush=True)
+            ran.update(work(spec, base, queue))
+        if k >= seq.min_blocks and look(spec, k, last):
+            break
+    else:
+        k = last
+    for cell in todo:
+        if spec.block_of(cell) > k:
+            ran[cell_key(cell)] = CellResult(cell, "NOT NEEDED")
+    return ran
+
+
+def look(spec: CampaignSpec, k: int, last: int) -> bool:
+    """Take look k (python -m analysis.sequential --look: it reads the record, never this process's
+    state) and print its decisions; True when every comparison is decided, or at the last block."""
+    seq = spec.sequential
+    out = subprocess.run([sys.executable, "-m", "analysis.sequential", "--look", spec.name, "--delta", str(seq.delta),
+                          "--max-blocks", str(last), "--spending", seq.spending, "--min-blocks", str(seq.min_blocks)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"look {k} of campaign {spec.name} failed: {out.stderr.strip()[-500:]}")
+    verdict = json.loads(out.stdout.strip().splitlines()[-1])
+    for d in verdict["decisions"]:
+        print(f"  look {d['look']}: {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} "
+              f"(p {d['p']:.3g} < {d['level']:.3g})", flush=True)
+    if verdict["stop"]:
+        print(f"campaign {spec.name}: every comparison decided at look {verdict['look']}: stopping "
+              f"({last - verdict['look']} block(s) not needed)", flush=True)
+    return bool(verdict["stop"]) or k >= last
 
 
 def worker_name(index: int) -> str:
@@ -157,7 +206,7 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
     exp = _cell_spec(spec, base, cell)
     tags = {"campaign": spec.name, "campaign.axes": ",".join(spec.axis_names()),
             "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()},
-            **({"campaign.delta": spec.delta} if spec.delta is not None else {})}
+            **({"campaign.delta": spec.margin()} if spec.margin() is not None else {})}
     made: list[Tracker] = []
     try:
         done, resume = _earlier_runs(experiment, spec.name, exp, f"{head} {exp.name}")
