@@ -20,6 +20,8 @@ from markupsafe import Markup
 from analysis.results import ALPHA, LEVEL
 from analysis.stats import FEW_RUNS
 
+__all__ = ["Figure", "Markup", "figure", "fragment", "html_table", "page", "sentence"]
+
 # The glyphs sentences use: HTML entities on the page (as reports always printed them), characters
 # in the terminal.
 _GLYPHS = {"plusmn": ("&plusmn;", "±"), "minus": ("&minus;", "−"), "times": ("&times;", "×"), "lt": ("&lt;", "<")}

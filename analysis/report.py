@@ -174,7 +174,28 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
         parts += _plan_section(paired)
+    if "campaign.sequential" in runs and runs["campaign.sequential"].notna().any():
+        parts += _sequential_section(runs, axes, context["uri"])
     return parts
+
+
+def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) -> list:
+    """A sequential campaign's decisions, look by look (analysis.sequential.replay of the record)."""
+    import json
+
+    from analysis import sequential
+
+    design = json.loads(runs["campaign.sequential"].dropna().iloc[0])
+    design["max_blocks"] = design.get("max_blocks") or None
+    r = sequential.replay(runs, axes, design["delta"], design["max_blocks"], uri, design["spending"],
+                          design["min_blocks"])
+    design["max_blocks"] = design["max_blocks"] or r.recorded
+    rows = [{"metric": METRICS.get(d.metric, d.metric), "A": d.arms[0], "B": d.arms[1], "decision": d.verdict,
+             "look (blocks)": d.look, "level (boundary / family)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}")}
+            for d in r.decisions]
+    table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No comparison decided yet.</p>"
+    return [render.fragment("sections/sequential.html.j2", design=design, family=r.family, recorded=r.recorded,
+                            stopped=len(r.decisions) == r.family, stop=r.stop, table=render.Markup(table))]
 
 
 def _plan_section(paired: dict) -> list:

@@ -27,7 +27,7 @@ KEY_PARAMS = ["model.arch", "model.base_width", "model.upsample", "model.padding
               "data.num_classes", "data.target", "seed"]
 FOLD = "data.fold"  # like the seed, a replicate: runs differing only in it form one arm
 KEY_TAGS = ["campaign", "spec_hash", "git.commit", "git.dirty", "data.fingerprint", "device", "amp.dtype",
-            "campaign.delta"]
+            "campaign.delta", "campaign.sequential"]
 
 
 def tracking_uri(uri: str | None = None) -> str:

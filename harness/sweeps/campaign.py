@@ -206,7 +206,8 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
     exp = _cell_spec(spec, base, cell)
     tags = {"campaign": spec.name, "campaign.axes": ",".join(spec.axis_names()),
             "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()},
-            **({"campaign.delta": spec.margin()} if spec.margin() is not None else {})}
+            **({"campaign.delta": spec.margin()} if spec.margin() is not None else {}),
+            **({"campaign.sequential": spec.sequential.model_dump_json()} if spec.sequential else {})}
     made: list[Tracker] = []
     try:
         done, resume = _earlier_runs(experiment, spec.name, exp, f"{head} {exp.name}")
