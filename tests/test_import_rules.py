@@ -172,3 +172,23 @@ def test_a_new_architecture_is_one_model_file_and_one_catalog_entry(tmp_path):
     assert "test/dice" in out.stdout
     assert "model.upsample='nearest' does not apply to model.arch=toy" in out.stdout
     assert "'toy'" in out.stdout.split("name error:")[1] and "'unet'" in out.stdout.split("name error:")[1]
+
+
+def test_no_function_in_harness_takes_more_than_6_parameters():
+    """Components take plain arguments or a small frozen settings object: at most 6 named parameters
+    (self/cls not counted). nn.Module constructors whose parameters are an architecture's knobs are
+    exempt. `python3 .ci/sizes.py harness` prints the counts and function sizes."""
+    over = []
+    for path in _harness_files():
+        tree = ast.parse(path.read_text())
+        modules = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                   and any(getattr(b, "attr", getattr(b, "id", "")) == "Module" for b in n.bases)}
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] + [tree]:
+            for node in (n for n in getattr(cls, "body", []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                if getattr(cls, "name", None) in modules and node.name == "__init__":
+                    continue
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                if len(names) > 6:
+                    over.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({len(names)})")
+    assert over == []
