@@ -11,6 +11,7 @@ import sys
 
 from harness.commands import STOP_NOW, Command, experiment, info, sweeps, trained
 from harness.config.load import SpecError
+from harness.progress import quiet_library_bars
 
 EXAMPLES = """examples:
   python -m harness experiment experiments/quickstart.yaml
@@ -66,6 +67,7 @@ def _on_signal(ctrl_c: str):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = COMMANDS[args.command]
+    quiet_library_bars()
     signal.signal(signal.SIGTERM, _on_signal(command.ctrl_c))
     signal.signal(signal.SIGINT, _on_signal(command.ctrl_c))
     try:

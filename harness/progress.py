@@ -10,6 +10,7 @@ ends sooner (the loop's own one line per epoch says what happened):
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -74,6 +75,13 @@ class LogBar(tqdm):
     def close(self):
         self._closing = True
         super().close()
+
+
+def quiet_library_bars() -> None:
+    """Where stderr is not a terminal, turn off the bars a library draws itself (MLflow's artifact
+    downloads, when predict or evaluate loads a logged model), which no LogBar can reach."""
+    if not on_terminal():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def progress(iterable=None, **kwargs) -> tqdm:

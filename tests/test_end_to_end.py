@@ -118,15 +118,18 @@ def test_no_secret_environment_variable_is_recorded(finished_run):
 
 
 def test_predict_round_trip(finished_run, tmp_path):
-    tmp, uri, _, run = finished_run
+    """From another folder, so without the run's best.pt: the logged model, downloaded (and MLflow's
+    download bar is off, as stderr is no terminal)."""
+    _, uri, _, run = finished_run
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(inputs / "a.png")
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(inputs / "b.jpg")
     proc = _cli(["predict", "--run", run.info.run_id, "--input", str(inputs), "--output", str(tmp_path / "out")],
-                tmp, uri)
+                tmp_path, uri)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"weights: runs:/{run.info.run_id}/unet-w8" in proc.stdout and "\r" not in proc.stderr
     for stem, size in (("a", (70, 45)), ("b", (32, 32))):
         mask = Image.open(tmp_path / "out" / f"{stem}_mask.png")
         assert mask.size == size
