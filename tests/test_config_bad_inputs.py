@@ -17,7 +17,7 @@ from test_config_specs import BAD
 from harness.config.load import SpecError, load_spec
 from harness.data import DataError, DataSettings, build_data
 
-from conftest import write_pet_layout
+from conftest import REPO, write_pet_layout
 
 # (yaml text, overrides, words the message must contain); merged below with test_config_specs.BAD.
 MORE_SPECS = {
@@ -252,3 +252,35 @@ def test_spec_files_are_read_with_safe_load(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(SpecError, match="invalid YAML"):
         load_spec(path)
+
+
+def test_bad_sweep_and_weights_inputs_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    """#41's table: --workers 0, a storage that does not answer, a weights file that is not there, and one
+    that is not a state dict: each a one-line error (exit 2 where the CLI sees it), never a traceback,
+    never the advice to unpickle the file."""
+    import pickle
+
+    import torch
+
+    from harness.cli import main
+    from harness.models import WeightsUnavailable
+    from harness.models.resnet_unet import _from_file
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    campaign = REPO / "experiments" / "campaigns" / "debug_campaign.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["campaign", str(campaign), "--workers", "0"])
+    assert exit_.value.code == 2 and "--workers: 0: give 1 or more workers" in capsys.readouterr().err
+    assert main(["campaign", str(campaign), "--storage", "postgresql://u:secret@127.0.0.1:9/db"]) == 2
+    err = capsys.readouterr().err
+    assert "storage postgresql://u:***@127.0.0.1:9/db: cannot open it" in err and "secret" not in err
+    assert "Traceback" not in err
+    assert main(["validate", str(REPO / "experiments" / "resnet34_unet.yaml"),
+                 f"model.encoder_weights={tmp_path / 'missing.pth'}"]) == 2
+    assert "field 'model.encoder_weights':" in capsys.readouterr().err
+    torch.save({"conv1.weight": torch.zeros(1), "extra": pickle.PickleError("an object")}, tmp_path / "obj.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    for name in ("obj.pth", "text.pth"):
+        with pytest.raises(WeightsUnavailable, match="not a plain state dict") as raised:
+            _from_file(str(tmp_path / name))
+        assert "weights_only=False" not in str(raised.value)

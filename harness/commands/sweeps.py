@@ -8,8 +8,16 @@ import argparse
 from harness.commands import AFTER_EPOCH, Command, bad_input, spec_arguments
 
 
+def _at_least_one(text: str) -> int:
+    """--workers: a whole number of at least 1 (argparse turns the ValueError into exit 2 naming it)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more workers")
+    return value
+
+
 def _worker_arguments(parser, workers_help: str, storage_help: str) -> None:
-    parser.add_argument("--workers", type=int, default=1, help=workers_help)
+    parser.add_argument("--workers", type=_at_least_one, default=1, help=workers_help)
     parser.add_argument("--storage", default=None, help=storage_help)
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 

@@ -176,6 +176,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> ExperimentSpec:
     except ValidationError as err:
         raise SpecError(_format_errors(err, chain)) from None
     _check_write_paths(spec, chain)
+    _check_read_paths(spec, chain)
     return spec
 
 
@@ -198,6 +199,14 @@ def _resolve_paths(data: dict, chain, overrides) -> None:
         from_override = any(o.split("=", 1)[0].strip() == f"{name}.{key}" for o in overrides)
         anchor = Path.cwd() if from_override else _defining_file(chain, (name, key)).parent
         section[key] = str((anchor / value).resolve())
+
+
+def _check_read_paths(spec: "ExperimentSpec", chain) -> None:
+    """A weights file the spec names must exist (and be a file) before anything runs."""
+    weights = spec.model.encoder_weights
+    if weights.endswith(WEIGHT_SUFFIXES) and not Path(weights).is_file():
+        raise SpecError(f"{_locate(chain, ('model', 'encoder_weights'))}: field 'model.encoder_weights': "
+                        f"{weights} is not a file")
 
 
 def _check_write_paths(spec: "ExperimentSpec", chain) -> None:

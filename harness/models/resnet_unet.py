@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 from torch import nn
 from torchvision.models import ResNet34_Weights, resnet34
@@ -39,8 +41,14 @@ def _from_file(path: str) -> nn.Module:
     UNet does not use, may be absent. The first mismatch is named."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise WeightsUnavailable(f"model.encoder_weights={path}: cannot load it ({err})") from None
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as err:
+        # torch's own message advises weights_only=False, i.e. unpickling the file: never do that with a file
+        # one did not write; say what the harness needs instead.
+        why = str(err).split("\n")[0] if "weights_only" not in str(err) else "it holds objects other than tensors"
+        raise WeightsUnavailable(
+            f"model.encoder_weights={path}: not a plain state dict ({why}). The harness loads weights with "
+            "weights_only=True and never unpickles other objects; save them with torch.save(model.state_dict(), "
+            "path)") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

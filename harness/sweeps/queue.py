@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import optuna
 
 from harness import paths
+from harness.config.load import SpecError
 
 S = optuna.trial.TrialState
 LIVE = (S.WAITING, S.RUNNING)  # a cell with one of these is queued or held
@@ -46,11 +47,27 @@ def cell_key(cell: dict) -> str:
     return json.dumps(cell, sort_keys=True)
 
 
+def rdb_storage(url: str, **kwargs):
+    """optuna's RDBStorage at `url`; a server that does not answer is a SpecError naming the storage (its
+    password hidden) with the driver's first line, not a SQLAlchemy traceback."""
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as err:  # sqlalchemy's OperationalError, a missing driver, a malformed URL
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except Exception:
+            shown = url.split("@")[-1]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SpecError(f"storage {shown}: cannot open it ({type(err).__name__}: {first})") from None
+
+
 def storage_for_campaign(name: str, url: str | None = None):
     """The campaign's storage: `url` (sqlite/postgresql/mysql), else a journal file
     mlruns/optuna/campaign-<name>.journal."""
     if url:
-        return optuna.storages.RDBStorage(url)
+        return rdb_storage(url)
     path = paths.OPTUNA / f"campaign-{name}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

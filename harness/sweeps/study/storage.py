@@ -7,6 +7,7 @@ import optuna
 
 from harness import paths
 from harness.config.sweeps import StudySpec
+from harness.sweeps.queue import rdb_storage
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -27,9 +28,8 @@ def storage_for(spec: StudySpec, override: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(url, heartbeat_interval=spec.heartbeat_interval,
-                                          grace_period=spec.grace_period,
-                                          **{STALE_ARGUMENT: RetryStaleTrial(max_retry=1)})
+        return rdb_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
+                           **{STALE_ARGUMENT: RetryStaleTrial(max_retry=1)})
     raise ValueError(f"unsupported storage '{url}': use sqlite:///..., postgresql://... or leave it empty")
 
 
