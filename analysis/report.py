@@ -247,13 +247,15 @@ def provenance(runs: pd.DataFrame, axes: list[str]) -> dict:
     """What the runs were tested on (their test dataset input: name and digest; the fingerprint tag
     for runs that predate inputs: `older` counts them), then a note for each of amp.dtype and
     data.fingerprint that load_campaign made an axis: runs in more than one precision, or on more
-    than one version of the data."""
+    than one version of the data; and the extra FINISHED runs of a cell that load_campaign left out
+    (analysis.runs.one_run_per_cell)."""
     named = runs.get("dataset.test", pd.Series(dtype=object)).notna()
     tested = ", ".join(f"{name} ({digest})" for name, digest in
                        runs[named][["dataset.test", "data.fingerprint"]].drop_duplicates().itertuples(index=False))
     notes = [{"tag": tag, "counts": ", ".join(f"{n} with {v}" for v, n in runs[tag].value_counts().items())}
              for tag in ("amp.dtype", "data.fingerprint") if tag in axes]
-    return {"tested": tested, "older": int((~named).sum()), "axis_notes": notes}
+    return {"tested": tested, "older": int((~named).sum()), "axis_notes": notes,
+            "extra_runs": runs.attrs.get("extra_runs", [])}
 
 
 def main(argv=None) -> int:
@@ -295,6 +297,9 @@ def main(argv=None) -> int:
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.html)
+    if extra := runs.attrs.get("extra_runs"):
+        print(f"warning: {len(extra)} extra FINISHED run(s) of a cell not counted (the first to finish counts): "
+              + ", ".join(e["run_id"] for e in extra), file=sys.stderr)
     print(report.text() or "no conclusion yet: no setting has finished runs of every arm", end="\n\n")
     print(f"wrote {out}")
     if not args.no_log:

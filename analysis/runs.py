@@ -131,15 +131,37 @@ def load_campaign(campaign: str | list[str] | None = None, experiment: str | Non
     if len(frames) > 1:
         differ = _differing_params(frames)
         axes = [*differ, *[a for a in axes if a not in differ]]
-    raw = with_test_input(pd.concat([raw.sort_values("start_time") for raw in frames], ignore_index=True))
+    kept, extras = zip(*(one_run_per_cell(raw) for raw in frames))
+    raw = with_test_input(pd.concat([raw.sort_values("start_time") for raw in kept], ignore_index=True))
     axes = [*_unexplained_tags(raw, axes), *axes]
     runs = _with_arms(raw, axes)
+    runs.attrs["extra_runs"] = [row for extra in extras for row in extra]
     if len(frames) > 1:
         if absent := [a for a in axes if runs[a].isna().any()]:
             raise LookupError(f"campaigns {', '.join(names)} cannot be pooled: {', '.join(absent)} is not recorded "
                               "for every run")
         runs = runs.drop_duplicates(subset=axes, keep="first").reset_index(drop=True)
     return runs, axes
+
+
+CELL_IDENTITY = ["tags.campaign", "tags.campaign.cell", "tags.spec_hash", "tags.amp.dtype", "tags.data.fingerprint"]
+
+
+def one_run_per_cell(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """(raw with one FINISHED run per campaign cell, the extras): a cell is its campaign, cell tags,
+    spec hash, precision and data. Where the store holds more than one (a worker that woke up late
+    finished a cell another had finished), the run that finished first counts (end time, then run id);
+    the others are listed, never counted as seeds."""
+    keys = [k for k in CELL_IDENTITY if k in raw]
+    if "tags.campaign.cell" not in raw or raw.empty:
+        return raw, []
+    ordered = raw.sort_values(["end_time", "run_id"]) if "end_time" in raw else raw.sort_values("run_id")
+    extras, drop = [], []
+    for _, group in ordered[ordered["tags.campaign.cell"].notna()].groupby(keys, dropna=False, sort=False):
+        extras += [{"run_id": run, "cell": group["tags.campaign.cell"].iloc[0], "counted": group["run_id"].iloc[0]}
+                   for run in group["run_id"].iloc[1:]]
+        drop += list(group.index[1:])
+    return ordered.drop(index=drop), extras
 
 
 def load_evaluation(dataset: str, uri: str | None = None, split: str = "test") -> tuple[pd.DataFrame, list[str]]:

@@ -589,3 +589,35 @@ def test_a_cell_finished_on_other_data_runs_again_and_is_compared_apart(store, t
     assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED", "SKIPPED"]
     runs, axes = load_campaign("data_versions")
     assert axes == ["data.fingerprint", "seed"] and runs.groupby("data.fingerprint").size().tolist() == [2, 2]
+
+
+def test_a_cell_finished_twice_counts_once_and_the_extra_is_listed(store, tmp_path, capsys):
+    """A worker that woke up late finished a cell another had finished: the store holds two FINISHED runs
+    of it. The report, the overview and the notebooks (load_campaign) count the first to finish, once,
+    and the report lists the other; it is never a second seed."""
+    from analysis.overview import overview_table
+    from analysis.report import build_report, main
+    from analysis.runs import load_campaign
+
+    spec, base = debug_campaign(tmp_path, "twice", {"model.arch": ["unet", "resnet34_unet"], "seed": [0, 1]}, TINY)
+    assert [r.status for r in run_campaign(spec, base)] == ["FINISHED"] * 4
+    client = MlflowClient()
+    first = client.search_runs([client.get_experiment_by_name("debug").experiment_id],
+                               "tags.campaign = 'twice' and tags.`cell.model.arch` = 'resnet34_unet'")[0]
+    copy = client.create_run(first.info.experiment_id, tags=first.data.tags)
+    for key, value in first.data.params.items():
+        client.log_param(copy.info.run_id, key, value)
+    for key, value in first.data.metrics.items():
+        client.log_metric(copy.info.run_id, key, value)
+    client.log_artifact(copy.info.run_id, client.download_artifacts(first.info.run_id, "test_per_image.csv",
+                                                                   str(tmp_path)))
+    client.set_terminated(copy.info.run_id, "FINISHED")
+    runs, _ = load_campaign("twice")
+    assert len(runs) == 4 and copy.info.run_id not in set(runs.run_id)
+    assert runs.attrs["extra_runs"] == [{"run_id": copy.info.run_id, "cell": first.data.tags["campaign.cell"],
+                                         "counted": first.info.run_id}]
+    page = build_report(campaign="twice").html
+    assert "runs not counted" in page and copy.info.run_id in page and "2 seed(s) per arm" in page
+    assert set(overview_table(["twice"]).runs_b.dropna()) == {2}
+    assert main(["--campaign", "twice", "--out", str(tmp_path / "r.html"), "--no-log"]) == 0
+    assert "1 extra FINISHED run(s) of a cell not counted" in capsys.readouterr().err
