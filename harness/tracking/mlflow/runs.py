@@ -121,8 +121,10 @@ def run_tags(run_id: str) -> dict[str, str]:
 
 def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
               where_set: dict[str, str] | None = None) -> list[str]:
-    """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first. `where_set`:
-    tags a run must match if it has them (runs made before the harness recorded one still count)."""
+    """Ids of runs in `experiment` carrying all `tags` (and `status`), newest first; FINISHED runs in the
+    order they finished, so that the first is the one analysis counts when a cell finished twice
+    (analysis.runs.one_run_per_cell). `where_set`: tags a run must match if it has them (runs made
+    before the harness recorded one still count)."""
     client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -130,7 +132,9 @@ def find_runs(experiment: str, tags: dict[str, str], status: str | None = None,
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"])
+    order = ["attributes.end_time ASC", "attributes.run_id ASC"] if status == "FINISHED" else \
+        ["attributes.start_time DESC"]
+    runs = client.search_runs([found.experiment_id], " and ".join(clauses), order_by=order)
     return [r.info.run_id for r in runs if all(r.data.tags.get(k, v) == v for k, v in (where_set or {}).items())]
 
 
