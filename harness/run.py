@@ -22,7 +22,7 @@ from harness.build import build_parts, dtype_name, planned_precision, seed_every
 from harness.config.catalog import KNOBS
 from harness.config.load import ExperimentSpec, flatten
 from harness.engine import checkpoint, distributed
-from harness.engine.loop import EpochCallback, LoopSettings, LoopState, Parts, train
+from harness.engine.loop import FENCE, EpochCallback, LoopSettings, LoopState, Parts, train
 from harness.engine.step import choose_threshold
 from harness.engine.stored_size import score_split
 from harness.metrics import per_image_scores
@@ -136,11 +136,13 @@ def _finish(spec: ExperimentSpec, p: Parts, tracker, folder: Path, state: LoopSt
         p = replace(p, cfg=replace(p.cfg, threshold=threshold))
         chosen = {"eval/threshold": threshold, "eval/val_dice_at_threshold": at}
         print(f"threshold {threshold:.2f}: val/dice {at:.4f} (chosen on validation)", flush=True)
+    FENCE.check()  # before the test: a worker whose claim was lost writes no test metrics
     start = time.perf_counter()
     test = score_split(p.model, p.loaders["test"], p.loss_fn, p.cfg, p.data.test, tolerance=spec.eval.nsd_tolerance)
     test_metrics, test_s = test.metrics, time.perf_counter() - start
     unlogged = tracker.last_step("test/dice") < 0  # a resumed run may have logged them before it died
     model_id = None
+    FENCE.check()  # and again before the model, the test metrics and the FINISHED status
     if world.is_main:  # the model first, so that the test metrics can be logged against it
         model_id = outputs.log_run_artifacts(tracker, spec, p, state, test)
         outputs.log_predictions(tracker, p.data.test, test.predictions.numpy(), per_image_scores(test.counts)["dice"])

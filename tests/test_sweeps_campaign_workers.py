@@ -179,3 +179,66 @@ def test_dry_run_still_lists_and_queues_nothing(tmp_path, monkeypatch, capsys):
     assert "dry run: 4 cell(s) would run" in capsys.readouterr().out
     assert not (tmp_path / "mlruns" / "optuna").exists()
     assert json.loads(cell_key({"b": 1, "a": 2})) == {"a": 2, "b": 1}
+
+
+def test_a_claim_lost_is_seen_by_its_holder(journal):
+    """The token of a claim is its trial: handed on (failed as stale) or finished elsewhere, the holder's
+    next heartbeat sees it, names who has the cell now, and stops beating."""
+    a, b = CellQueue("c", journal, "a", stale_after=0.01), CellQueue("c", storage_for_campaign("c"), "b", 0.01)
+    a.enqueue(CELLS[:1])
+    claim = a.claim()
+    assert a._lost(claim) is None
+    time.sleep(0.05)
+    assert [b.hand_on(t) for t in b.stale()] == [True]
+    assert b.claim() is not None
+    by, why = a._lost(claim)
+    assert by == "b" and "handed on: its claim went stale" in why
+
+
+def test_a_worker_whose_claim_is_handed_on_stops_and_its_run_ends_killed(store, tmp_path, capsys):
+    """A paused worker's cell was handed on and trained by another: when it wakes, its heartbeat sees the
+    claim lost; it stops at the next epoch boundary, writes nothing more, ends its run KILLED tagged
+    superseded_by, and says so in one line. One FINISHED run per cell remains."""
+    import threading
+
+    from harness.config.sweeps import load_campaign_spec
+    from harness.sweeps.campaign import run_campaign
+
+    path = tmp_path / "fence.yaml"
+    path.write_text(yaml.safe_dump({"name": "fence", "base": str(EXPERIMENTS / "debug.yaml"), "stale_after_s": 0.4,
+                                    "matrix": {"seed": [0]},
+                                    "set": {"train.epochs": 30, "log_model": False, "model.base_width": 4,
+                                            "data.synthetic_size": [32, 8]}}))
+    spec, base = load_campaign_spec(path)
+    other = CellQueue("fence", storage_for_campaign("fence"), "other", stale_after=0.4)
+
+    def take_over():  # what another worker does once this one's claim is stale: fail it, queue the cell again
+        for _ in range(600):
+            running = other.running()
+            if running:
+                trial = running[0]
+                other.storage.set_trial_user_attr(trial._trial_id, "stale", True)
+                other.storage.set_trial_state_values(trial._trial_id, optuna_state().FAIL)
+                other.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"]})
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=take_over)
+    thread.start()
+    results = run_campaign(spec, base)
+    thread.join()
+    out = capsys.readouterr().out
+    assert "lost its claim" in out and "handed on: its claim went stale" in out
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("debug").experiment_id], "tags.campaign = 'fence'")
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 1 and "superseded_by" in killed[0].data.tags
+    assert "test/dice" not in killed[0].data.metrics  # nothing written after the claim was lost
+    assert [r.info.status for r in runs].count("FINISHED") == 1 and [r.status for r in results] == ["FINISHED"]
+    assert killed[0].data.tags["superseded_by"] == "the queue"  # handed on, its cell waiting for a worker
+
+
+def optuna_state():
+    import optuna
+
+    return optuna.trial.TrialState

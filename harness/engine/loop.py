@@ -39,6 +39,32 @@ class _StopRequest:
 STOP = _StopRequest()
 
 
+class Superseded(Exception):
+    """This process no longer holds the claim on its campaign cell (handed on, failed as stale, finished
+    elsewhere) or could not renew it: the run ends KILLED, tagged, and nothing more is written."""
+
+    run_status = "KILLED"
+
+    def __init__(self, reason: str, by: str):
+        super().__init__(reason)
+        self.run_tags = {"superseded_by": by}
+
+
+class _Fence:
+    """Set by a campaign worker's heartbeat (harness.sweeps.queue) when its claim is lost; the loop
+    checks it at each epoch boundary, before it writes the epoch, and the run before its test."""
+
+    lost: str = ""
+    by: str = ""
+
+    def check(self) -> None:
+        if self.lost:
+            raise Superseded(self.lost, self.by)
+
+
+FENCE = _Fence()
+
+
 @dataclass
 class Parts:
     """What a run trains with; built before the MLflow run exists, so bad input creates no run."""
@@ -130,6 +156,7 @@ def train(p: Parts, s: LoopSettings, tracker, folder: Path, on_epoch: EpochCallb
             metrics, rng, upcoming = run_epoch(p, s, epoch, upcoming)
             improved = state.record(epoch, metrics, s.patience)
             stopped_here = state.stop
+            FENCE.check()  # a lost claim: write nothing more, not even this epoch
             if world.is_main:
                 log = functools.partial(tracker.log_metrics, metrics, step=epoch) if epoch > logged_until else None
                 writer.submit(folder, state.to_checkpoint(p, rng), best=improved, last=s.resumable, then=log)

@@ -21,6 +21,7 @@ from pathlib import Path
 from harness import paths
 from harness.config.load import SpecError, load_spec
 from harness.config.sweeps import CampaignSpec
+from harness.engine.loop import Superseded
 from harness.run import run_experiment, run_identity
 from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
 from harness.tracking import store
@@ -193,6 +194,9 @@ def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) 
         try:
             with queue.holding(claim):
                 result = _run_cell(spec, base, experiment, cell, f"[{i}/{len(cells)}]")
+        except Superseded as lost:  # the run ended KILLED, tagged superseded_by; the cell is someone else's
+            print(f"[{who}] stopped [{i}/{len(cells)}] {_label(cell)}: {lost}", flush=True)
+            continue
         except KeyboardInterrupt:
             queue.release(claim)  # queued again at once: the next worker resumes its run
             raise
@@ -215,7 +219,7 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
             return CellResult(cell, "SKIPPED", done, run_metrics(done).get("test/dice"))
         result = run_experiment(exp, _opener(experiment, exp, tags, resume, made))
         return CellResult(cell, "FINISHED", result.run_id, result.test["test/dice"])
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Superseded):
         raise
     except Exception as err:  # recorded FAILED in MLflow by the tracker; keep going
         print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)

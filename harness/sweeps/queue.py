@@ -29,6 +29,7 @@ import optuna
 
 from harness import paths
 from harness.config.load import SpecError
+from harness.engine.loop import FENCE
 
 S = optuna.trial.TrialState
 LIVE = (S.WAITING, S.RUNNING)  # a cell with one of these is queued or held
@@ -116,13 +117,22 @@ class CellQueue:
     def holding(self, claim: Claim):
         """Keep `claim`'s heartbeat fresh (a daemon thread) while the cell runs."""
         stop = threading.Event()
+        FENCE.lost = FENCE.by = ""
 
         def beat():
+            renewed = time.time()
             while not stop.wait(min(HEARTBEAT_S, self.stale_after / 4)):
                 try:
+                    if lost := self._lost(claim):
+                        FENCE.by, FENCE.lost = lost
+                        return
                     self._beat(claim.trial_id)
-                except Exception:  # a storage hiccup: the next beat tries again
-                    pass
+                    renewed = time.time()
+                except Exception as err:  # a storage hiccup: ridden out until the claim would go stale
+                    if time.time() - renewed > self.stale_after:
+                        FENCE.by, FENCE.lost = "storage", (f"could not renew its claim for {self.stale_after:.0f} s "
+                                                           f"({type(err).__name__}); the run stays resumable")
+                        return
 
         thread = threading.Thread(target=beat, daemon=True, name="cell-heartbeat")
         thread.start()
@@ -131,6 +141,20 @@ class CellQueue:
         finally:
             stop.set()
             thread.join()
+
+    def _lost(self, claim: Claim) -> tuple[str, str] | None:
+        """(who has the cell now, why) when `claim` is no longer this worker's RUNNING trial, else None."""
+        trial = self.storage.get_trial(claim.trial_id)
+        if trial.state == S.RUNNING and trial.user_attrs.get("worker") == self.worker:
+            return None
+        live = [t for t in self._trials(LIVE) if t.user_attrs["cell"] == claim.cell and t.number != claim.number]
+        if trial.state == S.COMPLETE:
+            by = trial.user_attrs.get("mlflow_run_id") or "another worker"
+        else:
+            by = next((t.user_attrs["worker"] for t in live if t.user_attrs.get("worker")), "the queue")
+        why = ("finished elsewhere" if trial.state == S.COMPLETE else
+               "handed on: its claim went stale" if trial.user_attrs.get("stale") else f"now {trial.state.name}")
+        return by, f"lost its claim on {claim.cell} ({why}; now held by {by})"
 
     def finish(self, claim: Claim, dice: float | None, run_id: str) -> None:
         """COMPLETE with the cell's test/dice, or FAIL (dice None)."""
