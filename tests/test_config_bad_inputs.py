@@ -281,6 +281,6 @@ def test_bad_sweep_and_weights_inputs_exit_2_with_one_line(tmp_path, capsys, mon
     torch.save({"conv1.weight": torch.zeros(1), "extra": pickle.PickleError("an object")}, tmp_path / "obj.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
     for name in ("obj.pth", "text.pth"):
-        with pytest.raises(WeightsUnavailable, match="not a plain state dict") as raised:
+        with pytest.raises(WeightsUnavailable, match="not a state dict loadable with weights_only=True") as raised:
             _from_file(str(tmp_path / name))
         assert "weights_only=False" not in str(raised.value)

@@ -42,13 +42,14 @@ def _from_file(path: str) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as err:
-        # torch's own message advises weights_only=False, i.e. unpickling the file: never do that with a file
-        # one did not write; say what the harness needs instead.
-        why = str(err).split("\n")[0] if "weights_only" not in str(err) else "it holds objects other than tensors"
-        raise WeightsUnavailable(
-            f"model.encoder_weights={path}: not a plain state dict ({why}). The harness loads weights with "
-            "weights_only=True and never unpickles other objects; save them with torch.save(model.state_dict(), "
-            "path)") from None
+        # torch's own message advises weights_only=False or allowlisting globals, i.e. unpickling the file:
+        # never suggest that for a file one did not write; keep only what was wrong with it.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        found = [line.split("error:", 1)[1].split(". ")[0].strip() for line in lines
+                 if "WeightsUnpickler error:" in line]
+        why = next((w for w in found if w), lines[0] if lines and "weights_only" not in lines[0] else "unreadable")
+        raise WeightsUnavailable(f"model.encoder_weights={path}: not a state dict loadable with weights_only=True "
+                                 f"({why})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
