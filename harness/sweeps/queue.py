@@ -141,6 +141,7 @@ class CellQueue:
         finally:
             stop.set()
             thread.join()
+            FENCE.lost = FENCE.by = ""  # the fence is this claim's: a later run in this process is not fenced
 
     def _lost(self, claim: Claim) -> tuple[str, str] | None:
         """(who has the cell now, why) when `claim` is no longer this worker's RUNNING trial, else None."""
