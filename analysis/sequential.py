@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from analysis.results import ALPHA
+from analysis.results import ALPHA, LEVEL
 
 Spending = Literal["obrien_fleming", "pocock"]
 
@@ -183,7 +183,7 @@ def first_decisions(components: dict, design: Design, delta: float, family: int,
 def _rate(hits: np.ndarray) -> str:
     """'4.1% [3.3, 5.1]': a share with its 95% Clopper-Pearson interval."""
     k, n = int(hits.sum()), hits.size
-    ci = stats.binomtest(k, n).proportion_ci(0.95)
+    ci = stats.binomtest(k, n).proportion_ci(LEVEL)
     return f"{k / n:.1%} [{ci.low:.1%}, {ci.high:.1%}]"
 
 
