@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from analysis.plan import t_parts, tost
 from analysis.results import ALPHA, LEVEL
 
 Spending = Literal["obrien_fleming", "pocock"]
@@ -124,18 +125,10 @@ def _look_tests(d_runs: np.ndarray, folds: np.ndarray, delta: float):
     runs finished by this look; folds: each run's fold."""
     per_fold = np.stack([d_runs[:, folds == f].mean(axis=1) for f in np.unique(folds)], axis=1)  # (sims, F, n)
     d = per_fold.mean(axis=1)  # fold means first, as the harness averages within folds
-    fold_means = per_fold.mean(axis=2)
-    k = fold_means.shape[1]
+    images, runs = t_parts(d), t_parts(per_fold.mean(axis=2))  # over images; over fold means
     p_w = stats.wilcoxon(d, axis=1, method="approx").pvalue
-    n = d.shape[1]
-    se_i = d.std(axis=1, ddof=1) / np.sqrt(n)
-    p_i = 2 * stats.t.sf(np.abs(d.mean(axis=1)) / se_i, n - 1)
-    m, se_r = fold_means.mean(axis=1), fold_means.std(axis=1, ddof=1) / np.sqrt(k)
-    p_r = 2 * stats.t.sf(np.abs(m) / se_r, k - 1)
-    tost_i = np.maximum(stats.t.sf((d.mean(axis=1) + delta) / se_i, n - 1),
-                        stats.t.sf((delta - d.mean(axis=1)) / se_i, n - 1))
-    tost_r = np.maximum(stats.t.sf((m + delta) / se_r, k - 1), stats.t.sf((delta - m) / se_r, k - 1))
-    return np.maximum.reduce([p_w, p_i, p_r]), np.maximum(tost_i, tost_r)
+    p_i, p_r = (2 * stats.t.sf(np.abs(m) / se, df) for m, se, df in (images, runs))
+    return np.maximum.reduce([p_w, p_i, p_r]), np.maximum(tost(*images, delta), tost(*runs, delta))
 
 
 # The components of the paired Dice difference of a real campaign: first_comparison (the README's

@@ -209,8 +209,7 @@ def compare_arms(a, b, *, seed: int = 0, groups=None, margin: float | None = Non
         result = _runs_and_images(result, a + b, weights, seed, groups)
     if improvement:
         share, draws = improvement_share(a + b, weights, groups, seed=seed)
-        method = "bootstrap over folds, seeds and images" if groups is not None and len(shared_folds(groups)) >= 2 \
-            else "bootstrap over runs and images"
+        method = "bootstrap over folds, seeds and images" if n_folds(groups) >= 2 else "bootstrap over runs and images"
         result = dataclasses.replace(result, improvement=share,
                                      improvement_interval=Interval(*bias_corrected_interval(draws, share), method))
     if margin is not None:
@@ -247,8 +246,8 @@ def improvement_share(cells, weights, groups=None, n_boot: int = 2_000, seed: in
     cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
     point = float(_share(sum(w * c.mean(axis=0) for w, c in zip(weights, cells))))
     rng, n_img = np.random.default_rng(seed), cells[0].shape[1]
-    folds = shared_folds(groups) if groups is not None else []
-    rows = [{f: np.flatnonzero(np.asarray(g) == f) for f in folds} for g in groups] if len(folds) >= 2 else None
+    folds = shared_folds(groups) if n_folds(groups) >= 2 else []
+    rows = [{f: np.flatnonzero(np.asarray(g) == f) for f in folds} for g in groups] if folds else None
     draws = np.empty(n_boot)
     for t in range(n_boot):
         if rows:
@@ -285,11 +284,9 @@ def tost_p(d, cells, weights, margin: float, groups=None, seed: int = 0) -> floa
     cells = [np.atleast_2d(np.asarray(c, float)) for c in cells]
     if min(len(c) for c in cells) < 2:
         return 1.0
-    k = len(shared_folds(groups)) if groups is not None else 0
+    k = n_folds(groups)
     if 2 <= k < FEW_RUNS:
-        means = [c.mean(axis=1) for c in cells]  # one value per run
-        per_fold = np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, means, groups))
-                             for f in shared_folds(groups)])
+        per_fold = fold_contrasts(cells, groups, weights)
         runs = _tost_t(per_fold.mean(), per_fold.std(ddof=1) / np.sqrt(k), k - 1, margin)
     elif k >= 2:
         runs = _tost_draws(fold_contrast_draws(cells, groups, weights, seed=seed), margin)
@@ -351,10 +348,19 @@ def fold_contrast_t(cells, groups, weights, level: float = LEVEL) -> tuple[float
     """(point, low, high, p): the one-sample t over the K per-fold contrasts (each fold's runs
     averaged first), K - 1 degrees of freedom; for fewer than FEW_RUNS folds, where a bootstrap over
     K values is too narrow (a 5-fold campaign gets this one)."""
-    cells = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
-    per_fold = [sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, cells, groups))
-                for f in shared_folds(groups)]
-    return t_interval(per_fold, level)
+    return t_interval(fold_contrasts(cells, groups, weights), level)
+
+
+def fold_contrasts(cells, groups, weights) -> np.ndarray:
+    """The contrast in each fold every cell has, each cell's runs in that fold averaged first."""
+    means = [np.atleast_2d(np.asarray(c, float)).mean(axis=1) for c in cells]  # one value per run
+    return np.array([sum(w * m[np.asarray(g) == f].mean() for w, m, g in zip(weights, means, groups))
+                     for f in shared_folds(groups)])
+
+
+def n_folds(groups) -> int:
+    """How many folds every cell has (0 without groups): two or more make the runs interval hierarchical."""
+    return len(shared_folds(groups)) if groups is not None else 0
 
 
 def _runs_and_images(result: Comparison, cells, weights, seed: int, groups=None) -> Comparison:
@@ -362,7 +368,7 @@ def _runs_and_images(result: Comparison, cells, weights, seed: int, groups=None)
     fold) and two or more folds, over folds (a t over fold means below FEW_RUNS folds, else the
     hierarchical bootstrap); otherwise a Welch t over run means below FEW_RUNS runs in a cell, else
     the bootstrap over runs and images."""
-    k = len(shared_folds(groups)) if groups is not None else 0
+    k = n_folds(groups)
     if k >= 2:
         result = dataclasses.replace(result, n_folds=k)
     if k >= 2 and k < FEW_RUNS:
