@@ -195,7 +195,7 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) ->
             for d in r.decisions]
     table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No comparison decided yet.</p>"
     return [render.fragment("sections/sequential.html.j2", design=design, family=r.family, recorded=r.recorded,
-                            stopped=len(r.decisions) == r.family, stop=r.stop, table=render.Markup(table))]
+                            stopped=r.stopped, stop=r.stop, table=render.Markup(table))]
 
 
 def _plan_section(paired: dict) -> list:

@@ -222,8 +222,13 @@ class Replay:
     family: int
 
     @property
+    def stopped(self) -> bool:
+        """Every comparison decided (at a look: a record with no look yet, or one arm only, never stops)."""
+        return self.family > 0 and len(self.decisions) == self.family
+
+    @property
     def runs_saved(self) -> int:
-        return (self.recorded - self.stop) * self.runs_per_block if len(self.decisions) == self.family else 0
+        return (self.recorded - self.stop) * self.runs_per_block if self.stopped else 0
 
 
 def block_order(runs, folds: bool) -> list[tuple]:
@@ -232,20 +237,35 @@ def block_order(runs, folds: bool) -> list[tuple]:
     return sorted(set(runs[keys].itertuples(index=False, name=None)), key=lambda b: tuple(float(x) for x in b))
 
 
+def _block_key(block) -> tuple:
+    return tuple(float(x) for x in block)
+
+
 def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, uri: str | None = None,
-           spending: Spending = "obrien_fleming", min_blocks: int = 2) -> Replay:
+           spending: Spending = "obrien_fleming", min_blocks: int = 2, blocks: list | None = None,
+           per_block: int | None = None) -> Replay:
     """Take a recorded campaign's looks in block order, as a sequential campaign would have: at look k
     (k >= 2 blocks, each a cell of every arm) every comparison not yet decided is tested on the runs of
     blocks 1..k with the harness's rule (stats.compare_arms with the margin) at the boundary's nominal
-    level / family; decisions stay as made."""
+    level / family; decisions stay as made.
+
+    `blocks`: the design's blocks in look order ((seed, fold) or (seed,) tuples), as the campaign spec
+    lists them; default: those recorded, sorted. `per_block`: the cells of a block (arms x settings);
+    default: the most runs any recorded block has. Look k needs blocks 1..k all complete: with workers a
+    later block may finish first, and it waits for the earlier ones (looks are taken in block order)."""
     from analysis.paired import FOLD, compare_axis, headline_metrics, load_scores, paired_frames, strata_of
     from analysis.stats import compare_arms
 
     axis = compare_axis(axes)
-    folded = FOLD in runs and runs[FOLD].nunique() > 1
-    keys = runs[["seed", FOLD] if folded else ["seed"]].apply(tuple, axis=1)
-    per_block = int(keys.value_counts().max())  # a block: one cell of every arm (in every setting)
-    complete = [b for b in block_order(runs, folded) if (keys == b).sum() == per_block]
+    folded = FOLD in runs and (runs[FOLD].nunique() > 1 or (blocks is not None and len(blocks[0]) == 2))
+    keys = runs[["seed", FOLD] if folded else ["seed"]].apply(_block_key, axis=1)
+    per_block = per_block or int(keys.value_counts().max())  # a block: one cell of every arm (in every setting)
+    order = [_block_key(b) for b in (blocks if blocks is not None else block_order(runs, folded))]
+    complete = []
+    for b in order:  # the complete prefix: a look never skips an unfinished block
+        if (keys == b).sum() < per_block:
+            break
+        complete.append(b)
     total = max_blocks or len(complete)
     looks = list(range(min_blocks, len(complete) + 1))
     levels = nominal_levels(np.array(looks) / total, spending=spending) if looks else []
@@ -253,7 +273,7 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
     metrics = headline_metrics(scores)
     decided: dict[tuple, Decision] = {}
     stop = looks[-1] if looks else 0
-    family = len(metrics) * (runs[axis].nunique() - 1)
+    family = len(metrics) * (runs[keys.isin(complete)][axis].nunique() - 1) if complete else 0
     for k, level in zip(looks, levels):
         now = runs[keys.isin(complete[:k])]
         for m in metrics:
@@ -268,7 +288,7 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
                 elif r.p_equivalence is not None and r.p_equivalence < bar:
                     decided[(m, b)] = Decision(m, (paired.levels[0], b), f"equivalent within ±{delta:g}", k, bar,
                                                r.p_equivalence)
-        if len(decided) == family:
+        if family and len(decided) == family:
             stop = k
             break
     return Replay(list(decided.values()), stop, len(complete), per_block, family)
@@ -292,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-blocks", type=int, default=2, help="the first look (default %(default)s)")
     p.add_argument("--look", metavar="CAMPAIGN", help="a sequential campaign's current look, as one JSON line "
                    "(what `harness campaign` reads between blocks)")
+    p.add_argument("--blocks", help="with --look: the design's blocks in look order, as JSON ([[seed, fold], ...])")
+    p.add_argument("--per-block", type=int, help="with --look: the cells of one block (arms x settings)")
     args = p.parse_args(argv)
     if args.look:
         return _look_main(args)
@@ -313,9 +335,15 @@ def _look_main(args) -> int:
 
     from analysis.runs import load_campaign
 
-    runs, axes = load_campaign(args.look)
-    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending, min_blocks=args.min_blocks)
-    print(json.dumps({"stop": len(r.decisions) == r.family, "look": r.stop,
+    try:
+        runs, axes = load_campaign(args.look)
+    except LookupError:  # no run has finished yet: no look
+        print(json.dumps({"stop": False, "look": 0, "recorded": 0, "decisions": []}))
+        return 0
+    blocks = json.loads(args.blocks) if args.blocks else None
+    r = replay(runs, axes, args.delta, args.max_blocks, spending=args.spending, min_blocks=args.min_blocks,
+               blocks=blocks, per_block=args.per_block)
+    print(json.dumps({"stop": r.stopped, "look": r.stop, "recorded": r.recorded,
                       "decisions": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "verdict": d.verdict,
                                      "look": d.look, "level": d.level, "p": d.p} for d in r.decisions]}))
     return 0
@@ -335,7 +363,7 @@ def _replay_main(args) -> int:
           f"{r.family})")
     for d in r.decisions:
         print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.verdict} at look {d.look} (p {d.p:.3g} < {d.level:.3g})")
-    if len(r.decisions) == r.family:
+    if r.stopped:
         print(f"every comparison decided at look {r.stop} of {r.recorded}: {r.runs_saved} runs not needed")
     else:
         print(f"{r.family - len(r.decisions)} comparison(s) undecided at the last recorded look ({r.recorded}): "

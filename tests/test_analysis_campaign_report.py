@@ -265,6 +265,16 @@ def test_a_recorded_campaign_replays_look_by_look(campaign_store, capsys):
     assert main(["--replay", "debug_campaign", "--delta", "1"]) == 0
     assert "2 complete blocks of 2 runs recorded" in capsys.readouterr().out
     assert main(["--replay", "nope"]) == 2
+    # Looks go in block order: with block (0,) not finished, block (1,) alone allows no look (a later
+    # block may finish first with workers), and a block missing an arm is not complete.
+    waiting = replay(runs, axes, delta=1.0, blocks=[(7,), *sorted({(s,) for s in runs["seed"]})])
+    assert (waiting.recorded, waiting.decisions, waiting.stopped) == (0, [], False)
+    from analysis.paired import compare_axis
+
+    arm = compare_axis(axes)
+    one_arm = runs[runs[arm] == runs[arm].iloc[0]]
+    assert not replay(one_arm, axes, delta=1.0, per_block=2).stopped  # never "every comparison" of none
+    assert replay(one_arm, axes, delta=1.0, per_block=2).recorded == 0
 
 
 def test_stats_on_known_data():

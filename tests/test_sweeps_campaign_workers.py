@@ -242,3 +242,43 @@ def optuna_state():
     import optuna
 
     return optuna.trial.TrialState
+
+
+def test_cells_not_needed_leave_the_queue_and_are_not_handed_on(journal):
+    """A sequential campaign that stopped takes its later cells out of the queue: a WAITING one is
+    failed (not_needed), a RUNNING one may finish but is not handed on when its claim goes stale."""
+    queue = CellQueue("c", journal, "w0", stale_after=0.01)
+    queue.enqueue(CELLS)
+    held = queue.claim()
+    assert queue.drop([cell_key(c) for c in CELLS[:2]]) == 1  # cell 0 is held: marked, not failed
+    time.sleep(0.05)
+    stale = [t for t in queue.stale() if t.number == held.number]
+    assert stale and not queue.hand_on(stale[0])  # not queued again
+    assert queue.claim().cell == cell_key(CELLS[2]) and queue.claim() is None
+    latest = queue.states()
+    assert latest[cell_key(CELLS[1])].user_attrs["not_needed"] and latest[cell_key(CELLS[1])].state.name == "FAIL"
+
+
+@pytest.mark.slow
+def test_a_sequential_campaign_runs_with_two_workers_and_looks_in_block_order(tmp_path):
+    """2 seeds x 2 folds x 2 arms on two workers: blocks run in parallel, look 2 is taken once blocks 1-2
+    have finished (whichever worker ran them) and, with a margin no Dice difference reaches, stops the
+    campaign; queued cells of later blocks are NOT NEEDED and campaign-status says so."""
+    doc = {"name": "seq2", "base": str(EXPERIMENTS / "debug.yaml"),
+           "sequential": {"delta": 100, "block": ["seed", "data.fold"], "min_blocks": 2},
+           "matrix": {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet", "resnet34_unet"]},
+           "set": {"train.epochs": 1, "log_model": False, "model.base_width": 4, "data.synthetic_size": [32, 8],
+                   "data.folds": 2}}
+    path = tmp_path / "seq2.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    out, _ = _cli([str(path), "--workers", "2"], tmp_path, uri).communicate(timeout=1200)
+    assert "every comparison decided at look 2" in out and "FAILED" not in out, out[-4000:]
+    summary = out.split("campaign 'seq2': 8 cells")[1].splitlines()[1:9]
+    statuses = [line.split()[0] for line in summary]
+    assert statuses[:4] == ["FINISHED"] * 4, summary  # blocks 1-2
+    assert set(statuses[4:]) <= {"FINISHED", "NOT"} and "NOT" in statuses[4:], summary  # in flight, or not needed
+    status, _ = _cli([str(path), "--status"], tmp_path, uri).communicate(timeout=300)
+    assert "not needed" in status, status
+    again, _ = _cli([str(path)], tmp_path, uri).communicate(timeout=600)
+    assert "queued 0 of 0" in again and "claimed" not in again, again[-3000:]  # the record stops it

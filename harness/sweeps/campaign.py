@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
-from harness.config.load import SpecError, load_spec
+from harness.config.load import load_spec
 from harness.config.sweeps import CampaignSpec
 from harness.engine.loop import Superseded
 from harness.run import run_experiment, run_identity
@@ -76,66 +76,74 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     if dry_run or not todo:
         return [results[i] for i in range(1, len(cells) + 1)]
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
-    queued = queue.enqueue(todo if spec.sequential is None else [])  # sequential: block by block
+    verdict = look(spec)  # a sequential campaign's looks on the record so far; None for a fixed design
+    if verdict and verdict["stop"]:
+        todo = []  # the record already stops it (a re-run): nothing more is trained
+    elif verdict:
+        todo.sort(key=spec.block_of)  # blocks in look order: workers claim the lowest-numbered cell first
+    queued = queue.enqueue(todo)
     print(f"queued {len(queued)} of {len(todo)} cell(s) to run in campaign:{spec.name} "
           f"({storage_url or paths.OPTUNA / f'campaign-{spec.name}.journal'}); {workers} worker(s)", flush=True)
-    if spec.sequential is not None:
-        if launch is not None or workers != 1:
-            raise SpecError(f"campaign {spec.name}: a sequential campaign runs with one worker (--workers 1) "
-                            "for now: its looks are taken between blocks")
-        ran = run_blocks(spec, base, queue, [c for i, c in enumerate(cells, 1) if i not in results])
-    elif launch is not None:
+    ran = {}
+    if todo and launch is not None:
         if not launch(workers):
             return []
-        ran = {}
-    elif workers == 1:
+    elif todo and workers == 1:
         ran = work(spec, base, queue)
-    else:
+    elif todo:
         raise ValueError("more than one worker needs a launcher (harness.sweeps.launch)")
-    return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell)
+    if todo and verdict:
+        verdict = look(spec)
+    stop = verdict["look"] if verdict and verdict["stop"] else None
+    return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell, stop)
             for i, cell in enumerate(cells, 1)]
 
 
-def run_blocks(spec: CampaignSpec, base: Path, queue: CellQueue, todo: list[dict]) -> dict[str, CellResult]:
-    """A sequential campaign (spec.sequential): queue and run the cells of one block at a time, in look
-    order, and after each block from min_blocks on take a look (`look`); once it stops, the cells of
-    later blocks are NOT NEEDED. Blocks already FINISHED are looked at again: a look is a pure function
-    of the record, so a re-run reproduces the stop."""
-    seq, ran = spec.sequential, {}
-    last = seq.max_blocks or len(spec.blocks())
-    for k in range(1, last + 1):
-        block = [c for c in todo if spec.block_of(c) == k]
-        if block:
-            queue.enqueue(block)
-            print(f"block {k}/{last}: {len(block)} cell(s)", flush=True)
-            ran.update(work(spec, base, queue))
-        if k >= seq.min_blocks and look(spec, k, last):
-            break
-    else:
-        k = last
-    for cell in todo:
-        if spec.block_of(cell) > k:
-            ran[cell_key(cell)] = CellResult(cell, "NOT NEEDED")
-    return ran
-
-
-def look(spec: CampaignSpec, k: int, last: int) -> bool:
-    """Take look k (python -m analysis.sequential --look: it reads the record, never this process's
-    state) and print its decisions; True when every comparison is decided, or at the last block."""
-    seq = spec.sequential
+def look(spec: CampaignSpec) -> dict | None:
+    """A sequential campaign's looks on the record so far (python -m analysis.sequential --look: a pure
+    function of the FINISHED runs, never of this process's state): {stop, look, recorded, decisions}.
+    Look k is taken once blocks 1..k have all FINISHED, whichever worker ran them, so with workers
+    the looks are still taken in block order. None for a campaign that is not sequential."""
+    if (seq := spec.sequential) is None:
+        return None
+    blocks = spec.blocks()[: seq.max_blocks or len(spec.blocks())]
     out = subprocess.run([sys.executable, "-m", "analysis.sequential", "--look", spec.name, "--delta", str(seq.delta),
-                          "--max-blocks", str(last), "--spending", seq.spending, "--min-blocks", str(seq.min_blocks)],
+                          "--max-blocks", str(len(blocks)), "--spending", seq.spending, "--min-blocks",
+                          str(seq.min_blocks), "--blocks", json.dumps(blocks),
+                          "--per-block", str(len(spec.cells()) // len(spec.blocks()))],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"look {k} of campaign {spec.name} failed: {out.stderr.strip()[-500:]}")
+        raise RuntimeError(f"a look at campaign {spec.name} failed: {out.stderr.strip()[-500:]}")
     verdict = json.loads(out.stdout.strip().splitlines()[-1])
+    verdict["stop"] = verdict["stop"] or verdict["recorded"] >= len(blocks)  # the last look ends it anyway
+    return verdict
+
+
+def _print_look(spec: CampaignSpec, verdict: dict, who: str) -> None:
     for d in verdict["decisions"]:
-        print(f"  look {d['look']}: {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} "
+        print(f"[{who}] look {d['look']}: {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} "
               f"(p {d['p']:.3g} < {d['level']:.3g})", flush=True)
     if verdict["stop"]:
-        print(f"campaign {spec.name}: every comparison decided at look {verdict['look']}: stopping "
-              f"({last - verdict['look']} block(s) not needed)", flush=True)
-    return bool(verdict["stop"]) or k >= last
+        last = spec.sequential.max_blocks or len(spec.blocks())
+        print(f"[{who}] campaign {spec.name}: " + (f"every comparison decided at look {verdict['look']}: stopping "
+              f"({last - verdict['look']} block(s) not needed)" if verdict["look"] < last else
+              f"the last look ({last}) is taken"), flush=True)
+
+
+def _after_cell(spec: CampaignSpec, queue: CellQueue, seen: dict) -> None:
+    """A sequential campaign after a cell finished: take the looks the record now allows and print their
+    new decisions; once a look stops the campaign, the WAITING cells of later blocks leave the queue
+    (NOT NEEDED). Cells other workers hold may finish; they change no decision (look k reads blocks
+    1..k only). `seen`: this worker's last look printed, and whether it has stopped."""
+    verdict = look(spec)
+    if verdict["look"] > seen["look"] or verdict["stop"] and not seen["stopped"]:
+        new = dict(verdict, decisions=[d for d in verdict["decisions"] if d["look"] > seen["look"]])
+        _print_look(spec, new, queue.worker)
+        seen["look"] = verdict["look"]
+    if verdict["stop"] and not seen["stopped"]:
+        seen["stopped"] = True
+        if dropped := queue.drop([cell_key(c) for c in spec.cells() if spec.block_of(c) > verdict["look"]]):
+            print(f"[{queue.worker}] {dropped} queued cell(s) not needed", flush=True)
 
 
 def worker_name(index: int) -> str:
@@ -150,7 +158,8 @@ def run_campaign_worker(spec: CampaignSpec, base: Path, storage_url: str | None,
 
 def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> None:
     """Each cell: FINISHED (its run), RUNNING (the worker holding it, its last heartbeat), WAITING,
-    FAILED, or not queued; read from MLflow and the campaign's storage."""
+    FAILED, NOT NEEDED (a sequential campaign stopped first) or not queued; read from MLflow and the
+    campaign's storage."""
     experiment = spec.tracking or load_spec(base).tracking
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
     latest, now = queue.states(), time.time()
@@ -161,6 +170,8 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
         trial = latest.get(cell_key(cell))
         state = "FINISHED" if done else (trial.state.name if trial else "NOT QUEUED")
         state = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, state)
+        if state == "FAILED" and trial.user_attrs.get("not_needed"):
+            state = "NOT NEEDED"  # a sequential campaign stopped before its block
         if state == "RUNNING":
             state = "STALE" if now - trial.user_attrs.get("heartbeat", 0) > spec.stale_after_s else "RUNNING"
         where = done[0] if done else (f"{trial.user_attrs.get('worker', '')} heartbeat "
@@ -176,7 +187,7 @@ def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) 
     went stale (they died), so their runs resume here. Returns this worker's results by cell key."""
     experiment = spec.tracking or load_spec(base).tracking
     cells = {cell_key(c): (i, c) for i, c in enumerate(spec.cells(), 1)}
-    who, ran = queue.worker, {}
+    who, ran, seen = queue.worker, {}, {"look": 0, "stopped": False}
     while True:
         claim = queue.claim()
         if claim is None:
@@ -203,6 +214,8 @@ def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) 
         queue.finish(claim, result.test_dice if result.status != "FAILED" else None, result.run_id)
         ran[claim.cell] = result
         print(f"[{who}] {result.status.lower()} [{i}/{len(cells)}] {_label(cell)} {result.run_id}", flush=True)
+        if spec.sequential is not None and result.status != "FAILED":
+            _after_cell(spec, queue, seen)
 
 
 def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head: str) -> CellResult:
@@ -226,13 +239,16 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
         return CellResult(cell, "FAILED", made[0].run_id if made else "", error=f"{type(err).__name__}: {err}")
 
 
-def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict) -> CellResult:
-    """A cell another worker ran: FINISHED with its run, or FAILED."""
+def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict, stop: int | None = None) -> CellResult:
+    """A cell another worker ran: FINISHED with its run, NOT NEEDED (a block after the look `stop` at
+    which a sequential campaign stopped), or FAILED."""
     exp = _cell_spec(spec, base, cell)
     done = store.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED",
                            where_set=run_identity(exp))
     if done:
         return CellResult(cell, "FINISHED", done[0], run_metrics(done[0]).get("test/dice"))
+    if stop is not None and spec.block_of(cell) > stop:
+        return CellResult(cell, "NOT NEEDED")
     return CellResult(cell, "FAILED", error="no FINISHED run after the workers stopped (see their output)")
 
 
@@ -268,7 +284,7 @@ def print_summary(spec: CampaignSpec, results: list[CellResult]) -> None:
     print(f"\ncampaign '{spec.name}': {len(results)} cells")
     for r in results:
         dice = f"test/dice {r.test_dice:.4f}" if r.test_dice is not None else ""
-        print(f"  {r.status:<9} {_label(r.cell):<45} {r.run_id:<34} {dice}{r.error}")
+        print(f"  {r.status:<10} {_label(r.cell):<45} {r.run_id:<34} {dice}{r.error}")
     if planned := [r for r in results if r.status.startswith("TO ")]:
         print(f"dry run: {len(planned)} cell(s) would run, {len(results) - len(planned)} would not; nothing trained")
     failed = [r for r in results if r.status == "FAILED"]

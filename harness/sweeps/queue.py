@@ -181,10 +181,27 @@ class CellQueue:
             self.storage.set_trial_state_values(trial._trial_id, S.FAIL)
         except Exception:  # UpdateFinishedTrialError (RDB): already handed on
             return False
-        if trial.user_attrs["cell"] in {t.user_attrs["cell"] for t in self._trials(LIVE)}:
-            return False
+        if trial.user_attrs.get("not_needed") or trial.user_attrs["cell"] in {
+                t.user_attrs["cell"] for t in self._trials(LIVE)}:
+            return False  # not needed (a stopped sequential campaign), or queued again already
         self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number})
         return True
+
+    def drop(self, cells: list[str]) -> int:
+        """Take `cells` (keys) out of the queue (a sequential campaign stopped before their block): their
+        WAITING trials are failed and marked not_needed; a RUNNING one is marked so that it is not
+        handed on, and may finish. Returns the number taken out."""
+        dropped, wanted = 0, set(cells)
+        for t in self._trials(LIVE):
+            if t.user_attrs["cell"] not in wanted:
+                continue
+            self.storage.set_trial_user_attr(t._trial_id, "not_needed", True)
+            if t.state == S.WAITING:
+                try:
+                    dropped += bool(self.storage.set_trial_state_values(t._trial_id, S.FAIL))
+                except Exception:  # UpdateFinishedTrialError: claimed and finished meanwhile
+                    pass
+        return dropped
 
     def running(self) -> list[optuna.trial.FrozenTrial]:
         return self._trials((S.RUNNING,))
