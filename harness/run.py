@@ -88,6 +88,7 @@ def run_experiment(spec: ExperimentSpec, make_tracker, *, checkpoint_root: Path 
             here_s = sum(h["time/epoch_s"] for h in state.history[state.resumed_epochs:])
             tracker.log_metrics({"time/total_s": process_s + earlier_s, "time/overhead_s": process_s - here_s,
                                  "time/setup_s": setup}, step=state.epoch)
+            FENCE.check()  # the last safe point before the run is ended FINISHED
         if world.is_main:  # the run is FINISHED now: never resumed again, so only best.pt is worth its space
             checkpoint.drop_resume_state(folder)
     return result

@@ -364,3 +364,39 @@ def test_the_baseline_is_left_out_when_the_base_spec_lies_outside_the_space(stor
     assert 0.1 <= study.trials[0].params["train.lr"] <= 0.5
     off, _ = load_study_spec(DEBUG_STUDY, ["enqueue_baseline=false"])
     assert not off.enqueue_baseline
+
+
+@pytest.mark.filterwarnings("ignore:.*RetryHeartbeatStaleTrialCallback is experimental")
+def test_a_trial_failed_as_stale_meanwhile_stops_and_its_run_ends_killed(store, monkeypatch, capsys):
+    """A worker away past the grace period (suspended, partitioned) finds its trial failed as stale and
+    retried by another: at its next epoch boundary it stops, ends its MLflow run KILLED tagged
+    superseded_by the retry, writes nothing more, and goes on with the study. The store then holds one
+    FINISHED run per COMPLETE trial."""
+    from harness.engine import loop
+    from harness.sweeps.study.storage import RetryStaleTrial, storage_for
+
+    spec, base = load_study_spec(DEBUG_STUDY, ["n_trials=2"])
+    real, failed = loop.run_epoch, []
+
+    def run_epoch(p, s, epoch, upcoming):
+        if epoch == 2 and not failed:  # what fail_stale_trials does on another worker, once the heartbeat is old
+            study = optuna.load_study(study_name=spec.name, storage=storage_for(spec))
+            (trial,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            RetryStaleTrial(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
+            failed.append(trial.number)
+        return real(p, s, epoch, upcoming)
+
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    study = run_study(spec, base, DEBUG_STUDY)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"] and failed == [0]
+    assert study.trials[1].system_attrs["failed_trial"] == 0  # the retry
+    client = MlflowClient(store)
+    runs = {int(r.data.tags["optuna.trial"]): r for r in _children(client, study.user_attrs["mlflow_parent_run_id"])}
+    lost = runs[0]
+    assert lost.info.status == "KILLED" and lost.data.tags["superseded_by"] == "trial 1"
+    assert [m.step for m in client.get_metric_history(lost.info.run_id, "val/dice")] == [1]  # epoch 2 not written
+    assert "test/dice" not in lost.data.metrics
+    assert [runs[n].info.status for n in (1, 2)] == ["FINISHED", "FINISHED"]
+    assert "[trial 0] stopped: trial 0 is FAIL in the study (failed as stale)" in capsys.readouterr().out

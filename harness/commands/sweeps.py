@@ -4,6 +4,7 @@ command line, with the hidden --worker-index, for its local workers (harness.swe
 from __future__ import annotations
 
 import argparse
+import sys
 
 from harness.commands import AFTER_EPOCH, Command, bad_input, spec_arguments
 
@@ -69,6 +70,16 @@ def _campaign(args) -> int:
     from harness.config.sweeps import load_campaign_spec
 
     spec, base = load_campaign_spec(args.spec, args.overrides)
+    from harness.sweeps.queue import StorageLost
+
+    try:
+        return _run_campaign(args, spec, base)
+    except StorageLost as err:  # one line naming the storage; the same command goes on once it is back
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+
+
+def _run_campaign(args, spec, base) -> int:
     from harness.sweeps import campaign
     from harness.sweeps.launch import local_workers, submitit_workers
 

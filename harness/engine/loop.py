@@ -40,26 +40,46 @@ STOP = _StopRequest()
 
 
 class Superseded(Exception):
-    """This process no longer holds the claim on its campaign cell (handed on, failed as stale, finished
-    elsewhere) or could not renew it: the run ends KILLED, tagged, and nothing more is written."""
+    """This process no longer holds the claim on its campaign cell or study trial (handed on, failed as
+    stale, finished elsewhere), or could not renew it (`by` "storage"): the run ends KILLED, tagged
+    superseded_by (or self_fenced), and nothing more is written."""
 
     run_status = "KILLED"
 
     def __init__(self, reason: str, by: str):
         super().__init__(reason)
-        self.run_tags = {"superseded_by": by}
+        self.by = by
+        self.run_tags = {"self_fenced": reason} if by == "storage" else {"superseded_by": by}
 
 
 class _Fence:
-    """Set by a campaign worker's heartbeat (harness.sweeps.queue) when its claim is lost; the loop
-    checks it at each epoch boundary, before it writes the epoch, and the run before its test."""
+    """The claim this process trains under (a campaign cell, a study trial). `verify`, set by the
+    claimant, asks the storage whether the claim is still this process's: (who has it now, why) when
+    not, else None. A campaign's heartbeat thread also sets `lost` between checks. The loop checks at
+    each epoch boundary, before it writes the epoch; the run before its test, its model and metrics,
+    and its FINISHED status."""
 
     lost: str = ""
     by: str = ""
+    verify = None  # Callable[[], tuple[str, str] | None] | None
 
     def check(self) -> None:
+        if not self.lost and self.verify is not None:
+            try:
+                if lost := self.verify():
+                    self.by, self.lost = lost
+            except Exception:  # the storage does not answer: the heartbeat rides that out, or self-fences
+                pass
         if self.lost:
             raise Superseded(self.lost, self.by)
+
+    def hold(self, verify) -> None:
+        self.lost = self.by = ""
+        self.verify = verify
+
+    def release(self) -> None:
+        self.lost = self.by = ""
+        self.verify = None
 
 
 FENCE = _Fence()

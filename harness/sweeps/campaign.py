@@ -23,7 +23,7 @@ from harness.config.load import load_spec
 from harness.config.sweeps import CampaignSpec
 from harness.engine.loop import Superseded
 from harness.run import run_experiment, run_identity
-from harness.sweeps.queue import CellQueue, cell_key, storage_for_campaign
+from harness.sweeps.queue import CellQueue, StorageLost, cell_key, storage_for_campaign
 from harness.tracking import store
 from harness.tracking.base import RunOptions, Tracker, open_run
 from harness.tracking.mlflow import run_metrics
@@ -205,7 +205,9 @@ def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) 
         try:
             with queue.holding(claim):
                 result = _run_cell(spec, base, experiment, cell, f"[{i}/{len(cells)}]")
-        except Superseded as lost:  # the run ended KILLED, tagged superseded_by; the cell is someone else's
+        except Superseded as lost:  # the run ended KILLED, tagged; the cell is someone else's, or the storage is gone
+            if lost.by == "storage":
+                raise StorageLost(f"[{who}] stopped [{i}/{len(cells)}] {_label(cell)}: {lost}") from None
             print(f"[{who}] stopped [{i}/{len(cells)}] {_label(cell)}: {lost}", flush=True)
             continue
         except KeyboardInterrupt:

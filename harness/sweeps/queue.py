@@ -19,6 +19,7 @@ so a cell queued again after it finished is not trained twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -46,6 +47,46 @@ class Claim:
 
 def cell_key(cell: dict) -> str:
     return json.dumps(cell, sort_keys=True)
+
+
+class StorageLost(RuntimeError):
+    """The campaign's storage did not answer for stale_after seconds: this worker stops (its run, if
+    any, stays resumable) and the same command, run again once the storage is back, goes on."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+def _transient(err: Exception) -> bool:
+    """An error that a storage outage raises (a dropped or refused connection, a file system hiccup),
+    as opposed to one that says something about the trial (finished, unknown)."""
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2")
+
+
+def _retried(method):
+    """Retry a queue operation through a storage outage, with backoff (0.5 s doubling to 8 s), for up
+    to the queue's stale_after seconds; then StorageLost, naming the storage."""
+    @functools.wraps(method)
+    def retrying(self, *args, **kwargs):
+        deadline, wait = time.monotonic() + self.stale_after, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                if time.monotonic() + wait > deadline:
+                    raise StorageLost(f"storage {self.where}: no answer for {self.stale_after:.0f} s "
+                                      f"({type(err).__name__}); run the same command again once it is back") from None
+                time.sleep(wait)
+                wait = min(2 * wait, 8.0)
+    return retrying
+
+
+def describe(storage) -> str:
+    """Where a storage lives, for messages: its URL with the password hidden, or the journal's file."""
+    if engine := getattr(storage, "engine", None):
+        return engine.url.render_as_string(hide_password=True)
+    return str(getattr(getattr(storage, "_backend", None), "_file_path", type(storage).__name__))
 
 
 def rdb_storage(url: str, **kwargs):
@@ -78,13 +119,14 @@ class CellQueue:
     """The cells of one campaign in an Optuna storage. `worker` names this process in claims."""
 
     def __init__(self, campaign: str, storage, worker: str, stale_after: float = STALE_AFTER_S):
-        self.storage, self.worker, self.stale_after = storage, worker, stale_after
+        self.storage, self.worker, self.stale_after, self.where = storage, worker, stale_after, describe(storage)
         self.study = optuna.create_study(study_name=f"campaign:{campaign}", storage=storage, load_if_exists=True,
                                          direction="maximize")  # the value is the cell's test/dice
 
     def _trials(self, states=None) -> list[optuna.trial.FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False, states=states) if "cell" in t.user_attrs]
 
+    @_retried
     def enqueue(self, cells: list[dict]) -> list[str]:
         """Queue each cell (one that has no FINISHED run) not already WAITING or RUNNING; returns those queued."""
         queued = {t.user_attrs["cell"] for t in self._trials(LIVE)}
@@ -93,6 +135,7 @@ class CellQueue:
             self.study.enqueue_trial({}, user_attrs={"cell": key})
         return added
 
+    @_retried
     def claim(self) -> Claim | None:
         """Claim the lowest-numbered WAITING cell, or None when none is waiting. A claim that lost to a
         lower-numbered trial of the same cell (a cell queued twice) is failed and the next one tried."""
@@ -117,7 +160,7 @@ class CellQueue:
     def holding(self, claim: Claim):
         """Keep `claim`'s heartbeat fresh (a daemon thread) while the cell runs."""
         stop = threading.Event()
-        FENCE.lost = FENCE.by = ""
+        FENCE.hold(lambda: self._lost(claim))  # also asked at the loop's safe points, not only at heartbeats
 
         def beat():
             renewed = time.time()
@@ -130,8 +173,10 @@ class CellQueue:
                     renewed = time.time()
                 except Exception as err:  # a storage hiccup: ridden out until the claim would go stale
                     if time.time() - renewed > self.stale_after:
-                        FENCE.by, FENCE.lost = "storage", (f"could not renew its claim for {self.stale_after:.0f} s "
-                                                           f"({type(err).__name__}); the run stays resumable")
+                        FENCE.by, FENCE.lost = "storage", (
+                            f"storage {self.where}: could not renew its claim for {self.stale_after:.0f} s "
+                            f"({type(err).__name__}); the run stays resumable: run the same command again once "
+                            "the storage is back")
                         return
 
         thread = threading.Thread(target=beat, daemon=True, name="cell-heartbeat")
@@ -141,7 +186,7 @@ class CellQueue:
         finally:
             stop.set()
             thread.join()
-            FENCE.lost = FENCE.by = ""  # the fence is this claim's: a later run in this process is not fenced
+            FENCE.release()  # the fence is this claim's: a later run in this process is not fenced
 
     def _lost(self, claim: Claim) -> tuple[str, str] | None:
         """(who has the cell now, why) when `claim` is no longer this worker's RUNNING trial, else None."""
@@ -157,29 +202,33 @@ class CellQueue:
                "handed on: its claim went stale" if trial.user_attrs.get("stale") else f"now {trial.state.name}")
         return by, f"lost its claim on {claim.cell} ({why}; now held by {by})"
 
+    @_retried
     def finish(self, claim: Claim, dice: float | None, run_id: str) -> None:
         """COMPLETE with the cell's test/dice, or FAIL (dice None)."""
         self.storage.set_trial_user_attr(claim.trial_id, "mlflow_run_id", run_id)
         state, values = (S.FAIL, None) if dice is None else (S.COMPLETE, [dice])
         self.storage.set_trial_state_values(claim.trial_id, state, values)
 
+    @_retried
     def release(self, claim: Claim) -> None:
         """Give a claim back (Ctrl-C): FAIL it and queue its cell again, for the next worker."""
         self.storage.set_trial_user_attr(claim.trial_id, "released", True)
         self.storage.set_trial_state_values(claim.trial_id, S.FAIL)
         self.study.enqueue_trial({}, user_attrs={"cell": claim.cell, "handed_on_from": claim.number})
 
+    @_retried
     def stale(self) -> list[optuna.trial.FrozenTrial]:
         """RUNNING claims whose heartbeat is older than stale_after seconds."""
         now = time.time()
         return [t for t in self._trials((S.RUNNING,)) if now - t.user_attrs.get("heartbeat", 0) > self.stale_after]
 
+    @_retried
     def hand_on(self, trial: optuna.trial.FrozenTrial) -> bool:
         """Fail a stale claim and queue its cell again; False when another worker did it first."""
         try:
             self.storage.set_trial_user_attr(trial._trial_id, "stale", True)
             self.storage.set_trial_state_values(trial._trial_id, S.FAIL)
-        except Exception:  # UpdateFinishedTrialError (RDB): already handed on
+        except optuna.exceptions.UpdateFinishedTrialError:  # already handed on (or finished after all)
             return False
         if trial.user_attrs.get("not_needed") or trial.user_attrs["cell"] in {
                 t.user_attrs["cell"] for t in self._trials(LIVE)}:
@@ -187,6 +236,7 @@ class CellQueue:
         self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number})
         return True
 
+    @_retried
     def drop(self, cells: list[str]) -> int:
         """Take `cells` (keys) out of the queue (a sequential campaign stopped before their block): their
         WAITING trials are failed and marked not_needed; a RUNNING one is marked so that it is not
@@ -195,14 +245,15 @@ class CellQueue:
         for t in self._trials(LIVE):
             if t.user_attrs["cell"] not in wanted:
                 continue
-            self.storage.set_trial_user_attr(t._trial_id, "not_needed", True)
-            if t.state == S.WAITING:
-                try:
+            try:
+                self.storage.set_trial_user_attr(t._trial_id, "not_needed", True)
+                if t.state == S.WAITING:
                     dropped += bool(self.storage.set_trial_state_values(t._trial_id, S.FAIL))
-                except Exception:  # UpdateFinishedTrialError: claimed and finished meanwhile
-                    pass
+            except optuna.exceptions.UpdateFinishedTrialError:  # claimed and finished meanwhile
+                pass
         return dropped
 
+    @_retried
     def running(self) -> list[optuna.trial.FrozenTrial]:
         return self._trials((S.RUNNING,))
 

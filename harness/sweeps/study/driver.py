@@ -4,6 +4,7 @@ storage), the identity check that keeps trials comparable, and the summary at th
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -27,8 +28,17 @@ def run_study_worker(spec: StudySpec, base: Path, storage, worker: int, workers:
     callbacks = [optuna.study.MaxTrialsCallback(spec.n_trials, states=DONE)] if spec.n_trials else []
     if spec.n_trials and sum(t.state in DONE for t in study.trials) >= spec.n_trials:
         return
-    study.optimize(make_objective(spec, base, experiment, parent), n_trials=spec.n_trials, timeout=spec.timeout,
-                   callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+    objective, start = make_objective(spec, base, experiment, parent), time.monotonic()
+    while True:
+        timeout = None if spec.timeout is None else max(0.0, spec.timeout - (time.monotonic() - start))
+        try:
+            study.optimize(objective, n_trials=spec.n_trials, timeout=timeout, callbacks=callbacks,
+                           catch=(Exception,), gc_after_trial=True)
+            return
+        except ValueError:  # Optuna cannot tell a trial failed as stale meanwhile: go on with the next one
+            if not objective.lost:
+                raise
+            objective.lost.clear()
 
 
 class StudyMismatch(ValueError):

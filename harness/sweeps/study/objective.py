@@ -9,6 +9,7 @@ import optuna
 
 from harness.config.load import ExperimentSpec, flatten, load_spec
 from harness.config.sweeps import StudySpec
+from harness.engine.loop import FENCE, Superseded
 from harness.run import RunResult, run_experiment
 from harness.sweeps.study.storage import describe_sampler
 from harness.tracking import mlflow as tracking
@@ -97,17 +98,38 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
                 raise Pruned(f"trial {trial.number} pruned at epoch {epoch} ({spec.metric}={metrics[spec.metric]:.4f})")
 
         state = "FAIL"
+        FENCE.hold(lambda: trial_lost(trial))
         try:
             result = run_experiment(exp, make_tracker, on_epoch=on_epoch, resumable=False)  # a retry is a new trial
             state = "COMPLETE"
         except Pruned:
             state = "PRUNED"
             raise
+        except Superseded as lost:  # failed as stale while this worker was away: its run ended KILLED, tagged
+            objective.lost.add(trial.number)
+            print(f"[trial {trial.number}] stopped: {lost}", flush=True)
+            raise
         finally:
+            FENCE.release()
             if made and made[0].run_id:
-                trial.set_user_attr("mlflow_run_id", made[0].run_id)
+                if trial.number not in objective.lost:  # a trial failed as stale takes no more attributes
+                    trial.set_user_attr("mlflow_run_id", made[0].run_id)
                 tracking.set_run_tags(made[0].run_id, {"trial.state": state})
         found = _values(spec, result, exp)
         return found[0] if len(found) == 1 else found
 
+    objective.lost = set()  # trials this worker lost (failed as stale while it was away)
     return objective
+
+
+def trial_lost(trial: optuna.Trial) -> tuple[str, str] | None:
+    """(who has the trial's work now, why) when `trial` is no longer RUNNING in the study: an RDB storage
+    failed it as stale (no heartbeat for grace_period, e.g. its worker was suspended) and retried it as
+    a new trial; None while it is still this worker's."""
+    state = trial.study._storage.get_trial(trial._trial_id).state  # noqa: SLF001 (Optuna has no public reader)
+    if state == optuna.trial.TrialState.RUNNING:
+        return None
+    retry = next((t.number for t in trial.study.get_trials(deepcopy=False)
+                  if t.system_attrs.get("failed_trial") == trial.number), None)  # RetryFailedTrialCallback's mark
+    by = f"trial {retry}" if retry is not None else "the study"
+    return by, f"trial {trial.number} is {state.name} in the study (failed as stale); its work is {by}'s"
