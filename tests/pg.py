@@ -30,9 +30,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """The base URL 'postgresql://postgres@127.0.0.1:PORT', with stop() and start() for outage tests."""
+
+    def control(self, action: str) -> None:
+        mode = ["-m", "fast"] if action == "stop" else ["-o", self.options]
+        subprocess.run(_as_postgres([f"{self.bindir}/pg_ctl", "-D", self.data, "-w", "-l", f"{self.data}/log",
+                                     *mode, action]), check=True, capture_output=True, timeout=120)
+
+    def stop(self) -> None:
+        self.control("stop")
+
+    def start(self) -> None:
+        self.control("start")
+
+
 @contextmanager
 def postgres_server(databases=("optuna", "mlflow")):
-    """Yields a base URL 'postgresql://postgres@127.0.0.1:PORT'; None if PostgreSQL is absent."""
+    """Yields a Server (a base URL 'postgresql://postgres@127.0.0.1:PORT'); None if PostgreSQL is absent."""
     bindir = _bindir()
     if bindir is None:
         yield None
@@ -44,11 +59,13 @@ def postgres_server(databases=("optuna", "mlflow")):
     run = lambda *cmd: subprocess.run(_as_postgres(list(cmd)), check=True, capture_output=True, timeout=120)  # noqa: E731
     try:
         run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
-        run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log",
-            "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=300", "start")
+        options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o", options, "start")
         for db in databases:
             run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        server = Server(f"postgresql://postgres@127.0.0.1:{port}")
+        server.bindir, server.data, server.options = bindir, data, options
+        yield server
     finally:
         subprocess.run(_as_postgres([f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]),
                        capture_output=True, timeout=60)

@@ -282,3 +282,27 @@ def test_a_sequential_campaign_runs_with_two_workers_and_looks_in_block_order(tm
     assert "not needed" in status, status
     again, _ = _cli([str(path)], tmp_path, uri).communicate(timeout=600)
     assert "queued 0 of 0" in again and "claimed" not in again, again[-3000:]  # the record stops it
+
+
+def test_queue_calls_ride_out_a_storage_outage_then_name_the_storage(journal, monkeypatch):
+    """Claims and the other queue calls are retried with backoff while the storage fails (here: the
+    journal file unreadable for a while); past stale_after seconds, one StorageLost names the storage."""
+    from harness.sweeps.queue import StorageLost
+
+    queue = CellQueue("c", journal, "w0", stale_after=3)
+    queue.enqueue(CELLS)
+    real, failures = journal.get_all_trials, [2]
+
+    def flaky(*args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("Input/output error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "get_all_trials", flaky)
+    assert queue.claim().cell == cell_key(CELLS[0]) and failures == [0]  # two failures ridden out
+    failures[0] = 10**6  # an outage that outlasts stale_after
+    start = time.monotonic()
+    with pytest.raises(StorageLost, match=r"campaign-c\.journal: no answer for 3 s \(OSError\)"):
+        queue.claim()
+    assert time.monotonic() - start >= 3

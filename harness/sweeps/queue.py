@@ -59,7 +59,8 @@ class StorageLost(RuntimeError):
 def _transient(err: Exception) -> bool:
     """An error that a storage outage raises (a dropped or refused connection, a file system hiccup),
     as opposed to one that says something about the trial (finished, unknown)."""
-    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2")
+    return (isinstance(err, (OSError, optuna.exceptions.StorageInternalError))  # RDBStorage wraps SQLAlchemy's
+            or type(err).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2"))
 
 
 def _retried(method):
@@ -74,10 +75,10 @@ def _retried(method):
             except Exception as err:
                 if not _transient(err):
                     raise
-                if time.monotonic() + wait > deadline:
+                if (left := deadline - time.monotonic()) <= 0:
                     raise StorageLost(f"storage {self.where}: no answer for {self.stale_after:.0f} s "
                                       f"({type(err).__name__}); run the same command again once it is back") from None
-                time.sleep(wait)
+                time.sleep(min(wait, left))
                 wait = min(2 * wait, 8.0)
     return retrying
 
@@ -108,8 +109,8 @@ def rdb_storage(url: str, **kwargs):
 def storage_for_campaign(name: str, url: str | None = None):
     """The campaign's storage: `url` (sqlite/postgresql/mysql), else a journal file
     mlruns/optuna/campaign-<name>.journal."""
-    if url:
-        return rdb_storage(url)
+    if url:  # pre-ping: a connection the server dropped (a restart, an outage) is replaced, not used
+        return rdb_storage(url, engine_kwargs={"pool_pre_ping": True})
     path = paths.OPTUNA / f"campaign-{name}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
@@ -193,21 +194,29 @@ class CellQueue:
         trial = self.storage.get_trial(claim.trial_id)
         if trial.state == S.RUNNING and trial.user_attrs.get("worker") == self.worker:
             return None
-        live = [t for t in self._trials(LIVE) if t.user_attrs["cell"] == claim.cell and t.number != claim.number]
+        later = sorted((t for t in self._trials() if t.user_attrs["cell"] == claim.cell and t.number > claim.number),
+                       key=lambda t: (t.state != S.COMPLETE, t.number))  # the run that finished it, else who holds it
         if trial.state == S.COMPLETE:
             by = trial.user_attrs.get("mlflow_run_id") or "another worker"
+        elif later and later[0].state == S.COMPLETE and later[0].user_attrs.get("mlflow_run_id"):
+            by = later[0].user_attrs["mlflow_run_id"]
         else:
-            by = next((t.user_attrs["worker"] for t in live if t.user_attrs.get("worker")), "the queue")
+            by = next((t.user_attrs["worker"] for t in later if t.state in LIVE and t.user_attrs.get("worker")),
+                      "the queue")
         why = ("finished elsewhere" if trial.state == S.COMPLETE else
                "handed on: its claim went stale" if trial.user_attrs.get("stale") else f"now {trial.state.name}")
         return by, f"lost its claim on {claim.cell} ({why}; now held by {by})"
 
     @_retried
     def finish(self, claim: Claim, dice: float | None, run_id: str) -> None:
-        """COMPLETE with the cell's test/dice, or FAIL (dice None)."""
-        self.storage.set_trial_user_attr(claim.trial_id, "mlflow_run_id", run_id)
+        """COMPLETE with the cell's test/dice, or FAIL (dice None). A claim lost meanwhile (the cell was
+        found finished by another worker after a pause) is left as the queue has it."""
         state, values = (S.FAIL, None) if dice is None else (S.COMPLETE, [dice])
-        self.storage.set_trial_state_values(claim.trial_id, state, values)
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, "mlflow_run_id", run_id)
+            self.storage.set_trial_state_values(claim.trial_id, state, values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
 
     @_retried
     def release(self, claim: Claim) -> None:
