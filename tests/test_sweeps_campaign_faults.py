@@ -210,3 +210,22 @@ def test_a_queue_outage_past_the_stale_limit_stops_workers_and_the_rerun_complet
     runs = _one_finished_run_per_cell(uri, name)
     assert sorted(r.info.run_id for r in runs) == sorted(r.info.run_id for r in first)  # resumed, not new
     assert all(f"resuming run {r.info.run_id}" in again.out for r in first), again.out[-4000:]
+
+
+def test_a_sigterm_to_the_launcher_reaches_its_workers_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """A batch system's SIGTERM goes to the launcher only: it passes it on, each worker ends its run
+    KILLED after the epoch's checkpoint, the summary lists the cells KILLED (resumable), and the same
+    command resumes both runs to FINISHED."""
+    monkeypatch.chdir(tmp_path)
+    uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "sigterm"
+    path = _spec(tmp_path, name, stale_after_s=30, epochs=60)
+    campaign = Campaign(path, tmp_path, uri, "--workers", "2")
+    first = _training(uri, name, 2)
+    campaign.proc.send_signal(signal.SIGTERM)
+    assert campaign.finish(timeout=300) == 1, campaign.out[-4000:]
+    assert campaign.out.count("KILLED") >= 2 and "2 cell(s) stopped; the same command resumes them" in campaign.out
+    assert {r.info.status for r in _runs(uri, name)} == {"KILLED"}
+    again = Campaign(path, tmp_path, uri, "--workers", "2")
+    assert again.finish() == 0, again.out[-4000:]
+    runs = _one_finished_run_per_cell(uri, name)
+    assert sorted(r.info.run_id for r in runs) == sorted(r.info.run_id for r in first)  # resumed, not new

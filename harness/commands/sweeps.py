@@ -100,7 +100,7 @@ def _run_campaign(args, spec, base) -> int:
         print(f"make campaign-status SPEC={args.spec} shows their progress")
         return 0
     campaign.print_summary(spec, results)
-    return 1 if any(r.status == "FAILED" for r in results) else 0
+    return 1 if any(r.status in ("FAILED", "KILLED") for r in results) else 0
 
 
 STUDY = Command("run or resume an Optuna study over an experiment spec", _study_arguments, _study, AFTER_EPOCH,

@@ -32,7 +32,8 @@ from harness.tracking.mlflow import run_metrics
 @dataclass
 class CellResult:
     cell: dict
-    status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED | TO RUN, TO RESUME (dry run)
+    status: str  # FINISHED (ran now) | SKIPPED (already finished) | FAILED | KILLED (stopped; resumable)
+    #              | TO RUN, TO RESUME (dry run)
     #              | NOT NEEDED (a sequential campaign stopped before its block)
     run_id: str = ""
     test_dice: float | None = None
@@ -243,7 +244,7 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
 
 def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict, stop: int | None = None) -> CellResult:
     """A cell another worker ran: FINISHED with its run, NOT NEEDED (a block after the look `stop` at
-    which a sequential campaign stopped), or FAILED."""
+    which a sequential campaign stopped), KILLED (its run was stopped and can be resumed), or FAILED."""
     exp = _cell_spec(spec, base, cell)
     done = store.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "FINISHED",
                            where_set=run_identity(exp))
@@ -251,6 +252,9 @@ def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict, stop:
         return CellResult(cell, "FINISHED", done[0], run_metrics(done[0]).get("test/dice"))
     if stop is not None and spec.block_of(cell) > stop:
         return CellResult(cell, "NOT NEEDED")
+    if killed := store.find_runs(experiment, {"campaign": spec.name, "spec_hash": exp.spec_hash()}, "KILLED"):
+        return CellResult(cell, "KILLED", killed[-1], error="stopped (Ctrl-C, SIGTERM, or the storage gone); "
+                                                            "the same command resumes it")
     return CellResult(cell, "FAILED", error="no FINISHED run after the workers stopped (see their output)")
 
 
@@ -292,3 +296,5 @@ def print_summary(spec: CampaignSpec, results: list[CellResult]) -> None:
     failed = [r for r in results if r.status == "FAILED"]
     if failed:
         print(f"{len(failed)} cell(s) FAILED; re-run the same command to retry them (finished cells are skipped)")
+    if killed := [r for r in results if r.status == "KILLED"]:
+        print(f"{len(killed)} cell(s) stopped; the same command resumes them")

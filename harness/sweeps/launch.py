@@ -11,6 +11,7 @@ workers and returns True once they have stopped, or False when they run on their
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,17 @@ def local_workers(command: str, spec_path: Path, overrides: list[str], storage: 
 
     def launch(n: int) -> bool:
         procs = [subprocess.Popen([*cmd, f"--workers={n}", f"--worker-index={i}"]) for i in range(n)]
-        codes = [p.wait() for p in procs]
+
+        def forward(signum, frame):  # a SIGTERM to the launcher (a batch system's) reaches its workers too
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            codes = [p.wait() for p in procs]
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if any(codes):
             print(f"warning: worker exit codes {codes}", file=sys.stderr)
         return True
