@@ -259,11 +259,12 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
     axis = compare_axis(axes)
     folded = FOLD in runs and (runs[FOLD].nunique() > 1 or (blocks is not None and len(blocks[0]) == 2))
     keys = runs[["seed", FOLD] if folded else ["seed"]].apply(_block_key, axis=1)
-    per_block = per_block or int(keys.value_counts().max())  # a block: one cell of every arm (in every setting)
+    arms = runs.groupby(keys)["arm"].nunique()  # a block: one cell of every arm (in every setting)
+    per_block = per_block or int(arms.max())
     order = [_block_key(b) for b in (blocks if blocks is not None else block_order(runs, folded))]
     complete = []
-    for b in order:  # the complete prefix: a look never skips an unfinished block
-        if (keys == b).sum() < per_block:
+    for b in order:  # the complete prefix: a look never skips an unfinished block, nor counts an arm twice
+        if arms.get(b, 0) < per_block:
             break
         complete.append(b)
     total = max_blocks or len(complete)

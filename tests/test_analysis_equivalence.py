@@ -117,6 +117,7 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     page = build_report(campaign="seq").html
     assert "<h2>Sequential design</h2>" in page and "Every comparison was decided at look 2" in page
     assert "not adjusted for the looks" in page and "equivalent within ±100" in page
+    assert "boundary over 4 blocks" in page  # the design's 4 blocks (max_blocks unset), as the campaign looked
 
 
 @pytest.mark.parametrize("sequential, words", [({"delta": 0.01, "block": ["data.fold"]}, "block"),

@@ -271,7 +271,9 @@ def test_sigkill_at_a_fault_point_then_resume_matches_uninterrupted(point, tmp_p
     if point == "checkpoint_write":
         assert (run_dir / "last.pt.tmp").stat().st_size > 0  # the torn write is on disk
     logged = MlflowClient(store).get_metric_history(run_dir.name, "val/dice")
-    assert sorted(m.step for m in logged) == [1, 2]  # an epoch is logged only once its checkpoint is written
+    # An epoch is logged only once its checkpoint is written: never epoch 3; epoch 2's record may still have
+    # been on its way (the writer's thread logs it after the write) when the kill landed, and the resume logs it.
+    assert sorted(m.step for m in logged) in ([1], [1, 2])
     resumed = subprocess.run([sys.executable, "-m", "harness", *cli], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

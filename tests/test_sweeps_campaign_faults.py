@@ -137,6 +137,8 @@ def test_a_worker_paused_past_the_stale_limit_is_superseded(queue, tmp_path, mon
     arch = paused_run.data.tags["cell.model.arch"]
     worker, pid = _holder_pid(name, storage, arch)
     os.kill(pid, signal.SIGSTOP)
+    client = MlflowClient(uri)
+    epochs_at_pause = len(client.get_metric_history(paused_run.info.run_id, "val/dice"))
     before = _store(uri, name)
     try:
         campaign.wait_for(rf"handed on arch={arch}: the claim of {re.escape(worker)} went stale")
@@ -156,9 +158,13 @@ def test_a_worker_paused_past_the_stale_limit_is_superseded(queue, tmp_path, mon
     assert paused.info.status == "KILLED" and paused.data.tags["superseded_by"] == other[2]  # the run that finished it
     assert "test/dice" not in paused.data.metrics  # no test written after the handover
     assert re.search(rf"\[{re.escape(worker)}\] stopped \[\d/2\] arch={arch}: lost its claim", campaign.out)
+    # No checkpoint write begun once continued: each epoch is logged after its checkpoint is written, so
+    # at most the epoch whose write was under way at the pause lands after it, and no later one.
+    logged = client.get_metric_history(paused_run.info.run_id, "val/dice")
+    assert len(logged) <= epochs_at_pause + 1, (epochs_at_pause, len(logged))
     folder = tmp_path / "mlruns" / "checkpoints" / paused_run.info.run_id
-    written = {f.name: f.stat().st_mtime for f in folder.iterdir() if f.name != ".lock"}
-    assert written and max(written.values()) < resumed_at, written  # no checkpoint write once continued
+    newer = [f.name for f in folder.iterdir() if f.name != ".lock" and f.stat().st_mtime > resumed_at + 5]
+    assert not newer, newer  # nothing written in the folder a while after it was continued
 
 
 def test_a_queue_outage_under_the_stale_limit_is_ridden_out(server, tmp_path, monkeypatch, capsys):
@@ -187,7 +193,7 @@ def test_a_queue_outage_past_the_stale_limit_stops_workers_and_the_rerun_complet
     monkeypatch.chdir(tmp_path)
     uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "long_outage"
     storage = f"{server}/campaign"
-    path = _spec(tmp_path, name, stale_after_s=6, epochs=60)
+    path = _spec(tmp_path, name, stale_after_s=6, epochs=200)  # cells outlast the stale limit on any machine
     campaign = Campaign(path, tmp_path, uri, "--workers", "2", "--storage", storage)
     first = _training(uri, name, 2)
     server.stop()
@@ -229,3 +235,79 @@ def test_a_sigterm_to_the_launcher_reaches_its_workers_and_the_rerun_resumes(tmp
     assert again.finish() == 0, again.out[-4000:]
     runs = _one_finished_run_per_cell(uri, name)
     assert sorted(r.info.run_id for r in runs) == sorted(r.info.run_id for r in first)  # resumed, not new
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the launcher's local workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_path, capsys):
+    """Two study workers on PostgreSQL (heartbeat 1 s, grace 4 s); one is paused mid-trial. The other
+    fails its trial as stale and runs the retry; continued, the paused worker stops that trial's run
+    KILLED, tagged superseded_by the retry, and goes on: n_trials DONE, one FINISHED run per COMPLETE trial."""
+    import optuna
+
+    study_file = yaml.safe_load((EXPERIMENTS / "studies" / "debug_study.yaml").read_text())
+    study_file["base"] = str(EXPERIMENTS / "debug.yaml")
+    study_file["set"]["train.epochs"] = 40
+    spec = tmp_path / "paused_study.yaml"
+    spec.write_text(yaml.safe_dump(study_file))
+    storage, uri = f"{server}/campaign", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "study", str(spec), "n_trials=3", "pruner=none",
+                             "heartbeat_interval=1", "grace_period=4", "--workers", "2", "--storage", storage],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    polled = optuna.storages.RDBStorage(storage)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # both workers inside a trial, past its first epoch
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="debug_study", storage=polled).trials
+        except KeyError:
+            continue
+        if sum(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials) == 2:
+            break
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        while time.monotonic() < deadline:  # the other worker failed the paused trial as stale and retried it
+            time.sleep(0.5)
+            study = optuna.load_study(study_name="debug_study", storage=polled)
+            failed = [t for t in study.trials if t.state.name == "FAIL"]
+            retry = [t for t in study.trials if failed and t.system_attrs.get("failed_trial") == failed[0].number]
+            if retry and retry[0].state.name == "COMPLETE":
+                break
+    finally:
+        resumed_at = time.time()
+        os.kill(workers[0], signal.SIGCONT)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    study = optuna.load_study(study_name="debug_study", storage=polled)
+    polled.engine.dispose()
+    (lost,) = [t for t in study.trials if t.state.name == "FAIL"]
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+    client = MlflowClient(uri)
+    run = client.get_run(lost.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["superseded_by"] == f"trial {retry.number}"
+    assert f"[trial {lost.number}] stopped: trial {lost.number} is FAIL in the study (failed as stale)" in out
+    logged = client.get_metric_history(run.info.run_id, "val/dice")
+    assert max(m.timestamp for m in logged) / 1000 < resumed_at  # nothing logged once it was continued
+    children = client.search_runs([run.info.experiment_id], "tags.`optuna.study` = 'debug_study'")
+    finished = [r for r in children if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
+    complete = {t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "COMPLETE"}
+    assert {r.info.run_id for r in finished} == complete  # one FINISHED run per COMPLETE trial
+    with capsys.disabled():
+        print(f"\n[study] trial {lost.number}: run {run.info.run_id[:8]} {run.info.status} "
+              f"superseded_by={run.data.tags['superseded_by']}, {len(logged)} epochs; retried as trial "
+              f"{retry.number} ({retry.state.name}); states {[t.state.name for t in study.trials]}")

@@ -306,3 +306,24 @@ def test_queue_calls_ride_out_a_storage_outage_then_name_the_storage(journal, mo
     with pytest.raises(StorageLost, match=r"campaign-c\.journal: no answer for 3 s \(OSError\)"):
         queue.claim()
     assert time.monotonic() - start >= 3
+
+
+def test_claims_follow_the_order_and_a_cell_queued_again_keeps_its_place(journal):
+    """Workers claim by the order given at enqueue (a sequential campaign's blocks), not by when a cell
+    was queued: a released or handed-on cell goes back to its place. A retried hand-on whose FAIL had
+    landed still queues the cell, and a trial dropped meanwhile is skipped by claim."""
+    queue = CellQueue("c", journal, "w0", stale_after=0.01)
+    queue.enqueue(CELLS, orders=[2, 0, 1])
+    first = queue.claim()
+    assert first.cell == cell_key(CELLS[1])
+    queue.release(first)
+    assert queue.claim().cell == cell_key(CELLS[1])  # back at its place, ahead of orders 1 and 2
+    time.sleep(0.05)
+    (held,) = queue.stale()
+    journal.set_trial_state_values(held._trial_id, optuna_state().FAIL)  # the FAIL landed, the call was retried
+    assert queue.hand_on(held) and queue.claim().cell == cell_key(CELLS[1])
+    waiting = queue._trials((optuna_state().WAITING,))
+    journal.set_trial_state_values(waiting[0]._trial_id, optuna_state().FAIL)  # dropped between list and claim
+    monkey = queue._trials
+    queue._trials = lambda states=None: waiting if states == (optuna_state().WAITING,) else monkey(states)
+    assert queue.claim().cell == waiting[1].user_attrs["cell"]  # skipped, not a traceback

@@ -103,7 +103,8 @@ class CampaignSpec(PlanSpec):
                                  "is stale: the cell is handed to another worker, which resumes its run")
     delta: float | None = Field(None, gt=0, description="equivalence margin in metric units, fixed before any "
                                 "result: reports also say 'equivalent within +-delta' (TOST); tag campaign.delta")
-    sequential: SequentialSpec | None = Field(None, description="stop once the verdicts are settled (one worker)")
+    sequential: SequentialSpec | None = Field(None, description="stop once the verdicts are settled (looks in block "
+                                              "order)")
 
     @model_validator(mode="after")
     def _non_empty(self):

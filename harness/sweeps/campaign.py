@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import paths
 from harness.config.load import load_spec
 from harness.config.sweeps import CampaignSpec
-from harness.engine.loop import Superseded
+from harness.engine.loop import STOP, Superseded
 from harness.run import run_experiment, run_identity
 from harness.sweeps.queue import CellQueue, StorageLost, cell_key, storage_for_campaign
 from harness.tracking import store
@@ -62,6 +62,9 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     experiment = spec.tracking or load_spec(base).tracking
     cells, results, todo = spec.cells(), {}, []
     for i, cell in enumerate(cells, 1):
+        if spec.sequential and spec.block_of(cell) > (spec.sequential.max_blocks or len(spec.blocks())):
+            results[i] = CellResult(cell, "NOT NEEDED")  # past the design's last block: never queued
+            continue
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
             done, resume = _earlier_runs(experiment, spec.name, _cell_spec(spec, base, cell),
                                          f"[{i}/{len(cells)}] {spec.name}[{_label(cell)}]")
@@ -80,9 +83,10 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     verdict = look(spec)  # a sequential campaign's looks on the record so far; None for a fixed design
     if verdict and verdict["stop"]:
         todo = []  # the record already stops it (a re-run): nothing more is trained
-    elif verdict:
-        todo.sort(key=spec.block_of)  # blocks in look order: workers claim the lowest-numbered cell first
-    queued = queue.enqueue(todo)
+    # Workers claim in this order (a cell queued again keeps its place): a sequential campaign's blocks
+    # in look order, so its early looks are not held up by later blocks.
+    orders = [spec.block_of(c) if verdict else cells.index(c) for c in todo]
+    queued = queue.enqueue(todo, orders)
     print(f"queued {len(queued)} of {len(todo)} cell(s) to run in campaign:{spec.name} "
           f"({storage_url or paths.OPTUNA / f'campaign-{spec.name}.journal'}); {workers} worker(s)", flush=True)
     ran = {}
@@ -136,7 +140,11 @@ def _after_cell(spec: CampaignSpec, queue: CellQueue, seen: dict) -> None:
     new decisions; once a look stops the campaign, the WAITING cells of later blocks leave the queue
     (NOT NEEDED). Cells other workers hold may finish; they change no decision (look k reads blocks
     1..k only). `seen`: this worker's last look printed, and whether it has stopped."""
-    verdict = look(spec)
+    try:
+        verdict = look(spec)
+    except RuntimeError as err:  # a look that failed (the store busy, a signal) is taken after the next cell
+        print(f"[{queue.worker}] {err}; looking again after the next cell", flush=True)
+        return
     if verdict["look"] > seen["look"] or verdict["stop"] and not seen["stopped"]:
         new = dict(verdict, decisions=[d for d in verdict["decisions"] if d["look"] > seen["look"]])
         _print_look(spec, new, queue.worker)
@@ -190,6 +198,8 @@ def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) 
     cells = {cell_key(c): (i, c) for i, c in enumerate(spec.cells(), 1)}
     who, ran, seen = queue.worker, {}, {"look": 0, "stopped": False}
     while True:
+        if STOP.requested:  # a signal between cells: claim nothing more
+            raise KeyboardInterrupt(f"{STOP.requested}: stopped between cells")
         claim = queue.claim()
         if claim is None:
             handed = [t for t in queue.stale() if queue.hand_on(t)]
@@ -227,7 +237,7 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
     tags = {"campaign": spec.name, "campaign.axes": ",".join(spec.axis_names()),
             "campaign.cell": json.dumps(cell, sort_keys=True), **{f"cell.{k}": v for k, v in cell.items()},
             **({"campaign.delta": spec.margin()} if spec.margin() is not None else {}),
-            **({"campaign.sequential": spec.sequential.model_dump_json()} if spec.sequential else {})}
+            **({"campaign.sequential": _design(spec)} if spec.sequential else {})}
     made: list[Tracker] = []
     try:
         done, resume = _earlier_runs(experiment, spec.name, exp, f"{head} {exp.name}")
@@ -240,6 +250,13 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
     except Exception as err:  # recorded FAILED in MLflow by the tracker; keep going
         print(f"    FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return CellResult(cell, "FAILED", made[0].run_id if made else "", error=f"{type(err).__name__}: {err}")
+
+
+def _design(spec: CampaignSpec) -> str:
+    """The sequential design as recorded on each run (tag campaign.sequential), max_blocks resolved: the
+    report redraws the looks from it, at the boundaries the campaign used."""
+    seq = spec.sequential
+    return seq.model_copy(update={"max_blocks": seq.max_blocks or len(spec.blocks())}).model_dump_json()
 
 
 def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict, stop: int | None = None) -> CellResult:

@@ -110,7 +110,11 @@ def storage_for_campaign(name: str, url: str | None = None):
     """The campaign's storage: `url` (sqlite/postgresql/mysql), else a journal file
     mlruns/optuna/campaign-<name>.journal."""
     if url:  # pre-ping: a connection the server dropped (a restart, an outage) is replaced, not used
-        return rdb_storage(url, engine_kwargs={"pool_pre_ping": True})
+        engine = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):  # a partition (packets dropped, nothing refused) fails in ~10 s, not hangs
+            engine["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5,
+                                      "keepalives_interval": 2, "keepalives_count": 3}
+        return rdb_storage(url, engine_kwargs=engine)
     path = paths.OPTUNA / f"campaign-{name}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
@@ -121,6 +125,7 @@ class CellQueue:
 
     def __init__(self, campaign: str, storage, worker: str, stale_after: float = STALE_AFTER_S):
         self.storage, self.worker, self.stale_after, self.where = storage, worker, stale_after, describe(storage)
+        self.beat_s = min(HEARTBEAT_S, stale_after / 4)
         self.study = optuna.create_study(study_name=f"campaign:{campaign}", storage=storage, load_if_exists=True,
                                          direction="maximize")  # the value is the cell's test/dice
 
@@ -128,28 +133,39 @@ class CellQueue:
         return [t for t in self.study.get_trials(deepcopy=False, states=states) if "cell" in t.user_attrs]
 
     @_retried
-    def enqueue(self, cells: list[dict]) -> list[str]:
-        """Queue each cell (one that has no FINISHED run) not already WAITING or RUNNING; returns those queued."""
+    def enqueue(self, cells: list[dict], orders: list[int] | None = None) -> list[str]:
+        """Queue each cell (one that has no FINISHED run) not already WAITING or RUNNING; returns those queued.
+        `orders`: each cell's place in the claim order (default: its position); a cell queued again
+        (released, handed on) keeps its place, so a sequential campaign's early blocks stay first."""
         queued = {t.user_attrs["cell"] for t in self._trials(LIVE)}
-        added = [cell_key(c) for c in cells if cell_key(c) not in queued]
-        for key in added:
-            self.study.enqueue_trial({}, user_attrs={"cell": key})
-        return added
+        orders = orders if orders is not None else list(range(len(cells)))
+        added = [(cell_key(c), o) for c, o in zip(cells, orders) if cell_key(c) not in queued]
+        for key, order in added:
+            self.study.enqueue_trial({}, user_attrs={"cell": key, "order": order})
+        return [key for key, _ in added]
+
+    def _requeue(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number,
+                                                 "order": trial.user_attrs.get("order", 0)})
 
     @_retried
     def claim(self) -> Claim | None:
-        """Claim the lowest-numbered WAITING cell, or None when none is waiting. A claim that lost to a
-        lower-numbered trial of the same cell (a cell queued twice) is failed and the next one tried."""
-        for trial in sorted(self._trials((S.WAITING,)), key=lambda t: t.number):
+        """Claim the first WAITING cell (by its order, then trial number), or None when none is waiting. A
+        claim that lost to a lower-numbered trial of the same cell (a cell queued twice) is failed and the
+        next one tried; so is one taken out of the queue meanwhile (a sequential campaign's stop)."""
+        for trial in sorted(self._trials((S.WAITING,)), key=lambda t: (t.user_attrs.get("order", 0), t.number)):
             trial_id = trial._trial_id  # FrozenTrial's storage id (Optuna exposes no public name for it)
-            if not self.storage.set_trial_state_values(trial_id, S.RUNNING):
-                continue  # another worker claimed it first
-            self._beat(trial_id)
-            self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
-            key = trial.user_attrs["cell"]
-            if any(t.user_attrs["cell"] == key and t.number < trial.number for t in self._trials(LIVE)):
-                self.storage.set_trial_user_attr(trial_id, "duplicate", True)
-                self.storage.set_trial_state_values(trial_id, S.FAIL)
+            try:
+                if not self.storage.set_trial_state_values(trial_id, S.RUNNING):
+                    continue  # another worker claimed it first
+                self._beat(trial_id)
+                self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
+                key = trial.user_attrs["cell"]
+                if any(t.user_attrs["cell"] == key and t.number < trial.number for t in self._trials(LIVE)):
+                    self.storage.set_trial_user_attr(trial_id, "duplicate", True)
+                    self.storage.set_trial_state_values(trial_id, S.FAIL)
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:  # dropped or failed by another worker meanwhile
                 continue
             return Claim(trial_id, trial.number, key)
         return None
@@ -163,17 +179,18 @@ class CellQueue:
         stop = threading.Event()
         FENCE.hold(lambda: self._lost(claim))  # also asked at the loop's safe points, not only at heartbeats
 
-        def beat():
-            renewed = time.time()
-            while not stop.wait(min(HEARTBEAT_S, self.stale_after / 4)):
+        def beat():  # every beat_s; while the storage fails, every second, so the first beat back is prompt
+            failing_since = None
+            while not stop.wait(self.beat_s if failing_since is None else min(1.0, self.beat_s)):
                 try:
                     if lost := self._lost(claim):
                         FENCE.by, FENCE.lost = lost
                         return
                     self._beat(claim.trial_id)
-                    renewed = time.time()
-                except Exception as err:  # a storage hiccup: ridden out until the claim would go stale
-                    if time.time() - renewed > self.stale_after:
+                    failing_since = None
+                except Exception as err:  # a storage outage: ridden out for stale_after seconds
+                    failing_since = failing_since or time.time()
+                    if time.time() - failing_since > self.stale_after:
                         FENCE.by, FENCE.lost = "storage", (
                             f"storage {self.where}: could not renew its claim for {self.stale_after:.0f} s "
                             f"({type(err).__name__}); the run stays resumable: run the same command again once "
@@ -186,7 +203,7 @@ class CellQueue:
             yield
         finally:
             stop.set()
-            thread.join()
+            thread.join(timeout=60)  # a heartbeat stuck on a dead connection is a daemon: not waited for
             FENCE.release()  # the fence is this claim's: a later run in this process is not fenced
 
     def _lost(self, claim: Claim) -> tuple[str, str] | None:
@@ -204,7 +221,9 @@ class CellQueue:
             by = next((t.user_attrs["worker"] for t in later if t.state in LIVE and t.user_attrs.get("worker")),
                       "the queue")
         why = ("finished elsewhere" if trial.state == S.COMPLETE else
-               "handed on: its claim went stale" if trial.user_attrs.get("stale") else f"now {trial.state.name}")
+               "handed on: its claim went stale" if trial.user_attrs.get("stale") else
+               "not needed: the sequential campaign stopped before its block" if trial.user_attrs.get("not_needed")
+               else f"now {trial.state.name}")
         return by, f"lost its claim on {claim.cell} ({why}; now held by {by})"
 
     @_retried
@@ -220,16 +239,24 @@ class CellQueue:
 
     @_retried
     def release(self, claim: Claim) -> None:
-        """Give a claim back (Ctrl-C): FAIL it and queue its cell again, for the next worker."""
-        self.storage.set_trial_user_attr(claim.trial_id, "released", True)
-        self.storage.set_trial_state_values(claim.trial_id, S.FAIL)
-        self.study.enqueue_trial({}, user_attrs={"cell": claim.cell, "handed_on_from": claim.number})
+        """Give a claim back (Ctrl-C): FAIL it and queue its cell again, for the next worker (unless it is
+        queued or not needed already: a retry after the FAIL landed finds it failed)."""
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, "released", True)
+            self.storage.set_trial_state_values(claim.trial_id, S.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+        trial = self.storage.get_trial(claim.trial_id)
+        if trial.state != S.COMPLETE and not trial.user_attrs.get("not_needed") and claim.cell not in {
+                t.user_attrs["cell"] for t in self._trials(LIVE)}:
+            self._requeue(trial)
 
     @_retried
     def stale(self) -> list[optuna.trial.FrozenTrial]:
-        """RUNNING claims whose heartbeat is older than stale_after seconds."""
-        now = time.time()
-        return [t for t in self._trials((S.RUNNING,)) if now - t.user_attrs.get("heartbeat", 0) > self.stale_after]
+        """RUNNING claims whose heartbeat is older than stale_after seconds and one beat: the margin lets a
+        holder that rode out an outage of up to stale_after seconds beat again before it is handed on."""
+        now, limit = time.time(), self.stale_after + self.beat_s
+        return [t for t in self._trials((S.RUNNING,)) if now - t.user_attrs.get("heartbeat", 0) > limit]
 
     @_retried
     def hand_on(self, trial: optuna.trial.FrozenTrial) -> bool:
@@ -237,12 +264,13 @@ class CellQueue:
         try:
             self.storage.set_trial_user_attr(trial._trial_id, "stale", True)
             self.storage.set_trial_state_values(trial._trial_id, S.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:  # already handed on (or finished after all)
-            return False
+        except optuna.exceptions.UpdateFinishedTrialError:  # handed on already (maybe by this call, retried)
+            if self.storage.get_trial(trial._trial_id).state == S.COMPLETE:
+                return False  # finished after all
         if trial.user_attrs.get("not_needed") or trial.user_attrs["cell"] in {
                 t.user_attrs["cell"] for t in self._trials(LIVE)}:
             return False  # not needed (a stopped sequential campaign), or queued again already
-        self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number})
+        self._requeue(trial)
         return True
 
     @_retried
@@ -256,7 +284,8 @@ class CellQueue:
                 continue
             try:
                 self.storage.set_trial_user_attr(t._trial_id, "not_needed", True)
-                if t.state == S.WAITING:
+                # read again: a cell claimed since the list was read runs on (it cannot change a decision)
+                if self.storage.get_trial(t._trial_id).state == S.WAITING:
                     dropped += bool(self.storage.set_trial_state_values(t._trial_id, S.FAIL))
             except optuna.exceptions.UpdateFinishedTrialError:  # claimed and finished meanwhile
                 pass

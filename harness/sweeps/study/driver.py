@@ -26,10 +26,8 @@ def run_study_worker(spec: StudySpec, base: Path, storage, worker: int, workers:
     parent = study.user_attrs["mlflow_parent_run_id"]
     experiment = study.user_attrs["mlflow_experiment"]
     callbacks = [optuna.study.MaxTrialsCallback(spec.n_trials, states=DONE)] if spec.n_trials else []
-    if spec.n_trials and sum(t.state in DONE for t in study.trials) >= spec.n_trials:
-        return
     objective, start = make_objective(spec, base, experiment, parent), time.monotonic()
-    while True:
+    while not (spec.n_trials and sum(t.state in DONE for t in study.get_trials(deepcopy=False)) >= spec.n_trials):
         timeout = None if spec.timeout is None else max(0.0, spec.timeout - (time.monotonic() - start))
         try:
             study.optimize(objective, n_trials=spec.n_trials, timeout=timeout, callbacks=callbacks,

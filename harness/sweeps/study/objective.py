@@ -89,6 +89,13 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
             return made[-1]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            try:
+                report(epoch, metrics)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale since the epoch's fence check
+                FENCE.check()  # raises Superseded: the run ends KILLED, tagged
+                raise
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
             if epoch == 1:  # recorded early, so a trial whose worker is killed can still be traced
                 trial.set_user_attr("mlflow_run_id", made[0].run_id)
             if spec.multi_objective:  # Optuna prunes single-objective studies only
