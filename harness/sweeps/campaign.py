@@ -60,6 +60,8 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     True once they have stopped, or False when they run on their own (SLURM): then [] is returned.
     `dry_run`: train and queue nothing; a cell that would run is TO RUN (or TO RESUME, with the run id)."""
     experiment = spec.tracking or load_spec(base).tracking
+    # The queue's storage first: one that cannot be opened is a one-line error before anything is read.
+    storage = None if dry_run else storage_for_campaign(spec.name, storage_url)
     cells, results, todo = spec.cells(), {}, []
     for i, cell in enumerate(cells, 1):
         if spec.sequential and spec.block_of(cell) > (spec.sequential.max_blocks or len(spec.blocks())):
@@ -79,7 +81,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
             todo.append(cell)
     if dry_run or not todo:
         return [results[i] for i in range(1, len(cells) + 1)]
-    queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
+    queue = CellQueue(spec.name, storage, worker_name(0), spec.stale_after_s)
     verdict = look(spec)  # a sequential campaign's looks on the record so far; None for a fixed design
     if verdict and verdict["stop"]:
         todo = []  # the record already stops it (a re-run): nothing more is trained
