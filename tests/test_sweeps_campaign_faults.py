@@ -24,6 +24,7 @@ from conftest import EXPERIMENTS
 
 pytestmark = pytest.mark.slow
 ARCHS = ["unet", "resnet34_unet"]
+QUEUED = r"queued \d+ of"  # the launcher has set up the MLflow store: the test's client may open it now
 
 
 class Campaign:
@@ -133,6 +134,7 @@ def test_a_worker_paused_past_the_stale_limit_is_superseded(queue, tmp_path, mon
     uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"paused_{queue}"
     path = _spec(tmp_path, name, stale_after_s=5, epochs=60)
     campaign = Campaign(path, tmp_path, uri, "--workers", "2", *(["--storage", storage] if storage else []))
+    campaign.wait_for(QUEUED)
     paused_run = _training(uri, name, 2)[0]
     arch = paused_run.data.tags["cell.model.arch"]
     worker, pid = _holder_pid(name, storage, arch)
@@ -174,6 +176,7 @@ def test_a_queue_outage_under_the_stale_limit_is_ridden_out(server, tmp_path, mo
     uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "short_outage"
     path = _spec(tmp_path, name, stale_after_s=40, epochs=60)
     campaign = Campaign(path, tmp_path, uri, "--workers", "2", "--storage", f"{server}/campaign")
+    campaign.wait_for(QUEUED)
     _training(uri, name, 2)
     server.stop()
     time.sleep(10)
@@ -195,6 +198,7 @@ def test_a_queue_outage_past_the_stale_limit_stops_workers_and_the_rerun_complet
     storage = f"{server}/campaign"
     path = _spec(tmp_path, name, stale_after_s=6, epochs=200)  # cells outlast the stale limit on any machine
     campaign = Campaign(path, tmp_path, uri, "--workers", "2", "--storage", storage)
+    campaign.wait_for(QUEUED)
     first = _training(uri, name, 2)
     server.stop()
     try:
@@ -226,6 +230,7 @@ def test_a_sigterm_to_the_launcher_reaches_its_workers_and_the_rerun_resumes(tmp
     uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "sigterm"
     path = _spec(tmp_path, name, stale_after_s=30, epochs=60)
     campaign = Campaign(path, tmp_path, uri, "--workers", "2")
+    campaign.wait_for(QUEUED)
     first = _training(uri, name, 2)
     campaign.proc.send_signal(signal.SIGTERM)
     assert campaign.finish(timeout=300) == 1, campaign.out[-4000:]

@@ -139,6 +139,8 @@ def test_a_killed_workers_cell_is_resumed_in_its_run_by_the_other(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     proc = _cli([str(path), "--workers", "2"], tmp_path, uri, start_new_session=True)
     queue = CellQueue("debug_campaign", storage_for_campaign_at(tmp_path), "test")
+    while not queue._trials():  # queued: the launcher has set up the MLflow store (two processes must not)
+        time.sleep(0.2)
     client, victim, deadline = MlflowClient(uri), None, time.monotonic() + 600
     while victim is None and time.monotonic() < deadline:
         time.sleep(0.5)
