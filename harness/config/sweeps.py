@@ -141,6 +141,10 @@ class CampaignSpec(PlanSpec):
         axes = self.sequential.block if self.sequential else ["seed"]
         return list(itertools.product(*(self.matrix[a] for a in axes)))
 
+    def last_block(self) -> int:
+        """The sequential design's last block: max_blocks, else every block."""
+        return self.sequential.max_blocks or len(self.blocks())
+
     def block_of(self, cell: dict) -> int:
         """The 1-based block of a cell."""
         return self.blocks().index(tuple(cell[a] for a in self.sequential.block)) + 1

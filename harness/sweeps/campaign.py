@@ -64,7 +64,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     storage = None if dry_run else storage_for_campaign(spec.name, storage_url)
     cells, results, todo = spec.cells(), {}, []
     for i, cell in enumerate(cells, 1):
-        if spec.sequential and spec.block_of(cell) > (spec.sequential.max_blocks or len(spec.blocks())):
+        if spec.sequential and spec.block_of(cell) > spec.last_block():
             results[i] = CellResult(cell, "NOT NEEDED")  # past the design's last block: never queued
             continue
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
@@ -113,7 +113,7 @@ def look(spec: CampaignSpec) -> dict | None:
     the looks are still taken in block order. None for a campaign that is not sequential."""
     if (seq := spec.sequential) is None:
         return None
-    blocks = spec.blocks()[: seq.max_blocks or len(spec.blocks())]
+    blocks = spec.blocks()[: spec.last_block()]
     out = subprocess.run([sys.executable, "-m", "analysis.sequential", "--look", spec.name, "--delta", str(seq.delta),
                           "--max-blocks", str(len(blocks)), "--spending", seq.spending, "--min-blocks",
                           str(seq.min_blocks), "--blocks", json.dumps(blocks),
@@ -131,7 +131,7 @@ def _print_look(spec: CampaignSpec, verdict: dict, who: str) -> None:
         print(f"[{who}] look {d['look']}: {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} "
               f"(p {d['p']:.3g} < {d['level']:.3g})", flush=True)
     if verdict["stop"]:
-        last = spec.sequential.max_blocks or len(spec.blocks())
+        last = spec.last_block()
         print(f"[{who}] campaign {spec.name}: " + (f"every comparison decided at look {verdict['look']}: stopping "
               f"({last - verdict['look']} block(s) not needed)" if verdict["look"] < last else
               f"the last look ({last}) is taken"), flush=True)
@@ -173,7 +173,7 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
     campaign's storage."""
     experiment = spec.tracking or load_spec(base).tracking
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
-    latest, now = queue.states(), time.time()
+    latest, now, stale = queue.states(), time.time(), {t.number for t in queue.stale()}
     counts: dict[str, int] = {}
     for i, cell in enumerate(spec.cells(), 1):
         exp = _cell_spec(spec, base, cell)
@@ -184,7 +184,7 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
         if state == "FAILED" and trial.user_attrs.get("not_needed"):
             state = "NOT NEEDED"  # a sequential campaign stopped before its block
         if state == "RUNNING":
-            state = "STALE" if now - trial.user_attrs.get("heartbeat", 0) > spec.stale_after_s else "RUNNING"
+            state = "STALE" if trial.number in stale else "RUNNING"  # the queue's own rule (with its margin)
         where = done[0] if done else (f"{trial.user_attrs.get('worker', '')} heartbeat "
                                       f"{now - trial.user_attrs.get('heartbeat', now):.0f} s ago"
                                       if trial and trial.state.name == "RUNNING" else "")
@@ -257,8 +257,7 @@ def _run_cell(spec: CampaignSpec, base: Path, experiment: str, cell: dict, head:
 def _design(spec: CampaignSpec) -> str:
     """The sequential design as recorded on each run (tag campaign.sequential), max_blocks resolved: the
     report redraws the looks from it, at the boundaries the campaign used."""
-    seq = spec.sequential
-    return seq.model_copy(update={"max_blocks": seq.max_blocks or len(spec.blocks())}).model_dump_json()
+    return spec.sequential.model_copy(update={"max_blocks": spec.last_block()}).model_dump_json()
 
 
 def _recorded(experiment: str, spec: CampaignSpec, base: Path, cell: dict, stop: int | None = None) -> CellResult:

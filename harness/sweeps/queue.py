@@ -137,12 +137,16 @@ class CellQueue:
         """Queue each cell (one that has no FINISHED run) not already WAITING or RUNNING; returns those queued.
         `orders`: each cell's place in the claim order (default: its position); a cell queued again
         (released, handed on) keeps its place, so a sequential campaign's early blocks stay first."""
-        queued = {t.user_attrs["cell"] for t in self._trials(LIVE)}
+        queued = self._live_cells()
         orders = orders if orders is not None else list(range(len(cells)))
         added = [(cell_key(c), o) for c, o in zip(cells, orders) if cell_key(c) not in queued]
         for key, order in added:
             self.study.enqueue_trial({}, user_attrs={"cell": key, "order": order})
         return [key for key, _ in added]
+
+    def _live_cells(self) -> set[str]:
+        """The cells queued or held now."""
+        return {t.user_attrs["cell"] for t in self._trials(LIVE)}
 
     def _requeue(self, trial: optuna.trial.FrozenTrial) -> None:
         self.study.enqueue_trial({}, user_attrs={"cell": trial.user_attrs["cell"], "handed_on_from": trial.number,
@@ -247,8 +251,8 @@ class CellQueue:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
         trial = self.storage.get_trial(claim.trial_id)
-        if trial.state != S.COMPLETE and not trial.user_attrs.get("not_needed") and claim.cell not in {
-                t.user_attrs["cell"] for t in self._trials(LIVE)}:
+        finished_or_dropped = trial.state == S.COMPLETE or trial.user_attrs.get("not_needed")
+        if not finished_or_dropped and claim.cell not in self._live_cells():
             self._requeue(trial)
 
     @_retried
@@ -267,8 +271,7 @@ class CellQueue:
         except optuna.exceptions.UpdateFinishedTrialError:  # handed on already (maybe by this call, retried)
             if self.storage.get_trial(trial._trial_id).state == S.COMPLETE:
                 return False  # finished after all
-        if trial.user_attrs.get("not_needed") or trial.user_attrs["cell"] in {
-                t.user_attrs["cell"] for t in self._trials(LIVE)}:
+        if trial.user_attrs.get("not_needed") or trial.user_attrs["cell"] in self._live_cells():
             return False  # not needed (a stopped sequential campaign), or queued again already
         self._requeue(trial)
         return True
