@@ -29,6 +29,7 @@ from scipy import stats
 from analysis.results import ALPHA, METRICS
 
 SIMS = 1000  # simulated campaigns per power figure: +-1.6 points at 80% power
+MAX_SEEDS = 10  # the most seeds per fold a plan searches
 
 
 @dataclass(frozen=True)
@@ -207,14 +208,14 @@ def cheapest(c: Components, current: Design, delta: float, target: float, family
              equivalence: bool = False) -> Design | None:
     """The design with the fewest runs on the current test set that reaches `target` power at `delta`
     (detecting it, or with `equivalence` showing +-delta when there is no difference); None if none
-    up to max_folds x 10 seeds does. Power rises with seeds, so each fold count bisects them."""
+    up to max_folds x MAX_SEEDS seeds does. Power rises with seeds, so each fold count bisects them."""
     def enough(d: Design) -> bool:
         p = equivalence_power(c, d, delta, family) if equivalence else power(c, d, delta, family)
         return p >= target
 
     found = []
     for f in (range(2, max_folds + 1) if current.folds else [0]):
-        low, high = (0 if current.folds else 1), 10  # seeds: low fails (or is no design), high is tried
+        low, high = (0 if current.folds else 1), MAX_SEEDS  # seeds: low fails (or is no design), high is tried
         if not enough(Design(f, high, current.images)):
             continue
         while high - low > 1:
@@ -243,13 +244,20 @@ class MetricPlan:
     images_needed: int
     equivalence_now: float
     equivalence_needed: Design | None
+    max_folds: int = 10
+
+    def caps(self) -> str:
+        """The largest designs `needed` and `equivalence_needed` were searched over."""
+        folds = f"{self.max_folds} folds x " if self.current.folds else ""
+        return f"{folds}{MAX_SEEDS} seeds on {self.current.images:,} test images"
 
     def equivalence_sentence(self) -> str:
         """How likely TOST shows equivalence within +-delta when there is no difference, and what it needs."""
-        needs = self.equivalence_needed.label() if self.equivalence_needed else "no design up to the caps"
+        needs = (f"needs {self.equivalence_needed.label()}" if self.equivalence_needed
+                 else f"is out of reach of every design up to {self.caps()}")
         return (f"Equivalence within +-{self.delta:g} (TOST at level 1 - 2 alpha over images and over runs; no "
                 f"Wilcoxon form) when there is no difference: {self.equivalence_now:.0%} power now; "
-                f"{self.target:.0%} needs {needs}.")
+                f"{self.target:.0%} {needs}.")
 
     def sentence(self) -> str:
         """What limits this comparison, in one sentence."""
@@ -259,7 +267,7 @@ class MetricPlan:
                     f"of runs detects {self.delta:g} (even unlimited runs detect {self.runs_limit:.4f} at {pct} "
                     f"power); about {self.images_needed:,} images would.")
         if self.needed is None:
-            return f"{m}: no design up to the caps (folds, 10 seeds) detects {self.delta:g} with {pct} power."
+            return f"{m}: no design up to {self.caps()} detects {self.delta:g} with {pct} power."
         return (f"{m}: {self.needed.label()} detect {self.delta:g} with {pct} power; the current design's "
                 f"MDE is {self.rows[0][2]:.4f}.")
 
@@ -295,7 +303,7 @@ def plan_comparison(a, b, groups, metric: str, settings: dict) -> MetricPlan:
                       cheapest(c, current, delta, target, family, max_folds),
                       z * c.interaction_sd / np.sqrt(current.images), images_needed(c, delta, target, family),
                       equivalence_power(c, current, delta, family),
-                      cheapest(c, current, delta, target, family, max_folds, equivalence=True))
+                      cheapest(c, current, delta, target, family, max_folds, equivalence=True), max_folds)
 
 
 def plan_campaign(campaign, delta: float, target: float = 0.8, max_folds: int = 10,
@@ -349,12 +357,21 @@ def table(plan: MetricPlan) -> list[str]:
     return lines + ["", plan.sentence(), plan.equivalence_sentence(), ""]
 
 
+def _ticks(low: float, high: float) -> list[float]:
+    """Round values (1, 2, 5 x 10^k) between low and high > 0, at most about 6 of them."""
+    values = [m * 10.0 ** k for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+              for m in (1, 2, 5)]
+    inside = [v for v in values if low <= v <= high]
+    return inside[:: max(1, -(-len(inside) // 6))]
+
+
 def power_figure(plans: list[MetricPlan]):
     """Power against the true difference for each design of each plan (one panel per plan)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(plans), figsize=(6 * len(plans), 4), squeeze=False)
     for ax, plan in zip(axes[0], plans):
@@ -366,6 +383,11 @@ def power_figure(plans: list[MetricPlan]):
         ax.axhline(plan.target, color="grey", ls=":")
         ax.set(xscale="log", xlabel=f"true {plan.components.metric} difference", ylabel="power of 'real'",
                title=f"{plan.components.metric}: {plan.arms[1]} vs {plan.arms[0]}")
+        # Plain labels at a few round values: over less than a decade a log axis labels its minor ticks
+        # as 3x10^-2, 4x10^-2, ..., which overlap.
+        ax.set_xticks(_ticks(grid[0], grid[-1]))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

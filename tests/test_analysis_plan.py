@@ -79,3 +79,21 @@ def test_equivalence_needs_both_intervals_inside_the_margin():
     assert equivalence_power(quiet, Design(5, 3, 200), 0.01) > 0.9
     assert equivalence_power(HEADLINE, Design(2, 1, 200), 0.01) < 0.2  # 2 folds: the t over 1 df is wide
     assert equivalence_power(quiet, Design(5, 3, 200), 0.001) < 0.05
+
+
+def test_out_of_reach_names_the_largest_design_searched():
+    """With no design found, the sentences name the caps the search ran to, not a vague 'the caps'."""
+    noisy = Components("nsd", 0.07, 0.07, 0.02, 0.0, 0.0)
+    plan = MetricPlan(noisy, ("unet", "resnet34_unet"), Design(5, 3, 200), 2, 0.01, 0.8, (("current", None, 0.04),),
+                      None, 0.001, 500, 0.0, None, max_folds=8)
+    assert plan.sentence() == "NSD: no design up to 8 folds x 10 seeds on 200 test images detects 0.01 with 80% power."
+    assert plan.equivalence_sentence().endswith(
+        "0% power now; 80% is out of reach of every design up to 8 folds x 10 seeds on 200 test images.")
+
+
+def test_power_curve_ticks_are_few_round_values_inside_the_range():
+    from analysis.plan import _ticks
+
+    assert _ticks(0.0025, 0.027) == [0.005, 0.01, 0.02]
+    many = _ticks(1e-4, 1.0)
+    assert len(many) <= 6 and all(1e-4 <= t <= 1.0 for t in many)
