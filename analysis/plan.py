@@ -30,6 +30,7 @@ from analysis.results import ALPHA, METRICS
 
 SIMS = 1000  # simulated campaigns per power figure: +-1.6 points at 80% power
 MAX_SEEDS = 10  # the most seeds per fold a plan searches
+DELTA = 0.01  # the effect to plan for when neither the user nor the campaign names one
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def section(plans: list[MetricPlan], png) -> str:
                                                         "test images": d.images, "runs": d.runs,
                                                         "minimal detectable effect": round(m, 4)}
                                                        for name, d, m in p.rows]), index=False)} for p in plans]
-    return render.fragment("sections/plan.html.j2", plans=shown, family=plans[0].family, delta=plans[0].delta,
+    return render.fragment("sections/plan.html.j2", plans=shown, family=plans[0].family, delta=f"{plans[0].delta:g}",
                            power_pct=f"{plans[0].target:.0%}", figure=png(power_figure(plans)))
 
 
@@ -306,13 +307,15 @@ def plan_comparison(a, b, groups, metric: str, settings: dict) -> MetricPlan:
                       cheapest(c, current, delta, target, family, max_folds, equivalence=True), max_folds)
 
 
-def plan_campaign(campaign, delta: float, target: float = 0.8, max_folds: int = 10,
+def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds: int = 10,
                   uri: str | None = None) -> list[MetricPlan]:
-    """plan_paired over the campaign's finished runs (several names pool, as in the report)."""
+    """plan_paired over the campaign's finished runs (several names pool, as in the report). delta None:
+    the margin the campaign declared (`delta:` or `sequential.delta`), else DELTA."""
     from analysis.paired import compare_axis, headline_metrics, load_scores, paired_frames, strata_of
-    from analysis.runs import load_campaign
+    from analysis.runs import load_campaign, margin_of
 
     runs, axes = load_campaign(campaign, uri=uri)
+    delta = delta or margin_of(runs)[0] or DELTA
     axis = compare_axis(axes)
     strata = strata_of(axes, axis)
     scores = load_scores(runs, uri)
@@ -399,15 +402,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="How many runs a comparison needs: the minimal detectable effect of "
                                             "the current and larger designs, from a campaign's finished runs.")
     p.add_argument("--campaign", nargs="+", required=True, help="campaign name(s); several pool, as in the report")
-    p.add_argument("--delta", type=float, default=0.01, help="the effect to detect, and the equivalence margin "
-                   "(metric units; default %(default)s)")
+    p.add_argument("--delta", type=float, help="the effect to detect, and the equivalence margin (metric units; "
+                   f"default: the campaign's declared margin, `delta:` or `sequential.delta`, else {DELTA})")
     p.add_argument("--power", type=float, default=0.8, help="target power (default %(default)s)")
     p.add_argument("--max-folds", type=int, default=10, help="the most folds the data allows (default %(default)s: "
                    "a tenth of trainval per validation fold)")
     p.add_argument("--out", type=Path, help="path without suffix for <out>.md and <out>.png "
                    "(default reports/plan-<name>)")
     args = p.parse_args(argv)
-    if not 0 < args.power < 1 or args.delta <= 0 or args.max_folds < 2:
+    if not 0 < args.power < 1 or (args.delta is not None and args.delta <= 0) or args.max_folds < 2:
         p.error("--power must be in (0, 1), --delta > 0, --max-folds >= 2")
     try:
         plans = plan_campaign(args.campaign, args.delta, args.power, args.max_folds)

@@ -173,7 +173,7 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             by = dice if axis == other else paired_frames(runs, other, uri, strata_of(axes, other), context["scores"])
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
-        parts += _plan_section(paired)
+        parts += _plan_section(paired, context["margin"] or plan.DELTA)
     if "campaign.sequential" in runs and runs["campaign.sequential"].notna().any():
         parts += _sequential_section(runs, axes, context["uri"])
     return parts
@@ -198,11 +198,11 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) ->
                             stopped=r.stopped, stop=r.stop, table=render.Markup(table))]
 
 
-def _plan_section(paired: dict) -> list:
-    """How many runs the comparison needs (analysis.plan), at the plan's default effect; nothing while an
-    arm has a single run (no seed-to-seed spread to plan from)."""
+def _plan_section(paired: dict, delta: float) -> list:
+    """How many runs the comparison needs (analysis.plan) to detect `delta` (the campaign's margin, or the
+    plan's default); nothing while an arm has a single run (no seed-to-seed spread to plan from)."""
     try:
-        plans = plan.plan_paired(paired, delta=0.01)
+        plans = plan.plan_paired(paired, delta=delta)
     except LookupError:
         return []
     return [plan.section(plans, render.figure)]
@@ -223,9 +223,10 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     paired = {m: paired_frames(runs, axis, uri, strata, scores, m) for m in headline_metrics(scores)}
     folded = FOLD in axes and axis != FOLD
     seeds = seed_counts(runs, axis, [axis, *strata] + [FOLD] * folded)
-    conclusions, within = _comparisons(paired, axis, strata, seeds, margin_of(runs, delta))
+    margin = margin_of(runs, delta)
+    conclusions, within = _comparisons(paired, axis, strata, seeds, margin)
     context = {"paired": paired, "within": within, "uri": uri, "campaign": campaign, "scores": scores,
-               "conclusions": conclusions}
+               "conclusions": conclusions, "margin": margin[0]}
     lines = [*conclusions, *(line for m, results in within.items()
                              for line in sections.setting_tables(paired[m], results)[2])]
     history = _history(runs, uri)

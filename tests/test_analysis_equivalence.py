@@ -118,6 +118,11 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     assert "<h2>Sequential design</h2>" in page and "Every comparison was decided at look 2" in page
     assert "not adjusted for the looks" in page and "equivalent within ±100" in page
     assert "boundary over 4 blocks" in page  # the design's 4 blocks (max_blocks unset), as the campaign looked
+    assert "&plusmn;100 (<code>make plan" in page  # the plan section plans for the declared margin
+    from analysis.plan import plan_campaign
+
+    assert {p.delta for p in plan_campaign("seq", None)} == {100.0}
+    assert {p.delta for p in plan_campaign("seq", 0.02)} == {0.02}
 
 
 @pytest.mark.parametrize("sequential, words", [({"delta": 0.01, "block": ["data.fold"]}, "block"),
