@@ -75,7 +75,7 @@ overview: $(VENV)/.installed  ## one table over every campaign in the store: eac
 	$(PY) -m analysis.overview $(if $(CAMPAIGN),--campaign $(CAMPAIGN)) $(if $(OUT),--out $(OUT))
 
 plan: $(VENV)/.installed  ## how many runs a comparison needs, from a campaign's runs: CAMPAIGN=<name> [DELTA=its declared margin, else 0.01] [POWER=0.8] [MAX_FOLDS=10]
-	@test -n "$(CAMPAIGN)" || { echo "usage: make plan CAMPAIGN=<name> [DELTA=0.01] [POWER=0.8]"; exit 2; }
+	@test -n "$(CAMPAIGN)" || { echo "usage: make plan CAMPAIGN=<name> [DELTA=<declared margin, else 0.01>] [POWER=0.8]"; exit 2; }
 	$(PY) -m analysis.plan --campaign $(CAMPAIGN) $(if $(DELTA),--delta $(DELTA)) $(if $(POWER),--power $(POWER)) $(if $(MAX_FOLDS),--max-folds $(MAX_FOLDS))
 
 bench: $(VENV)/.installed  ## harness vs minimal loop per model and precision at SPEC's data (table + bench/bench.json)
