@@ -123,6 +123,13 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
 
     assert {p.delta for p in plan_campaign("seq", None)} == {100.0}
     assert {p.delta for p in plan_campaign("seq", 0.02)} == {0.02}
+    from harness.sweeps.campaign import print_status
+
+    capsys.readouterr()
+    print_status(spec, base, None)  # make campaign-status: the cells, then where the design stands
+    status = capsys.readouterr().out
+    assert "4 finished, 4 not needed" in status
+    assert "2 of 4 blocks complete; stopped at look 2; dice resnet34_unet vs unet: equivalent within ±100" in status
 
 
 @pytest.mark.parametrize("sequential, words", [({"delta": 0.01, "block": ["data.fold"]}, "block"),

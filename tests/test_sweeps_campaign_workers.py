@@ -282,7 +282,7 @@ def test_a_sequential_campaign_runs_with_two_workers_and_looks_in_block_order(tm
     assert statuses[:4] == ["FINISHED"] * 4, summary  # blocks 1-2
     assert set(statuses[4:]) <= {"FINISHED", "NOT"} and "NOT" in statuses[4:], summary  # in flight, or not needed
     status, _ = _cli([str(path), "--status"], tmp_path, uri).communicate(timeout=300)
-    assert "not needed" in status, status
+    assert "not needed" in status and "stopped at look 2" in status, status
     again, _ = _cli([str(path)], tmp_path, uri).communicate(timeout=600)
     assert "queued 0 of 0" in again and "claimed" not in again, again[-3000:]  # the record stops it
 

@@ -189,8 +189,27 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
                                       f"{now - trial.user_attrs.get('heartbeat', now):.0f} s ago"
                                       if trial and trial.state.name == "RUNNING" else "")
         counts[state] = counts.get(state, 0) + 1
-        print(f"  [{i}/{len(spec.cells())}] {state:<10} {_label(cell):<45} {where}")
+        print(f"  {f'[{i}/{len(spec.cells())}]':>9} {state:<10} {_label(cell):<45} {where}")
     print(f"campaign '{spec.name}': " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if spec.sequential:
+        print(_sequential_status(spec))
+
+
+def _sequential_status(spec: CampaignSpec) -> str:
+    """Where a sequential campaign stands: complete blocks, the looks taken and their decisions."""
+    seq, last = spec.sequential, spec.last_block()
+    head = f"sequential ({seq.spending}, delta +-{seq.delta:g}, at most {last} blocks): "
+    try:
+        verdict = look(spec)
+    except RuntimeError as err:
+        return head + str(err)
+    done = f"{min(verdict['recorded'], last)} of {last} blocks complete; "
+    if not verdict["look"]:
+        return head + done + f"the first look is taken after block {seq.min_blocks}"
+    decided = "; ".join(f"{d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} at look {d['look']}"
+                        for d in verdict["decisions"]) or "no comparison decided yet"
+    state = f"stopped at look {verdict['look']}" if verdict["stop"] else f"looked at block {verdict['look']}"
+    return head + done + f"{state}; {decided}"
 
 
 def work(spec: CampaignSpec, base: Path, queue: CellQueue, poll_s: float = 2.0) -> dict[str, CellResult]:
