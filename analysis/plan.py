@@ -31,6 +31,7 @@ from analysis.results import ALPHA, METRICS
 SIMS = 1000  # simulated campaigns per power figure: +-1.6 points at 80% power
 MAX_SEEDS = 10  # the most seeds per fold a plan searches
 DELTA = 0.01  # the effect to plan for when neither the user nor the campaign names one
+MAX_FOLDS = 10  # the most folds the data allows by default: a tenth of trainval per validation fold
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class MetricPlan:
     images_needed: int
     equivalence_now: float
     equivalence_needed: Design | None
-    max_folds: int = 10
+    max_folds: int = MAX_FOLDS
 
     def caps(self) -> str:
         """The largest designs `needed` and `equivalence_needed` were searched over."""
@@ -307,7 +308,7 @@ def plan_comparison(a, b, groups, metric: str, settings: dict) -> MetricPlan:
                       cheapest(c, current, delta, target, family, max_folds, equivalence=True), max_folds)
 
 
-def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds: int = 10,
+def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds: int = MAX_FOLDS,
                   uri: str | None = None) -> list[MetricPlan]:
     """plan_paired over the campaign's finished runs (several names pool, as in the report). delta None:
     the margin the campaign declared (`delta:` or `sequential.delta`), else DELTA."""
@@ -315,7 +316,7 @@ def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds:
     from analysis.runs import load_campaign, margin_of
 
     runs, axes = load_campaign(campaign, uri=uri)
-    delta = delta or margin_of(runs)[0] or DELTA
+    delta = delta or margin_of(runs)[0]
     axis = compare_axis(axes)
     strata = strata_of(axes, axis)
     scores = load_scores(runs, uri)
@@ -323,12 +324,13 @@ def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds:
     return plan_paired(paired, delta, target, max_folds)
 
 
-def plan_paired(paired: dict, delta: float, target: float = 0.8, max_folds: int = 10) -> list[MetricPlan]:
+def plan_paired(paired: dict, delta: float | None, target: float = 0.8,
+                max_folds: int = MAX_FOLDS) -> list[MetricPlan]:
     """A MetricPlan per headline metric and compared level (against the first). paired: metric ->
     analysis.paired.Paired. With other axes varied, the first setting that has every level is the
-    pilot. family: the comparisons the report prints together. LookupError while no setting has two
-    or more runs of two levels."""
-    plans = []
+    pilot. family: the comparisons the report prints together. delta None: DELTA. LookupError while no
+    setting has two or more runs of two levels."""
+    delta, plans = delta or DELTA, []
     for metric, p in paired.items():
         settings = p.complete_settings()
         if not settings or len(p.levels) < 2:
@@ -405,8 +407,8 @@ def main(argv=None) -> int:
     p.add_argument("--delta", type=float, help="the effect to detect, and the equivalence margin (metric units; "
                    f"default: the campaign's declared margin, `delta:` or `sequential.delta`, else {DELTA})")
     p.add_argument("--power", type=float, default=0.8, help="target power (default %(default)s)")
-    p.add_argument("--max-folds", type=int, default=10, help="the most folds the data allows (default %(default)s: "
-                   "a tenth of trainval per validation fold)")
+    p.add_argument("--max-folds", type=int, default=MAX_FOLDS, help="the most folds the data allows "
+                   "(default %(default)s: a tenth of trainval per validation fold)")
     p.add_argument("--out", type=Path, help="path without suffix for <out>.md and <out>.png "
                    "(default reports/plan-<name>)")
     args = p.parse_args(argv)

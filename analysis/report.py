@@ -173,7 +173,7 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             by = dice if axis == other else paired_frames(runs, other, uri, strata_of(axes, other), context["scores"])
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
-        parts += _plan_section(paired, context["margin"] or plan.DELTA)
+        parts += _plan_section(paired, context["margin"])
     if "campaign.sequential" in runs and runs["campaign.sequential"].notna().any():
         parts += _sequential_section(runs, axes, context["uri"])
     return parts
@@ -198,9 +198,9 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) ->
                             stopped=r.stopped, stop=r.stop, table=render.Markup(table))]
 
 
-def _plan_section(paired: dict, delta: float) -> list:
-    """How many runs the comparison needs (analysis.plan) to detect `delta` (the campaign's margin, or the
-    plan's default); nothing while an arm has a single run (no seed-to-seed spread to plan from)."""
+def _plan_section(paired: dict, delta: float | None) -> list:
+    """How many runs the comparison needs (analysis.plan) to detect `delta` (the campaign's margin; None:
+    the plan's default); nothing while an arm has a single run (no seed-to-seed spread to plan from)."""
     try:
         plans = plan.plan_paired(paired, delta=delta)
     except LookupError:

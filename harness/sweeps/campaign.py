@@ -126,10 +126,14 @@ def look(spec: CampaignSpec) -> dict | None:
     return verdict
 
 
+def _decision(d: dict) -> str:
+    """One decision of a look (analysis.sequential --look's JSON) as '<metric> B vs A: <verdict>'."""
+    return f"{d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']}"
+
+
 def _print_look(spec: CampaignSpec, verdict: dict, who: str) -> None:
     for d in verdict["decisions"]:
-        print(f"[{who}] look {d['look']}: {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} "
-              f"(p {d['p']:.3g} < {d['level']:.3g})", flush=True)
+        print(f"[{who}] look {d['look']}: {_decision(d)} (p {d['p']:.3g} < {d['level']:.3g})", flush=True)
     if verdict["stop"]:
         last = spec.last_block()
         print(f"[{who}] campaign {spec.name}: " + (f"every comparison decided at look {verdict['look']}: stopping "
@@ -203,11 +207,11 @@ def _sequential_status(spec: CampaignSpec) -> str:
         verdict = look(spec)
     except RuntimeError as err:
         return head + str(err)
-    done = f"{min(verdict['recorded'], last)} of {last} blocks complete; "
+    done = f"{verdict['recorded']} of {last} blocks complete; "  # look() counts blocks 1..last only
     if not verdict["look"]:
         return head + done + f"the first look is taken after block {seq.min_blocks}"
-    decided = "; ".join(f"{d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['verdict']} at look {d['look']}"
-                        for d in verdict["decisions"]) or "no comparison decided yet"
+    decided = "; ".join(f"{_decision(d)} at look {d['look']}" for d in verdict["decisions"]) or \
+        "no comparison decided yet"
     state = f"stopped at look {verdict['look']}" if verdict["stop"] else f"looked at block {verdict['look']}"
     return head + done + f"{state}; {decided}"
 
