@@ -261,6 +261,19 @@ class MetricPlan:
                 f"Wilcoxon form) when there is no difference: {self.equivalence_now:.0%} power now; "
                 f"{self.target:.0%} {needs}.")
 
+    def caveat(self) -> str:
+        """What the pilot is too small to estimate, in one sentence ("" when nothing): with one seed per
+        fold the seed spread cannot be separated from the fold spread; with few folds (or runs per arm)
+        the spread of run means rests on few degrees of freedom."""
+        d, notes = self.current, []
+        if d.folds and d.seeds == 1:
+            notes.append("with one seed per fold the seed-to-seed spread cannot be told from the fold-to-fold one "
+                         "(both are counted as fold spread, so more seeds per fold help more than the table says)")
+        if 0 < d.folds < 5 or (not d.folds and d.seeds < 3):
+            units = f"{d.folds} folds" if d.folds else f"{d.seeds} runs per arm"
+            notes.append(f"the spread of run means rests on {units}, so every figure here is rough")
+        return f"A small pilot: {'; '.join(notes)}. Plan again after more runs." if notes else ""
+
     def sentence(self) -> str:
         """What limits this comparison, in one sentence."""
         m, pct = METRICS.get(self.components.metric, self.components.metric), f"{self.target:.0%}"
@@ -283,6 +296,7 @@ def section(plans: list[MetricPlan], png) -> str:
 
     shown = [{"title": f"{METRICS.get(p.components.metric, p.components.metric)}: {p.arms[1]} vs {p.arms[0]}",
               "components": p.components, "sentence": p.sentence(), "equivalence": p.equivalence_sentence(),
+              "caveat": p.caveat(),
               "table": render.html_table(pd.DataFrame([{"design": name, "folds": d.folds, "seeds per fold": d.seeds,
                                                         "test images": d.images, "runs": d.runs,
                                                         "minimal detectable effect": round(m, 4)}
@@ -359,7 +373,7 @@ def table(plan: MetricPlan) -> list[str]:
              f"seed {c.seed_sd:.4f}, fold {c.fold_sd:.4f}.", "",
              "| design | runs | minimal detectable effect |", "|---|---|---|"]
     lines += [f"| {name}: {d.label()} | {d.runs} | {m:.4f} |" for name, d, m in plan.rows]
-    return lines + ["", plan.sentence(), plan.equivalence_sentence(), ""]
+    return lines + ["", plan.sentence(), plan.equivalence_sentence(), *filter(None, [plan.caveat()]), ""]
 
 
 def _ticks(low: float, high: float) -> list[float]:

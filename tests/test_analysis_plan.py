@@ -97,3 +97,23 @@ def test_power_curve_ticks_are_few_round_values_inside_the_range():
     assert _ticks(0.0025, 0.027) == [0.005, 0.01, 0.02]
     many = _ticks(1e-4, 1.0)
     assert len(many) <= 6 and all(1e-4 <= t <= 1.0 for t in many)
+
+
+def test_a_small_pilot_says_what_it_cannot_estimate():
+    """One seed per fold (a sequential campaign's first look): the seed spread is not separable from the
+    fold spread, and 2 folds give a rough figure; the headline's 5 x 3 needs no such warning."""
+    rng = np.random.default_rng(0)
+    truth = Components("dice", 0.04, 0.04, 0.01, 0.0, 0.0)
+    a, b, groups = campaign(truth, Design(2, 1, 400), 0.0, rng)
+    pilot = estimate(a, b, groups, "dice")
+    assert pilot.seed_sd == 0.0  # not estimable: no fold has two seeds
+
+    def plan(design):
+        return MetricPlan(pilot, ("unet", "resnet34_unet"), design, 2, 0.005, 0.8, (("current", design, 0.02),),
+                          None, 0.001, 500, 0.0, None)
+
+    small = plan(Design(2, 1, 400)).caveat()
+    assert "one seed per fold" in small and "2 folds" in small
+    assert "one seed per fold" not in plan(Design(2, 3, 400)).caveat()
+    assert plan(Design(5, 3, 400)).caveat() == ""
+    assert "2 runs per arm" in plan(Design(0, 2, 400)).caveat()
