@@ -65,7 +65,8 @@ class Design:
         return 2 * max(self.folds, 1) * self.seeds
 
     def label(self) -> str:
-        grid = f"{self.folds} folds x {self.seeds} seeds" if self.folds else f"{self.seeds} seeds"
+        seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        grid = f"{self.folds} folds x {seeds}" if self.folds else seeds
         return f"{grid}, {self.images} images ({self.runs} runs)"
 
 
@@ -271,7 +272,9 @@ class MetricPlan:
                          "(both are counted as fold spread, so more seeds per fold help more than the table says)")
         if 0 < d.folds < 5 or (not d.folds and d.seeds < 3):
             units = f"{d.folds} folds" if d.folds else f"{d.seeds} runs per arm"
-            notes.append(f"the spread of run means rests on {units}, so every figure here is rough")
+            notes.append(f"the spread of run means rests on {units}, so every figure here is rough"
+                         + (" (it came out 0 here: the MDEs of more folds or seeds are a floor, likely optimistic)"
+                            if self.components.seed_sd == self.components.fold_sd == 0 else ""))
         return f"A small pilot: {'; '.join(notes)}. Plan again after more runs." if notes else ""
 
     def sentence(self) -> str:

@@ -190,10 +190,12 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) ->
     r = sequential.replay(runs, axes, design["delta"], design["max_blocks"], uri, design["spending"],
                           design["min_blocks"])
     design["max_blocks"] = design["max_blocks"] or r.recorded
+    # An undecided comparison shows its last look: its p for "real" and TOST's, against the boundary.
     rows = [{"metric": METRICS.get(d.metric, d.metric), "A": d.arms[0], "B": d.arms[1], "decision": d.verdict,
-             "look (blocks)": d.look, "level (boundary / family)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}")}
-            for d in r.decisions]
-    table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No comparison decided yet.</p>"
+             "look (blocks)": d.look, "level (boundary / family)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}"),
+             "p equivalence (TOST)": "" if d.p_equivalence is None else float(f"{d.p_equivalence:.4g}")}
+            for d in [*r.decisions, *r.pending]]
+    table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No look taken yet.</p>"
     return [render.fragment("sections/sequential.html.j2", design=design, family=r.family, recorded=r.recorded,
                             stopped=r.stopped, stop=r.stop, table=render.Markup(table))]
 

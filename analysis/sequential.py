@@ -200,7 +200,8 @@ def simulate(components: dict, design: Design, sims: int = 2000, seed: int = 0, 
 @dataclass(frozen=True)
 class Decision:
     """A comparison's state after a look: 'real', 'equivalent within +-delta' or 'undecided', the look
-    (blocks) it was decided at, the boundary's nominal level there (before / family), and its p."""
+    (blocks) it was decided at (undecided: the last look taken), the boundary's nominal level there
+    (before / family), and its p (undecided: the p of "real"; p_equivalence: TOST's, None without one)."""
 
     metric: str
     arms: tuple
@@ -208,18 +209,21 @@ class Decision:
     look: int
     level: float
     p: float
+    p_equivalence: float | None = None
 
 
 @dataclass(frozen=True)
 class Replay:
     """A recorded campaign taken look by look: the decisions, the look it stops at (every comparison
-    decided) or the last, the complete blocks recorded, runs per block, and the family's size."""
+    decided) or the last, the complete blocks recorded, runs per block, the family's size, and the
+    comparisons still undecided at the last look taken (Decision 'undecided', with their p there)."""
 
     decisions: list
     stop: int
     recorded: int
     runs_per_block: int
     family: int
+    pending: tuple = ()
 
     @property
     def stopped(self) -> bool:
@@ -273,10 +277,11 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
     scores = load_scores(runs, uri)
     metrics = headline_metrics(scores)
     decided: dict[tuple, Decision] = {}
+    pending: list[Decision] = []
     stop = looks[-1] if looks else 0
     family = len(metrics) * (runs[keys.isin(complete)][axis].nunique() - 1) if complete else 0
     for k, level in zip(looks, levels):
-        now = runs[keys.isin(complete[:k])]
+        now, pending = runs[keys.isin(complete[:k])], []
         for m in metrics:
             paired = paired_frames(now, axis, uri, strata_of(axes, axis), scores, m)
             for b in paired.levels[1:]:
@@ -289,10 +294,13 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
                 elif r.p_equivalence is not None and r.p_equivalence < bar:
                     decided[(m, b)] = Decision(m, (paired.levels[0], b), f"equivalent within ±{delta:g}", k, bar,
                                                r.p_equivalence)
+                else:
+                    pending.append(Decision(m, (paired.levels[0], b), "undecided", k, bar, r.decisive_p,
+                                            r.p_equivalence))
         if family and len(decided) == family:
             stop = k
             break
-    return Replay(list(decided.values()), stop, len(complete), per_block, family)
+    return Replay(list(decided.values()), stop, len(complete), per_block, family, tuple(pending))
 
 
 def main(argv=None) -> int:
@@ -346,8 +354,17 @@ def _look_main(args) -> int:
                blocks=blocks, per_block=args.per_block)
     print(json.dumps({"stop": r.stopped, "look": r.stop, "recorded": r.recorded,
                       "decisions": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "verdict": d.verdict,
-                                     "look": d.look, "level": d.level, "p": d.p} for d in r.decisions]}))
+                                     "look": d.look, "level": d.level, "p": d.p} for d in r.decisions],
+                      "pending": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "look": d.look,
+                                   "text": undecided_text(d)} for d in r.pending]}))
     return 0
+
+
+def undecided_text(d: Decision) -> str:
+    """An undecided comparison at its last look, e.g. 'undecided at look 2 (p 0.31 for real, 0.62 for
+    equivalence; boundary 1.2e-06)'."""
+    eq = f", {d.p_equivalence:.3g} for equivalence" if d.p_equivalence is not None else ""
+    return f"undecided at look {d.look} (p {d.p:.3g} for real{eq}; boundary {d.level:.3g})"
 
 
 def _replay_main(args) -> int:
@@ -364,6 +381,8 @@ def _replay_main(args) -> int:
           f"{r.family})")
     for d in r.decisions:
         print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.verdict} at look {d.look} (p {d.p:.3g} < {d.level:.3g})")
+    for d in r.pending:
+        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {undecided_text(d)}")
     if r.stopped:
         print(f"every comparison decided at look {r.stop} of {r.recorded}: {r.runs_saved} runs not needed")
     else:

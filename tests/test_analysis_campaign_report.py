@@ -265,6 +265,14 @@ def test_a_recorded_campaign_replays_look_by_look(campaign_store, capsys):
     assert main(["--replay", "debug_campaign", "--delta", "1"]) == 0
     assert "2 complete blocks of 2 runs recorded" in capsys.readouterr().out
     assert main(["--replay", "nope"]) == 2
+    # Planned for 40 blocks, look 2 spends almost nothing: every comparison stays undecided, and says
+    # so with its p for "real" and for equivalence, and the boundary it did not clear.
+    early = replay(runs, axes, delta=1e-6, max_blocks=40)
+    assert early.decisions == [] and len(early.pending) == early.family == 2 and not early.stopped
+    assert all(d.verdict == "undecided" and d.look == 2 and d.p >= d.level for d in early.pending)
+    assert main(["--replay", "debug_campaign", "--delta", "1e-6", "--max-blocks", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("undecided at look 2 (p ") == 2 and "for equivalence; boundary " in printed
     # Looks go in block order: with block (0,) not finished, block (1,) alone allows no look (a later
     # block may finish first with workers), and a block missing an arm is not complete.
     waiting = replay(runs, axes, delta=1.0, blocks=[(7,), *sorted({(s,) for s in runs["seed"]})])

@@ -3,6 +3,8 @@ the harness's own rule (stats.compare_arms) on simulated campaigns with known co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,6 @@ def test_a_small_pilot_says_what_it_cannot_estimate():
     assert "one seed per fold" not in plan(Design(2, 3, 400)).caveat()
     assert plan(Design(5, 3, 400)).caveat() == ""
     assert "2 runs per arm" in plan(Design(0, 2, 400)).caveat()
+    flat = replace(pilot, seed_sd=0.0, fold_sd=0.0)  # two folds that happened to agree
+    assert "came out 0" in replace(plan(Design(2, 1, 400)), components=flat).caveat()
+    assert Design(2, 1, 400).label() == "2 folds x 1 seed, 400 images (4 runs)"

@@ -330,3 +330,13 @@ def test_claims_follow_the_order_and_a_cell_queued_again_keeps_its_place(journal
     monkey = queue._trials
     queue._trials = lambda states=None: waiting if states == (optuna_state().WAITING,) else monkey(states)
     assert queue.claim().cell == waiting[1].user_attrs["cell"]  # skipped, not a traceback
+
+
+def test_an_undecided_look_is_printed_with_its_p_and_boundary(capsys):
+    """A look that decides nothing still says so (the campaign log once showed nothing at such a look)."""
+    from harness.sweeps.campaign import _print_look
+
+    text = "undecided at look 2 (p 0.0151 for real, 1 for equivalence; boundary 5.39e-07)"
+    pending = [{"metric": "dice", "arms": ["unet", "resnet34_unet"], "look": 2, "text": text}]
+    _print_look(None, {"stop": False, "look": 2, "decisions": [], "pending": pending}, "w0")
+    assert capsys.readouterr().out == f"[w0] dice resnet34_unet vs unet: {text}\n"
