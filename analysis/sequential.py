@@ -211,6 +211,14 @@ class Decision:
     p: float
     p_equivalence: float | None = None
 
+    def text(self) -> str:
+        """'real at look 9 (p 0.00249 < 0.00309)', or for an undecided comparison 'undecided at look 2 (p
+        0.0151 for real, 1 for equivalence; boundary 5.39e-07)'."""
+        if self.verdict != "undecided":
+            return f"{self.verdict} at look {self.look} (p {self.p:.3g} < {self.level:.3g})"
+        eq = f", {self.p_equivalence:.3g} for equivalence" if self.p_equivalence is not None else ""
+        return f"undecided at look {self.look} (p {self.p:.3g} for real{eq}; boundary {self.level:.3g})"
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -356,15 +364,8 @@ def _look_main(args) -> int:
                       "decisions": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "verdict": d.verdict,
                                      "look": d.look, "level": d.level, "p": d.p} for d in r.decisions],
                       "pending": [{"metric": d.metric, "arms": [str(a) for a in d.arms], "look": d.look,
-                                   "text": undecided_text(d)} for d in r.pending]}))
+                                   "verdict": d.text()} for d in r.pending]}))
     return 0
-
-
-def undecided_text(d: Decision) -> str:
-    """An undecided comparison at its last look, e.g. 'undecided at look 2 (p 0.31 for real, 0.62 for
-    equivalence; boundary 1.2e-06)'."""
-    eq = f", {d.p_equivalence:.3g} for equivalence" if d.p_equivalence is not None else ""
-    return f"undecided at look {d.look} (p {d.p:.3g} for real{eq}; boundary {d.level:.3g})"
 
 
 def _replay_main(args) -> int:
@@ -379,10 +380,8 @@ def _replay_main(args) -> int:
     print(f"{' + '.join(args.replay)}: {r.recorded} complete blocks of {r.runs_per_block} runs recorded; looks from 2 "
           f"({args.spending}, delta {args.delta:g}, {args.max_blocks or r.recorded} blocks planned, family of "
           f"{r.family})")
-    for d in r.decisions:
-        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.verdict} at look {d.look} (p {d.p:.3g} < {d.level:.3g})")
-    for d in r.pending:
-        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {undecided_text(d)}")
+    for d in [*r.decisions, *r.pending]:
+        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.text()}")
     if r.stopped:
         print(f"every comparison decided at look {r.stop} of {r.recorded}: {r.runs_saved} runs not needed")
     else:

@@ -337,6 +337,6 @@ def test_an_undecided_look_is_printed_with_its_p_and_boundary(capsys):
     from harness.sweeps.campaign import _print_look
 
     text = "undecided at look 2 (p 0.0151 for real, 1 for equivalence; boundary 5.39e-07)"
-    pending = [{"metric": "dice", "arms": ["unet", "resnet34_unet"], "look": 2, "text": text}]
+    pending = [{"metric": "dice", "arms": ["unet", "resnet34_unet"], "look": 2, "verdict": text}]
     _print_look(None, {"stop": False, "look": 2, "decisions": [], "pending": pending}, "w0")
     assert capsys.readouterr().out == f"[w0] dice resnet34_unet vs unet: {text}\n"

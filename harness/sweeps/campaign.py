@@ -134,8 +134,8 @@ def _decision(d: dict) -> str:
 def _print_look(spec: CampaignSpec, verdict: dict, who: str) -> None:
     for d in verdict["decisions"]:
         print(f"[{who}] look {d['look']}: {_decision(d)} (p {d['p']:.3g} < {d['level']:.3g})", flush=True)
-    for d in verdict.get("pending", []):  # an undecided look says so, with its p and boundary
-        print(f"[{who}] {d['metric']} {d['arms'][1]} vs {d['arms'][0]}: {d['text']}", flush=True)
+    for d in verdict.get("pending", []):  # an undecided look says so: its verdict is the p and boundary it missed
+        print(f"[{who}] {_decision(d)}", flush=True)
     if verdict["stop"]:
         last = spec.last_block()
         print(f"[{who}] campaign {spec.name}: " + (f"every comparison decided at look {verdict['look']}: stopping "
