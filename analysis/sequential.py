@@ -332,6 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", help="with --look: the design's blocks in look order, as JSON ([[seed, fold], ...])")
     p.add_argument("--per-block", type=int, help="with --look: the cells of one block (arms x settings)")
     args = p.parse_args(argv)
+    if args.n < 1 or args.delta <= 0 or args.min_blocks < 2 or (args.max_blocks or args.min_blocks) < args.min_blocks:
+        p.error("--n >= 1, --delta > 0, --min-blocks >= 2 and --max-blocks >= --min-blocks")
     if args.look:
         return _look_main(args)
     if args.replay:

@@ -45,3 +45,14 @@ def test_the_stopping_rule_holds_its_error_rates():
     assert share["the same, naive repeated looks at alpha / m"] > share[
         "false 'real' (no difference), any look or comparison"]
     assert share["power at 2 delta (per comparison)"] > 0.9
+
+
+@pytest.mark.parametrize("argv", [["--simulate", "--n", "0"], ["--simulate", "--n", "-5"],
+                                  ["--replay", "x", "--delta", "0"], ["--replay", "x", "--min-blocks", "1"],
+                                  ["--replay", "x", "--min-blocks", "4", "--max-blocks", "3"]])
+def test_bad_arguments_are_a_usage_error_before_any_work(argv, capsys):
+    from analysis.sequential import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "--n >= 1, --delta > 0" in capsys.readouterr().err
