@@ -180,20 +180,19 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
 
 
 def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) -> list:
-    """A sequential campaign's decisions, look by look (analysis.sequential.replay of the record)."""
-    import json
-
+    """A sequential campaign's decisions, look by look (analysis.sequential.replay of the record), each
+    with the look, the boundary, its p and the interval the design justifies there."""
     from analysis import sequential
 
-    design = json.loads(runs["campaign.sequential"].dropna().iloc[0])
-    design["max_blocks"] = design.get("max_blocks") or None
-    r = sequential.replay(runs, axes, design["delta"], design["max_blocks"], uri, design["spending"],
+    design = sequential.recorded_design(runs)
+    r = sequential.replay(runs, axes, design["delta"], design.get("max_blocks"), uri, design["spending"],
                           design["min_blocks"])
-    design["max_blocks"] = design["max_blocks"] or r.recorded
+    design["max_blocks"] = r.planned
     # An undecided comparison shows its last look: its p for "real" and TOST's, against the boundary.
     rows = [{"metric": METRICS.get(d.metric, d.metric), "A": d.arms[0], "B": d.arms[1], "decision": d.verdict,
-             "look (blocks)": d.look, "level (boundary / family)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}"),
-             "p equivalence (TOST)": "" if d.p_equivalence is None else float(f"{d.p_equivalence:.4g}")}
+             "look (blocks)": d.look, "level (boundary)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}"),
+             "p equivalence (TOST)": "" if d.p_equivalence is None else float(f"{d.p_equivalence:.4g}"),
+             "interval at the look's level": f"[{d.interval[0]:+.4f}, {d.interval[1]:+.4f}]"}
             for d in [*r.decisions, *r.pending]]
     table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No look taken yet.</p>"
     return [render.fragment("sections/sequential.html.j2", design=design, family=r.family, recorded=r.recorded,

@@ -273,6 +273,10 @@ def test_a_recorded_campaign_replays_look_by_look(campaign_store, capsys):
     assert main(["--replay", "debug_campaign", "--delta", "1e-6", "--max-blocks", "40"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("undecided at look 2 (p ") == 2 and "for equivalence; boundary " in printed
+    # at the design's last look (2 of 2 here) an undecided comparison reads "not shown"
+    final = replay(runs, axes, delta=1e-6)
+    assert final.pending and all(d.verdict == "not shown" and d.look == 2 for d in final.pending)
+    assert not final.stopped and final.runs_saved == 0
     # Looks go in block order: with block (0,) not finished, block (1,) alone allows no look (a later
     # block may finish first with workers), and a block missing an arm is not complete.
     waiting = replay(runs, axes, delta=1.0, blocks=[(7,), *sorted({(s,) for s in runs["seed"]})])

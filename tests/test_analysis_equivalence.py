@@ -112,11 +112,21 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     out = capsys.readouterr().out
     assert "every comparison decided at look 2" in out and "equivalent within ±100" in out
     assert [r.status for r in run_campaign(spec, base)] == ["SKIPPED"] * 4 + ["NOT NEEDED"] * 4
+    from analysis.sequential import main as sequential_main
+
+    capsys.readouterr()
+    assert sequential_main(["--replay", "seq"]) == 0  # the replay takes the campaign's own design
+    replayed = capsys.readouterr().out
+    assert "(the campaign's design)" in replayed and "delta 100, 4 blocks planned" in replayed
+    assert "every comparison decided at look 2 of 4: 4 runs not needed" in replayed
+    # a dry run of the stopped design lists the later blocks as not needed, not as work to do
+    assert [r.status for r in run_campaign(spec, base, dry_run=True)] == ["SKIPPED"] * 4 + ["NOT NEEDED"] * 4
     from analysis.report import build_report
 
     page = build_report(campaign="seq").html
     assert "<h2>Sequential design</h2>" in page and "Every comparison was decided at look 2" in page
     assert "not adjusted for the looks" in page and "equivalent within ±100" in page
+    assert "interval at the look&#39;s level" in page or "interval at the look's level" in page
     assert "boundary over 4 blocks" in page  # the design's 4 blocks (max_blocks unset), as the campaign looked
     assert "&plusmn;100 (<code>make plan" in page  # the plan section plans for the declared margin
     from analysis.plan import plan_campaign
@@ -132,16 +142,19 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     assert "2 of 4 blocks complete; stopped at look 2; dice resnet34_unet vs unet: equivalent within ±100" in status
 
 
-@pytest.mark.parametrize("sequential, words", [({"delta": 0.01, "block": ["data.fold"]}, "block"),
-                                                ({"delta": 0.01, "max_blocks": 9}, "exceeds"),
-                                                ({"delta": -1}, "delta")])
-def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, words):
+@pytest.mark.parametrize("sequential, extra, words", [({"delta": 0.01, "block": ["data.fold"]}, {}, "block"),
+                                                       ({"delta": 0.01, "max_blocks": 9}, {}, "exceeds"),
+                                                       ({"delta": -1}, {}, "delta"),
+                                                       ({"delta": 0.01}, {"augment": ["none", "flip"]},
+                                                        "one axis besides")])
+def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, extra, words):
+    """Among them a second compared axis: the looks test the arms only, the report would test more."""
     from harness.config.load import SpecError
     from harness.config.sweeps import load_campaign_spec
 
     path = tmp_path / "bad.yaml"
+    matrix = {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet"], **extra}
     path.write_text(yaml.safe_dump({"name": "bad", "base": str(EXPERIMENTS / "debug.yaml"), "sequential": sequential,
-                                    "matrix": {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet"]},
-                                    "set": {"data.folds": 2}}))
+                                    "matrix": matrix, "set": {"data.folds": 2}}))
     with pytest.raises(SpecError, match=words):
         load_campaign_spec(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from analysis.sequential import MEASURED, Design, boundaries, nominal_levels, simulate, spent
 
@@ -56,3 +57,37 @@ def test_bad_arguments_are_a_usage_error_before_any_work(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "--n >= 1, --delta > 0" in capsys.readouterr().err
+
+
+def test_each_comparison_spends_alpha_over_m_over_the_looks():
+    """The levels of a family of m spend alpha / m per comparison over the looks (2..10 of 10 here):
+    Brownian B-values under the null cross them 2.5% of the time at m = 2 (alpha's own levels halved
+    would cross ~2.6%)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(1, 11) / 10
+    z = (rng.normal(size=(200_000, 10)) * np.sqrt(np.diff(t, prepend=0))).cumsum(axis=1) / np.sqrt(t)
+    p = 2 * stats.norm.sf(np.abs(z[:, 1:]))
+    crossed = (p < nominal_levels(t[1:], 0.05 / 2)).any(axis=1).mean()
+    assert crossed == pytest.approx(0.025, abs=3 * np.sqrt(0.025 * 0.975 / 200_000))
+
+
+def test_the_look_rule_is_scipys_tests_on_the_units():
+    from analysis.sequential import unit_interval, unit_tests
+
+    rng = np.random.default_rng(3)
+    per_unit = rng.normal(0.02, 0.05, (4, 300)) + rng.normal(0, 0.004, (4, 1))  # 4 folds x 300 images
+    p_real, p_tost = unit_tests(per_unit[None], delta=0.05)
+    d, means = per_unit.mean(axis=0), per_unit.mean(axis=1)
+    expected = max(stats.wilcoxon(d, method="approx").pvalue, stats.ttest_1samp(d, 0).pvalue,
+                   stats.ttest_1samp(means, 0).pvalue)
+    assert p_real[0] == pytest.approx(expected, rel=1e-9)
+    tost = max(stats.ttest_1samp(x, -0.05, alternative="greater").pvalue for x in (d, means))
+    tost = max(tost, *(stats.ttest_1samp(x, 0.05, alternative="less").pvalue for x in (d, means)))
+    assert p_tost[0] == pytest.approx(tost, rel=1e-9)
+    # the interval at a level excludes 0 exactly when both t's reject there; it is the wider of the two
+    p_t = max(stats.ttest_1samp(d, 0).pvalue, stats.ttest_1samp(means, 0).pvalue)
+    for level in (p_t * 0.9, p_t * 1.1):
+        low, high = unit_interval(per_unit, level)
+        assert (low > 0 or high < 0) == (p_t < level)
+    ci = stats.ttest_1samp(means, 0).confidence_interval(0.95)
+    assert unit_interval(per_unit, 0.05) == pytest.approx((ci.low, ci.high))  # 4 units: the wider one

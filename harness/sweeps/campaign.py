@@ -64,7 +64,7 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     storage = None if dry_run else storage_for_campaign(spec.name, storage_url)
     cells, results, todo = spec.cells(), {}, []
     for i, cell in enumerate(cells, 1):
-        if spec.sequential and spec.block_of(cell) > spec.last_block():
+        if _not_needed(spec, cell):
             results[i] = CellResult(cell, "NOT NEEDED")  # past the design's last block: never queued
             continue
         try:  # reading the data may fail (a bad file): the cell is FAILED, with no run made
@@ -79,6 +79,10 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
                           CellResult(cell, "TO RESUME" if resume else "TO RUN", resume or ""))
         else:
             todo.append(cell)
+    if dry_run and spec.sequential:  # a design the record has stopped trains no later block
+        verdict = look(spec)
+        results = {i: CellResult(r.cell, "NOT NEEDED") if r.status.startswith("TO ") and _not_needed(
+            spec, r.cell, verdict) else r for i, r in results.items()}
     if dry_run or not todo:
         return [results[i] for i in range(1, len(cells) + 1)]
     queue = CellQueue(spec.name, storage, worker_name(0), spec.stale_after_s)
@@ -104,6 +108,15 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
     stop = verdict["look"] if verdict and verdict["stop"] else None
     return [results.get(i) or ran.get(cell_key(cell)) or _recorded(experiment, spec, base, cell, stop)
             for i, cell in enumerate(cells, 1)]
+
+
+def _not_needed(spec: CampaignSpec, cell: dict, verdict: dict | None = None) -> bool:
+    """A sequential campaign's cell that is never trained: past its last block, or past the look
+    `verdict` (look()'s) stopped it at."""
+    if spec.sequential is None:
+        return False
+    block = spec.block_of(cell)
+    return block > spec.last_block() or bool(verdict and verdict["stop"] and block > verdict["look"])
 
 
 def look(spec: CampaignSpec) -> dict | None:
@@ -180,6 +193,10 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
     experiment = spec.tracking or load_spec(base).tracking
     queue = CellQueue(spec.name, storage_for_campaign(spec.name, storage_url), worker_name(0), spec.stale_after_s)
     latest, now, stale = queue.states(), time.time(), {t.number for t in queue.stale()}
+    try:
+        verdict = look(spec)
+    except RuntimeError as err:  # the look failed: the cells still print, the design line says why
+        verdict = str(err)
     counts: dict[str, int] = {}
     for i, cell in enumerate(spec.cells(), 1):
         exp = _cell_spec(spec, base, cell)
@@ -187,8 +204,10 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
         trial = latest.get(cell_key(cell))
         state = "FINISHED" if done else (trial.state.name if trial else "NOT QUEUED")
         state = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, state)
-        if state == "FAILED" and trial.user_attrs.get("not_needed"):
-            state = "NOT NEEDED"  # a sequential campaign stopped before its block
+        dropped = bool(trial and trial.user_attrs.get("not_needed"))
+        if state in ("WAITING", "FAILED", "NOT QUEUED") and (dropped or _not_needed(
+                spec, cell, verdict if isinstance(verdict, dict) else None)):
+            state = "NOT NEEDED"  # a sequential campaign stopped before its block, or it is past the design
         if state == "RUNNING":
             state = "STALE" if trial.number in stale else "RUNNING"  # the queue's own rule (with its margin)
         where = done[0] if done else (f"{trial.user_attrs.get('worker', '')} heartbeat "
@@ -198,17 +217,16 @@ def print_status(spec: CampaignSpec, base: Path, storage_url: str | None) -> Non
         print(f"  {f'[{i}/{len(spec.cells())}]':>9} {state:<10} {_label(cell):<45} {where}")
     print(f"campaign '{spec.name}': " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
     if spec.sequential:
-        print(_sequential_status(spec))
+        print(_sequential_status(spec, verdict))
 
 
-def _sequential_status(spec: CampaignSpec) -> str:
-    """Where a sequential campaign stands: complete blocks, the looks taken and their decisions."""
+def _sequential_status(spec: CampaignSpec, verdict: dict | str) -> str:
+    """Where a sequential campaign stands: complete blocks, the looks taken and their decisions
+    (`verdict`: look()'s, or why it failed)."""
     seq, last = spec.sequential, spec.last_block()
     head = f"sequential ({seq.spending}, delta +-{seq.delta:g}, at most {last} blocks): "
-    try:
-        verdict = look(spec)
-    except RuntimeError as err:
-        return head + str(err)
+    if isinstance(verdict, str):
+        return head + verdict
     done = f"{verdict['recorded']} of {last} blocks complete; "  # look() counts blocks 1..last only
     if not verdict["look"]:
         return head + done + f"the first look is taken after block {seq.min_blocks}"
