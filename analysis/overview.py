@@ -14,8 +14,8 @@ t over runs below FEW_RUNS runs).
 
 Multiplicity: every row the table prints is one family. A verdict "real" needs the Holm-adjusted
 p (`Comparison.decisive_p`, the largest of the Wilcoxon p and the two intervals' p-values)
-below 5%, so the family-wise error is controlled at 5%; `p_raw`, `p_holm` and `family_size` stand
-beside every verdict.
+below 5% (Bonferroni's where a campaign declared a margin: "equivalent" shares the budget), so the
+family-wise error is controlled at 5%; `p_raw`, `p_adjusted` and `family_size` stand beside every verdict.
 """
 
 from __future__ import annotations
@@ -92,10 +92,10 @@ def _gap_row(scope: dict, first: str, result: Comparison) -> dict:
 
 
 def _settle(pairs: list[tuple[dict, Comparison]]) -> list[dict]:
-    """Holm over the comparisons of `pairs` (row, its Comparison) as one family: each row with its
-    p_holm, family_size and verdict."""
+    """Holm (Bonferroni with a margin) over the comparisons of `pairs` (row, its Comparison) as one
+    family: each row with its p_adjusted, family_size and verdict."""
     adjusted = adjust_family([result for _, result in pairs])
-    return [{**row, "p_holm": r.p_holm, "family_size": r.family_size, "verdict": r.verdict}
+    return [{**row, "p_adjusted": r.p_adjusted, "family_size": r.family_size, "verdict": r.verdict}
             for (row, _), r in zip(pairs, adjusted)]
 
 
@@ -179,7 +179,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         "CI over runs and images": [s or ("one run in an arm" if ok else "one run in a cell")
                                     for s, ok in zip(seeds, comparison)],
         "Wilcoxon p": [f"{p:.2g}" for p in table["p_wilcoxon"]],
-        "p (raw)": [f"{p:.2g}" for p in table["p_raw"]], "p (Holm)": [f"{p:.2g}" for p in table["p_holm"]],
+        "p (raw)": [f"{p:.2g}" for p in table["p_raw"]], "p (adjusted)": [f"{p:.2g}" for p in table["p_adjusted"]],
         "family": table["family_size"],
         "images better with B": [f"{k:.0f} of {n:.0f}" if ok else "" for k, n, ok in
                                  zip(table["b_better"], table["n_images"], comparison)],

@@ -24,7 +24,7 @@ Method = Literal["bootstrap over images", "t over run means", "bootstrap over ru
                  "t over fold means", "bootstrap over folds, seeds and images", "bootstrap over runs", "one run"]
 Evidence = Literal["real", "uncorrected only", "images only", "one run", "none", "equivalent"]
 
-VERDICTS: dict[str, str] = {"real": "real", "uncorrected only": "not shown after Holm's correction",
+VERDICTS: dict[str, str] = {"real": "real", "uncorrected only": "not shown after the family's correction",
                             "images only": "not shown: runs disagree",
                             "one run": "over images only: one run in an arm", "none": "no difference shown",
                             "equivalent": "equivalent within the margin"}
