@@ -206,6 +206,13 @@ def _rate(hits: np.ndarray) -> str:
     return f"{k / n:.1%} [{ci.low:.1%}, {ci.high:.1%}]"
 
 
+def _holds(*errors: np.ndarray, bound: float = 0.06) -> str:
+    """The pass rule of the error rates: 'holds' when each one's upper 95% Clopper-Pearson end is at
+    most `bound`, else 'fails'."""
+    highs = [stats.binomtest(int(e.sum()), e.size).proportion_ci(LEVEL).high for e in errors]
+    return "holds" if max(highs) <= bound else "fails"
+
+
 def simulate(components: dict, design: Design, sims: int = 2000, seed: int = 0, family: int = 2) -> list[tuple]:
     """The error rates and costs of `design` on simulated campaigns: (what, figure) rows."""
     rng = np.random.default_rng(seed)
@@ -219,6 +226,8 @@ def simulate(components: dict, design: Design, sims: int = 2000, seed: int = 0, 
             ("false 'equivalent' (true difference = delta)", _rate((at_margin_equiv > 0).any(axis=1))),
             ("power at delta (per comparison)", _rate(power1 > 0)),
             ("power at 2 delta (per comparison)", _rate(power2 > 0)),
+            ("pass rule: each error rate's upper 95% end <= 6%",
+             _holds((null_real > 0).any(axis=1), (at_margin_equiv > 0).any(axis=1))),
             ("mean blocks: no difference / delta / 2 delta",
              f"{null_blocks.mean():.1f} / {blocks1.mean():.1f} / {blocks2.mean():.1f} of {design.max_blocks}")]
 
