@@ -116,10 +116,10 @@ def seed_counts(runs: pd.DataFrame, axis: str, cell_axes: list[str]) -> int | Se
     return SeedCounts(tuple((str(level), int(c.min()), int(c.max())) for level, c in by_level))
 
 
-def _comparisons(paired: dict, axis: str, strata: list[str], seeds, margin=(None, False)):
+def _comparisons(paired: dict, axis: str, strata: list[str], seeds, margin=(None, False), sequential: bool = False):
     """(headline conclusions, per-setting lines of each metric): each metric, each level against the
     first and, with other axes, within each setting; adjusted as one family: every comparison the
-    report prints together. margin: margin_of's (margin, post hoc)."""
+    report prints together. margin: margin_of's (margin, post hoc); sequential: a sequential campaign's."""
     dice = paired["dice"]
     if not dice.complete_settings():  # none until a setting has every level
         return [], {}
@@ -134,7 +134,7 @@ def _comparisons(paired: dict, axis: str, strata: list[str], seeds, margin=(None
     within = {m: tuple([dataclasses.replace(x, comparison=next(adjusted)) for x in part] for part in wg)
               for m, wg in within.items()}
     scope = ("mean over " + "; ".join(dice.complete_settings())) if strata else ""
-    return [Conclusion(r, axis, seeds, scope) for r in heads], within
+    return [Conclusion(r, axis, seeds, scope, sequential) for r in heads], within
 
 
 def _paired_section(paired: dict, conclusions: list[Conclusion], seeds, strata: list[str]) -> dict:
@@ -174,7 +174,7 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
         parts += _plan_section(paired, context["margin"])
-    if "campaign.sequential" in runs and runs["campaign.sequential"].notna().any():
+    if context["sequential"]:
         parts += _sequential_section(runs, axes, context["uri"])
     return parts
 
@@ -225,9 +225,10 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     folded = FOLD in axes and axis != FOLD
     seeds = seed_counts(runs, axis, [axis, *strata] + [FOLD] * folded)
     margin = margin_of(runs, delta)
-    conclusions, within = _comparisons(paired, axis, strata, seeds, margin)
+    sequential = "campaign.sequential" in runs and bool(runs["campaign.sequential"].notna().any())
+    conclusions, within = _comparisons(paired, axis, strata, seeds, margin, sequential)
     context = {"paired": paired, "within": within, "uri": uri, "campaign": campaign, "scores": scores,
-               "conclusions": conclusions, "margin": margin[0]}
+               "conclusions": conclusions, "margin": margin[0], "sequential": sequential}
     lines = [*conclusions, *(line for m, results in within.items()
                              for line in sections.setting_tables(paired[m], results)[2])]
     history = _history(runs, uri)

@@ -237,12 +237,14 @@ class Sentence:
 class Conclusion(Sentence):
     """A headline sentence: `comparison` (labelled with its metric and arms) of the compared `axis`;
     seeds: runs per cell, an int when every cell has as many, else SeedCounts; scope: what the
-    comparison averages over ('mean over augment=none; augment=flip'), '' for one setting."""
+    comparison averages over ('mean over augment=none; augment=flip'), '' for one setting;
+    sequential: a sequential campaign's (its intervals are then labelled not adjusted for the looks)."""
 
     comparison: Comparison
     axis: str
     seeds: int | SeedCounts
     scope: str = ""
+    sequential: bool = False
     macro = "conclusion"
 
 

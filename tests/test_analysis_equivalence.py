@@ -123,7 +123,9 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     assert [r.status for r in run_campaign(spec, base, dry_run=True)] == ["SKIPPED"] * 4 + ["NOT NEEDED"] * 4
     from analysis.report import build_report
 
-    page = build_report(campaign="seq").html
+    report = build_report(campaign="seq")
+    page = report.html
+    assert "not adjusted for the sequential looks" in report.text()  # the terminal's conclusion says so too
     assert "<h2>Sequential design</h2>" in page and "Every comparison was decided at look 2" in page
     assert "not adjusted for the looks" in page and "equivalent within ±100" in page
     assert "interval at the look&#39;s level" in page or "interval at the look's level" in page
