@@ -470,7 +470,9 @@ def _replay_main(campaigns: list[str], given: dict) -> int:
     for d in [*r.decisions, *r.pending]:
         low, high = d.interval or (float("nan"),) * 2
         print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.text()}; interval [{low:+.4f}, {high:+.4f}]")
-    if r.stopped:
+    if not r.stop:
+        print(f"no look taken: a look needs {o['min_blocks']} complete blocks (a cell of every arm each)")
+    elif r.stopped:
         print(f"every comparison decided at look {r.stop} of {r.planned}: {r.runs_saved} runs not needed")
     elif r.recorded >= r.planned:
         print(f"{len(r.pending)} comparison(s) undecided at the last look ({r.planned}): they read 'not shown'; "
