@@ -12,8 +12,8 @@ interaction). Written as Markdown (also printed), CSV and a forest plot (PNG).
 Each arm's test score carries the same interval as the report's summary (`stats.summarize_arm`: a
 t over runs below FEW_RUNS runs).
 
-Multiplicity: every row the table prints is one family. A verdict "real" needs the Holm-adjusted
-p (`Comparison.decisive_p`, the largest of the Wilcoxon p and the two intervals' p-values)
+Multiplicity: every row the table prints is one family. A verdict "real" needs the adjusted p of
+`Comparison.decisive_p` (the largest of the Wilcoxon p and the two intervals' p-values)
 below 5% (Bonferroni's where a campaign declared a margin: "equivalent" shares the budget), so the
 family-wise error is controlled at 5%; `p_raw`, `p_adjusted` and `family_size` stand beside every verdict.
 """

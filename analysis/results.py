@@ -7,7 +7,8 @@ and the CI over runs and images excluding 0; with one run in an arm there is no 
 the verdict is "one run" at best): an intersection-union test, whose p-value is the largest of the
 three (`Comparison.decisive_p`; the CIs' p-values come from the same draws as the intervals).
 `adjust_family` applies Holm's step-down correction to those p-values over every comparison printed
-together and returns adjusted copies, so "real" controls the family-wise error at ALPHA.
+together (Bonferroni's where a margin is declared: "equivalent" then shares the budget) and returns
+adjusted copies, so "real" controls the family-wise error at ALPHA.
 """
 
 from __future__ import annotations

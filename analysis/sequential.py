@@ -286,7 +286,7 @@ class Replay:
     @property
     def runs_saved(self) -> int:
         """The runs of the planned blocks after the stopping look."""
-        return (max(self.planned, self.recorded) - self.stop) * self.runs_per_block if self.stopped else 0
+        return (self.planned - self.stop) * self.runs_per_block if self.stopped else 0
 
 
 def block_order(runs, folds: bool) -> list[tuple]:
@@ -307,6 +307,7 @@ def unit_differences(runs, scores, axis: str, a, b, metric: str, folded: bool) -
 
     unit = FOLD if folded else "seed"
     rows = scores[["run_id", "name", metric]].merge(runs[["run_id", axis, unit]], on="run_id")
+    rows = rows[rows[axis].isin([a, b])]  # an image another level lacks stays in this comparison
     wide = rows.pivot_table(index=[axis, unit], columns="name", values=metric, aggfunc="mean").dropna(axis=1)
     return (wide.loc[b] - wide.loc[a]).dropna().to_numpy()
 
@@ -340,7 +341,8 @@ def replay(runs, axes: list[str], delta: float, max_blocks: int | None = None, u
     from analysis.paired import FOLD, compare_axis, headline_metrics, load_scores
 
     axis = compare_axis(axes)
-    folded = FOLD in runs and (runs[FOLD].nunique() > 1 or (blocks is not None and len(blocks[0]) == 2))
+    folded = FOLD in runs and axis != FOLD and (runs[FOLD].nunique() > 1 or (blocks is not None
+                                                                         and len(blocks[0]) == 2))
     keys = runs[["seed", FOLD] if folded else ["seed"]].apply(_block_key, axis=1)
     arms = runs.groupby(keys)["arm"].nunique()  # a block: one cell of every arm (in every setting)
     per_block = per_block or int(arms.max())
@@ -402,7 +404,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     given = {k: getattr(args, k) for k in DEFAULTS}
     first = 2 if args.min_blocks is None else args.min_blocks
-    if args.n < 1 or (args.delta is not None and args.delta <= 0) or first < 2 or (args.max_blocks or first) < first:
+    if args.n < 1 or (args.delta is not None and args.delta <= 0) or first < 2 or (
+            args.max_blocks is not None and args.max_blocks < first):
         p.error("--n >= 1, --delta > 0, --min-blocks >= 2 and --max-blocks >= --min-blocks")
     if args.replay:
         return _replay_main(args.replay, given)

@@ -144,11 +144,16 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
     assert "2 of 4 blocks complete; stopped at look 2; dice resnet34_unet vs unet: equivalent within ±100" in status
 
 
+TWO_AXES = {"augment": ["none", "flip"], "model.arch": ["unet", "resnet34_unet"]}
+
+
 @pytest.mark.parametrize("sequential, extra, words", [({"delta": 0.01, "block": ["data.fold"]}, {}, "block"),
                                                        ({"delta": 0.01, "max_blocks": 9}, {}, "exceeds"),
                                                        ({"delta": -1}, {}, "delta"),
-                                                       ({"delta": 0.01}, {"augment": ["none", "flip"]},
-                                                        "one axis besides")])
+                                                       ({"delta": 0.01}, TWO_AXES,
+                                                        "one axis besides"),
+                                                       ({"delta": 0.01, "max_blocks": 9}, {"augment": ["none"]},
+                                                        "exceeds")])  # a one-value axis is no second arm axis
 def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, extra, words):
     """Among them a second compared axis: the looks test the arms only, the report would test more."""
     from harness.config.load import SpecError

@@ -135,7 +135,7 @@ class CampaignSpec(PlanSpec):
             raise ValueError(f"delta {self.delta} and sequential.delta {seq.delta} differ: give one")
         if self.variants:
             raise ValueError("a sequential campaign takes a matrix, not variants")
-        arms = [a for a in self.matrix if a not in seq.block]
+        arms = [a for a, values in self.matrix.items() if a not in seq.block and len(values) > 1]
         if len(arms) != 1:  # its looks test the arms' comparisons only: other axes would widen the report's family
             raise ValueError(f"a sequential campaign varies one axis besides {seq.block} (its arms); this matrix "
                              f"varies {arms or 'none'}")

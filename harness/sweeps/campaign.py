@@ -80,7 +80,11 @@ def run_campaign(spec: CampaignSpec, base: Path, dry_run: bool = False, *, worke
         else:
             todo.append(cell)
     if dry_run and spec.sequential:  # a design the record has stopped trains no later block
-        verdict = look(spec)
+        try:
+            verdict = look(spec)
+        except RuntimeError as err:  # the listing still prints; it says why it could not look
+            print(f"no look taken: {err}", file=sys.stderr, flush=True)
+            verdict = None
         results = {i: CellResult(r.cell, "NOT NEEDED") if r.status.startswith("TO ") and _not_needed(
             spec, r.cell, verdict) else r for i, r in results.items()}
     if dry_run or not todo:
@@ -134,7 +138,10 @@ def look(spec: CampaignSpec) -> dict | None:
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"a look at campaign {spec.name} failed: {out.stderr.strip()[-500:]}")
-    verdict = json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        verdict = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as err:  # no line, or not JSON: the same failure, said the same way
+        raise RuntimeError(f"a look at campaign {spec.name} printed no verdict: {out.stdout.strip()[-300:]!r}") from err
     verdict["stop"] = verdict["stop"] or verdict["recorded"] >= len(blocks)  # the last look ends it anyway
     return verdict
 
