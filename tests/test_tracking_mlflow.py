@@ -130,3 +130,27 @@ def test_runs_logging_one_new_dataset_at_once_all_get_it(tmp_path):
         (entry,) = client.get_run(run_id).inputs.dataset_inputs
         assert (entry.dataset.name, entry.dataset.digest) == ("pets/test", "abc123")
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "test"
+
+
+def test_a_ctrl_c_while_the_run_opens_ends_it_killed_not_finished(tmp_path, monkeypatch):
+    """A second SIGTERM landed while a campaign cell's run was being set up (after start_run, in
+    log_params): __exit__ never ran, and MLflow's exit hook later ended the run FINISHED, so the
+    cell read as done with nothing trained. The run must end KILLED and leave no active run."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "log_params", interrupted)
+    options = RunOptions(tracking_uri=uri, system_metrics=False)
+    tracker = open_run("sys", "r", {"a": 1}, {}, options)
+    try:
+        with tracker:
+            raise AssertionError("the body must not run")
+    except KeyboardInterrupt:
+        pass
+    assert mlflow.active_run() is None
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("sys").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]

@@ -60,14 +60,22 @@ class MlflowTracker:
             _check_same_run(MlflowClient(self.tracking_uri).get_run(self.resume_id), self.tags)
             # MLflow continues the system metrics' steps after the run's last one (resume_logging)
             run = mlflow.start_run(run_id=self.resume_id, log_system_metrics=self.system_metrics)
-            mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
         else:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                    parent_run_id=self.parent_run_id, log_system_metrics=self.system_metrics,
                                    tags={**source_tags(), **{k: str(v) for k, v in self.tags.items()}})
-            mlflow.log_params(self.params)
         self.run_id = run.info.run_id
-        self._client = MlflowClient(self.tracking_uri)  # by run id: usable from the checkpoint writer's thread
+        try:
+            if self.resume_id:
+                mlflow.set_tags({k: str(v) for k, v in self.tags.items()})
+            else:
+                mlflow.log_params(self.params)
+            self._client = MlflowClient(self.tracking_uri)  # by run id: usable from the checkpoint writer's thread
+        except BaseException as err:
+            # __exit__ is not called when __enter__ raises: end the run here. Left open, MLflow's exit
+            # hook would end it FINISHED (a Ctrl-C during setup once recorded a cell as done, untrained).
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
