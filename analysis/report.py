@@ -174,20 +174,19 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
         parts += _plan_section(paired, context["margin"])
-    if context["sequential"]:
-        parts += _sequential_section(runs, axes, context["uri"])
+    if context["design"]:
+        parts += _sequential_section(runs, axes, context["uri"], context["design"])
     return parts
 
 
-def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None) -> list:
+def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None, design: dict) -> list:
     """A sequential campaign's decisions, look by look (analysis.sequential.replay of the record), each
     with the look, the boundary, its p and the interval the design justifies there."""
     from analysis import sequential
 
-    design = sequential.recorded_design(runs)
     r = sequential.replay(runs, axes, design["delta"], design.get("max_blocks"), uri, design["spending"],
                           design["min_blocks"])
-    design["max_blocks"] = r.planned
+    design = {**design, "max_blocks": r.planned}  # the caller's dict stays as recorded
     # An undecided comparison shows its last look: its p for "real" and TOST's, against the boundary.
     rows = [{"metric": METRICS.get(d.metric, d.metric), "A": d.arms[0], "B": d.arms[1], "decision": d.verdict,
              "look (blocks)": d.look, "level (boundary)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}"),
@@ -225,10 +224,12 @@ def build_report(campaign: str | list[str] | None = None, experiment: str | None
     folded = FOLD in axes and axis != FOLD
     seeds = seed_counts(runs, axis, [axis, *strata] + [FOLD] * folded)
     margin = margin_of(runs, delta)
-    sequential = "campaign.sequential" in runs and bool(runs["campaign.sequential"].notna().any())
-    conclusions, within = _comparisons(paired, axis, strata, seeds, margin, sequential)
+    from analysis.sequential import recorded_design
+
+    design = recorded_design(runs)  # a sequential campaign's, None for a fixed one
+    conclusions, within = _comparisons(paired, axis, strata, seeds, margin, design is not None)
     context = {"paired": paired, "within": within, "uri": uri, "campaign": campaign, "scores": scores,
-               "conclusions": conclusions, "margin": margin[0], "sequential": sequential}
+               "conclusions": conclusions, "margin": margin[0], "design": design}
     lines = [*conclusions, *(line for m, results in within.items()
                              for line in sections.setting_tables(paired[m], results)[2])]
     history = _history(runs, uri)
