@@ -196,7 +196,9 @@ def test_a_queue_outage_past_the_stale_limit_stops_workers_and_the_rerun_complet
     monkeypatch.chdir(tmp_path)
     uri, name = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "long_outage"
     storage = f"{server}/campaign"
-    path = _spec(tmp_path, name, stale_after_s=6, epochs=200)  # cells outlast the stale limit on any machine
+    # 60 epochs outlast the stale limit on any machine (~3 s each on 2 cores); 200 took the rerun past
+    # its 900 s wait in CI once (2026-12-04)
+    path = _spec(tmp_path, name, stale_after_s=6, epochs=60)
     campaign = Campaign(path, tmp_path, uri, "--workers", "2", "--storage", storage)
     campaign.wait_for(QUEUED)
     first = _training(uri, name, 2)
