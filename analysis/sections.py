@@ -104,8 +104,8 @@ def ablation(runs: pd.DataFrame, axis: str, paired, png: Callable) -> list[str]:
     levels = paired.levels
     reference = "none" if "none" in levels else levels[0]
     levels = [level for level in levels if level != reference]
-    results = dict(zip(levels, adjust_family([compare_arms(**paired.compare(reference, level))  # one family
-                                              for level in levels])))
+    compared = [compare_arms(**paired.compare(reference, level), improvement=True) for level in levels]
+    results = dict(zip(levels, adjust_family(compared)))  # one family
     rows = [{"level": level, **_row(r), "test/dice (runs)": _fmt_ci(runs.loc[runs[axis] == level, "test/dice"])}
             for level, r in results.items()]
     if not rows:
@@ -139,7 +139,8 @@ def setting_results(paired, margin: float | None = None) -> tuple[list[SettingLi
         return [paired.groups[k] for k in keys] if paired.groups else None
 
     for b in others:
-        within += [SettingLine(compare_arms(cells[(s, a)], cells[(s, b)], groups=folds((s, a), (s, b)), margin=margin)
+        within += [SettingLine(compare_arms(cells[(s, a)], cells[(s, b)], groups=folds((s, a), (s, b)), margin=margin,
+                                            improvement=True)
                                .labelled(paired.metric, a, b), s) for s in settings]
         first = settings[0]
         gaps += [SettingLine(compare_gaps(cells[(first, a)], cells[(first, b)], cells[(s, a)], cells[(s, b)],

@@ -337,7 +337,7 @@ def test_seed_and_image_ci_counts_run_to_run_variation():
 def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
     from analysis import plots
     from analysis.paired import Paired
-    from analysis.sections import by_setting
+    from analysis.sections import by_setting, setting_tables
     from analysis.stats import compare_arms, compare_gaps
 
     rng = np.random.default_rng(1)
@@ -371,6 +371,10 @@ def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
     assert lines[1].startswith("Dice: With augment=crop:") and lines[1].endswith("no difference shown.")
     assert lines[2].startswith("Dice: The b &minus; a gap changes from augment=none to augment=crop: -0.03")
     assert "Does the gap change" in "".join(parts)
+    # the probability of improvement per image, beside each comparison within a setting
+    within = setting_tables(paired)[0]
+    assert within["p_improvement"].iloc[0] > 0.95 and 0.3 < within["p_improvement"].iloc[1] < 0.7
+    assert all("(probability of improvement per image): " in line for line in lines[:2]), lines[:2]
 
 
 def _execute_notebook(path, tmp, env, monkeypatch):
