@@ -176,6 +176,20 @@ def equivalence_power(c: Components, design: Design, margin: float, family: int 
     return float(np.mean(inside))
 
 
+def equivalence_margin(c: Components, design: Design, target: float = 0.8, family: int = 1, seed: int = 0,
+                       sims: int = SIMS) -> float:
+    """The equivalence analogue of the MDE: the smallest margin that TOST (as `equivalence_power`)
+    shows with probability `target` when there is no difference. Each simulated campaign is shown
+    equivalent for every margin above the larger end of its two intervals in absolute value, so the
+    margin is the `target` quantile of that end: one simulation, no search."""
+    level = 1 - 2 * ALPHA / family
+    d, values = _simulate(c, design, 0.0, np.random.default_rng(seed), sims)
+    low_r, high_r, _ = _runs_test(values, design, level)
+    mean, se, df = t_parts(d)
+    needed = np.maximum.reduce([np.abs(mean) + stats.t.ppf(0.5 + level / 2, df) * se, -low_r, high_r])
+    return float(np.quantile(needed, target))
+
+
 def mde(c: Components, design: Design, target: float = 0.8, family: int = 1) -> float:
     """The smallest |B - A| detected with probability `target` (bisection on a log scale; the same
     simulated noise at every step, so power rises with the effect); inf beyond 1."""
@@ -230,10 +244,11 @@ def cheapest(c: Components, current: Design, delta: float, target: float, family
 
 @dataclass(frozen=True)
 class MetricPlan:
-    """A plan for one metric of one comparison: its components, the current design, the MDE of each
-    design in `rows` (name, design, mde), the cheapest design that detects `delta` (None: none does
-    up to the caps), the MDE no number of runs goes below on this test set and the images that would
-    detect `delta`, and the same for equivalence within +-delta."""
+    """A plan for one metric of one comparison: its components, the current design, the MDE and the
+    smallest equivalence margin of each design in `rows` (name, design, mde, margin), the cheapest
+    design that detects `delta` (None: none does up to the caps), the MDE no number of runs goes below
+    on this test set and the images that would detect `delta`, and the same for equivalence within
+    +-delta."""
 
     components: Components
     arms: tuple
@@ -302,8 +317,9 @@ def section(plans: list[MetricPlan], png) -> str:
               "caveat": p.caveat(),
               "table": render.html_table(pd.DataFrame([{"design": name, "folds": d.folds, "seeds per fold": d.seeds,
                                                         "test images": d.images, "runs": d.runs,
-                                                        "minimal detectable effect": round(m, 4)}
-                                                       for name, d, m in p.rows]), index=False)} for p in plans]
+                                                        "minimal detectable effect": round(m, 4),
+                                                       "smallest equivalence margin": round(e, 4)}
+                                                       for name, d, m, e in p.rows]), index=False)} for p in plans]
     return render.fragment("sections/plan.html.j2", plans=shown, family=plans[0].family, delta=f"{plans[0].delta:g}",
                            power_pct=f"{plans[0].target:.0%}", figure=png(power_figure(plans)))
 
@@ -316,7 +332,8 @@ def plan_comparison(a, b, groups, metric: str, settings: dict) -> MetricPlan:
     folds = len(set(np.asarray(groups[0]).tolist()) & set(np.asarray(groups[1]).tolist())) if groups else 0
     seeds = max(1, round(min(len(a), len(b)) / max(folds, 1)))
     current = Design(folds, seeds, a.shape[1])
-    rows = tuple((name, d, mde(c, d, target, family)) for name, d in designs(current, max_folds))
+    rows = tuple((name, d, mde(c, d, target, family), equivalence_margin(c, d, target, family))
+                 for name, d in designs(current, max_folds))
     z = stats.norm.ppf(1 - ALPHA / (2 * family)) + stats.norm.ppf(target)
     return MetricPlan(c, (), current, family, delta, target, rows,
                       cheapest(c, current, delta, target, family, max_folds),
@@ -374,8 +391,8 @@ def table(plan: MetricPlan) -> list[str]:
              f"power {plan.target:.0%})", "",
              f"Components (sd): arm x image {c.interaction_sd:.4f}, run x image {c.noise_sd:.4f}, "
              f"seed {c.seed_sd:.4f}, fold {c.fold_sd:.4f}.", "",
-             "| design | runs | minimal detectable effect |", "|---|---|---|"]
-    lines += [f"| {name}: {d.label()} | {d.runs} | {m:.4f} |" for name, d, m in plan.rows]
+             "| design | runs | minimal detectable effect | smallest equivalence margin |", "|---|---|---|---|"]
+    lines += [f"| {name}: {d.label()} | {d.runs} | {m:.4f} | {e:.4f} |" for name, d, m, e in plan.rows]
     return lines + ["", plan.sentence(), plan.equivalence_sentence(), *filter(None, [plan.caveat()]), ""]
 
 
@@ -397,9 +414,9 @@ def power_figure(plans: list[MetricPlan]):
 
     fig, axes = plt.subplots(1, len(plans), figsize=(6 * len(plans), 4), squeeze=False)
     for ax, plan in zip(axes[0], plans):
-        finite = [m for *_, m in plan.rows if np.isfinite(m)] or [plan.delta]
+        finite = [m for _, _, m, _ in plan.rows if np.isfinite(m)] or [plan.delta]
         grid = np.geomspace(min(finite) / 4, max(max(finite), plan.delta) * 2, 14)
-        for name, d, _ in plan.rows:
+        for name, d, *_ in plan.rows:
             ax.plot(grid, [power(plan.components, d, x, plan.family, sims=400) for x in grid], label=name)
         ax.axvline(plan.delta, color="grey", ls="--")
         ax.axhline(plan.target, color="grey", ls=":")

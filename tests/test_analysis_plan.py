@@ -62,6 +62,20 @@ def test_more_runs_or_images_never_raise_the_minimal_detectable_effect():
     assert power(HEADLINE, Design(5, 3, 200), 0.0) < 0.08 < power(HEADLINE, Design(5, 3, 200), now)
 
 
+def test_the_smallest_equivalence_margin_is_where_tost_reaches_the_power():
+    """The margin per design is the equivalence analogue of the MDE: TOST's power (same simulated
+    campaigns) crosses the target there, and more runs or images never widen it."""
+    from analysis.plan import equivalence_margin
+
+    design = Design(5, 3, 200)
+    margin = equivalence_margin(HEADLINE, design)
+    assert 0.002 < margin < 0.05
+    assert equivalence_power(HEADLINE, design, margin * 1.001) >= 0.8 > equivalence_power(HEADLINE, design,
+                                                                                           margin * 0.98)
+    assert equivalence_margin(HEADLINE, Design(10, 3, 200)) <= margin
+    assert equivalence_margin(HEADLINE, Design(5, 3, 800)) < margin
+
+
 def test_the_test_set_limit_is_said_with_the_images_that_would_lift_it():
     """0.005 Dice over 200 images with an arm x image sd of 0.05: unlimited runs leave the image interval at
     about +-0.007, so no number of runs detects it; about 800 images would."""
