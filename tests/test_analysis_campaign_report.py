@@ -374,7 +374,7 @@ def test_arms_are_compared_within_each_setting_and_gap_changes_are_tested():
     # the probability of improvement per image, beside each comparison within a setting
     within = setting_tables(paired)[0]
     assert within["p_improvement"].iloc[0] > 0.95 and 0.3 < within["p_improvement"].iloc[1] < 0.7
-    assert all("(probability of improvement per image): " in line for line in lines[:2]), lines[:2]
+    assert all("(probability of improvement per image, ties half): " in line for line in lines[:2]), lines[:2]
 
 
 def _execute_notebook(path, tmp, env, monkeypatch):
