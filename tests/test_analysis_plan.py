@@ -83,7 +83,7 @@ def test_the_test_set_limit_is_said_with_the_images_that_would_lift_it():
     needed = images_needed(c, 0.005)
     assert 700 < needed < 900
     limit = 2.80 * 0.05 / np.sqrt(200)
-    plan = MetricPlan(c, ("unet", "resnet34_unet"), Design(5, 3, 200), 1, 0.005, 0.8, (("current", None, 0.02),),
+    plan = MetricPlan(c, ("unet", "resnet34_unet"), Design(5, 3, 200), 1, 0.005, 0.8, (("current", None, 0.02, 0.03),),
                       None, limit, needed, 0.0, None)
     assert plan.sentence() == (f"Dice: the test set limits this comparison: with 200 test images no number of runs "
                                f"detects 0.005 (even unlimited runs detect {limit:.4f} at 80% power); about "
@@ -100,8 +100,8 @@ def test_equivalence_needs_both_intervals_inside_the_margin():
 def test_out_of_reach_names_the_largest_design_searched():
     """With no design found, the sentences name the caps the search ran to, not a vague 'the caps'."""
     noisy = Components("nsd", 0.07, 0.07, 0.02, 0.0, 0.0)
-    plan = MetricPlan(noisy, ("unet", "resnet34_unet"), Design(5, 3, 200), 2, 0.01, 0.8, (("current", None, 0.04),),
-                      None, 0.001, 500, 0.0, None, max_folds=8)
+    plan = MetricPlan(noisy, ("unet", "resnet34_unet"), Design(5, 3, 200), 2, 0.01, 0.8,
+                      (("current", None, 0.04, 0.05),), None, 0.001, 500, 0.0, None, max_folds=8)
     assert plan.sentence() == "NSD: no design up to 8 folds x 10 seeds on 200 test images detects 0.01 with 80% power."
     assert plan.equivalence_sentence().endswith(
         "0% power now; 80% is out of reach of every design up to 8 folds x 10 seeds on 200 test images.")
@@ -125,7 +125,7 @@ def test_a_small_pilot_says_what_it_cannot_estimate():
     assert pilot.seed_sd == 0.0  # not estimable: no fold has two seeds
 
     def plan(design):
-        return MetricPlan(pilot, ("unet", "resnet34_unet"), design, 2, 0.005, 0.8, (("current", design, 0.02),),
+        return MetricPlan(pilot, ("unet", "resnet34_unet"), design, 2, 0.005, 0.8, (("current", design, 0.02, 0.03),),
                           None, 0.001, 500, 0.0, None)
 
     small = plan(Design(2, 1, 400)).caveat()
