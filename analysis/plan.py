@@ -163,32 +163,31 @@ def power(c: Components, design: Design, delta: float, family: int = 1, seed: in
     return float(np.mean(np.maximum.reduce([p_wilcoxon, p_images, p_runs]) < alpha))
 
 
-def equivalence_power(c: Components, design: Design, margin: float, family: int = 1, seed: int = 0,
-                      sims: int = SIMS) -> float:
-    """The share of simulated campaigns with no true difference that TOST shows equivalent within
-    +-margin: the image interval and the runs interval at level 1 - 2 alpha / family both inside
-    (no Wilcoxon: it has no equivalence form)."""
+def _widest_ends(c: Components, design: Design, family: int, seed: int, sims: int) -> np.ndarray:
+    """Per simulated campaign with no true difference, the widest end (in absolute value) of its two
+    intervals at level 1 - 2 alpha / family: TOST shows it equivalent within exactly the margins above it."""
     level = 1 - 2 * ALPHA / family
     d, values = _simulate(c, design, 0.0, np.random.default_rng(seed), sims)
     low_r, high_r, _ = _runs_test(values, design, level)
     mean, se, df = t_parts(d)
-    inside = (np.abs(mean) + stats.t.ppf(0.5 + level / 2, df) * se < margin) & (low_r > -margin) & (high_r < margin)
-    return float(np.mean(inside))
+    return np.maximum.reduce([np.abs(mean) + stats.t.ppf(0.5 + level / 2, df) * se, -low_r, high_r])
+
+
+def equivalence_power(c: Components, design: Design, margin: float, family: int = 1, seed: int = 0,
+                      sims: int = SIMS) -> float:
+    """The share of simulated campaigns with no true difference that TOST shows equivalent within
+    +-margin: the interval over images and the runs interval, each at level 1 - 2 alpha / family
+    (no Wilcoxon: it has no equivalence form)."""
+    return float(np.mean(_widest_ends(c, design, family, seed, sims) < margin))
 
 
 def equivalence_margin(c: Components, design: Design, target: float = 0.8, family: int = 1, seed: int = 0,
                        sims: int = SIMS) -> float:
     """The equivalence analogue of the MDE: TOST (as `equivalence_power`, the same simulated campaigns)
     shows equivalence with probability >= `target` for any margin above this one when there is no
-    difference. A simulated campaign is shown equivalent for every margin above the widest end of its
-    two intervals (in absolute value), so this is that end's order statistic at `target`: one
-    simulation, no search."""
-    level = 1 - 2 * ALPHA / family
-    d, values = _simulate(c, design, 0.0, np.random.default_rng(seed), sims)
-    low_r, high_r, _ = _runs_test(values, design, level)
-    mean, se, df = t_parts(d)
-    needed = np.maximum.reduce([np.abs(mean) + stats.t.ppf(0.5 + level / 2, df) * se, -low_r, high_r])
-    return float(np.sort(needed)[max(0, int(np.ceil(target * sims)) - 1)])
+    difference: the order statistic of `_widest_ends` at `target`, one simulation, no search."""
+    ends = np.sort(_widest_ends(c, design, family, seed, sims))
+    return float(ends[max(0, int(np.ceil(target * sims)) - 1)])
 
 
 def mde(c: Components, design: Design, target: float = 0.8, family: int = 1) -> float:
