@@ -6,6 +6,7 @@ Exit status: 0 ok, 1 run failed, 2 bad input (spec, data, arguments), 130 interr
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = COMMANDS[args.command]
     quiet_library_bars()
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a worker that seems stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGTERM, _on_signal(command.ctrl_c))
     signal.signal(signal.SIGINT, _on_signal(command.ctrl_c))
     try:

@@ -262,6 +262,32 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _ended(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _stacks_then_kill(proc: subprocess.Popen, workers: list[int], reader: threading.Thread) -> None:
+    """A hung launcher: each live worker prints its threads' stacks (SIGUSR1, harness.cli's faulthandler)
+    into the output, then all stop."""
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    time.sleep(3)
+    for pid in [*workers, proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    reader.join(timeout=30)
+
+
 def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_path, capsys):
     """Two study workers on PostgreSQL (heartbeat 1 s, grace 4 s); one is paused mid-trial. The other
     fails its trial as stale and runs the retry; continued, the paused worker stops that trial's run
@@ -278,6 +304,9 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "harness", "study", str(spec), "n_trials=3", "pruner=none",
                              "heartbeat_interval=1", "grace_period=4", "--workers", "2", "--storage", storage],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     polled = optuna.storages.RDBStorage(storage)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # both workers inside a trial, past its first epoch
@@ -291,18 +320,25 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
     workers = _children(proc.pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGSTOP)
+    retried = False
     try:
         while time.monotonic() < deadline:  # the other worker failed the paused trial as stale and retried it
             time.sleep(0.5)
             study = optuna.load_study(study_name="debug_study", storage=polled)
             failed = [t for t in study.trials if t.state.name == "FAIL"]
             retry = [t for t in study.trials if failed and t.system_attrs.get("failed_trial") == failed[0].number]
-            if retry and retry[0].state.name == "COMPLETE":
+            if retried := bool(retry and retry[0].state.name == "COMPLETE"):
                 break
     finally:
         resumed_at = time.time()
         os.kill(workers[0], signal.SIGCONT)
-    out, _ = proc.communicate(timeout=600)
+    if not retried or not _ended(proc, 600):
+        _stacks_then_kill(proc, workers, reader)
+        states = [(t.number, t.state.name) for t in optuna.load_study(study_name="debug_study", storage=polled).trials]
+        pytest.fail(f"{'no retry COMPLETE while paused' if not retried else 'the study did not end'}; trials "
+                    f"{states}; output (with each worker's stacks):\n{''.join(lines)[-12000:]}")
+    reader.join(timeout=30)
+    out = "".join(lines)
     assert proc.returncode == 0, out[-4000:]
     study = optuna.load_study(study_name="debug_study", storage=polled)
     polled.engine.dispose()
