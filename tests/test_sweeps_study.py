@@ -225,6 +225,41 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
 
 
+
+@pytest.mark.slow
+def test_a_worker_paused_inside_a_transaction_does_not_block_the_others(postgres):
+    """A worker stopped between a statement and its commit holds the trial's row lock, and another worker's
+    stale sweep waits on it. The server ends a session idle in a transaction after IDLE_IN_TRANSACTION_S,
+    so the sweep fails the trial, and the paused worker's next statement finds its session gone."""
+    import threading
+
+    import sqlalchemy
+
+    from harness.sweeps.queue import IDLE_IN_TRANSACTION_S, rdb_storage
+
+    url = f"{postgres}/optuna"
+    paused, live = rdb_storage(url), rdb_storage(url)
+    study = optuna.create_study(study_name="paused_in_transaction", storage=live)
+    trial_id = study.ask()._trial_id
+    held = paused.engine.connect()  # the paused worker's connection, with the harness's engine settings
+    held.begin()
+    held.execute(sqlalchemy.text("SELECT * FROM trials WHERE trial_id = :id FOR UPDATE"), {"id": trial_id})
+    sweep = threading.Thread(target=live.set_trial_state_values, args=(trial_id, optuna.trial.TrialState.FAIL),
+                             daemon=True)
+    try:
+        sweep.start()
+        sweep.join(timeout=IDLE_IN_TRANSACTION_S + 120)  # a deadlock guard, not a speed check
+        assert not sweep.is_alive(), "the live worker still waits on the paused worker's row lock"
+        assert live.get_trial(trial_id).state == optuna.trial.TrialState.FAIL
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="idle-in-transaction"):
+            held.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        held.invalidate()
+        held.close()
+        paused.engine.dispose()
+        live.engine.dispose()
+
+
 @pytest.mark.slow
 def test_make_study_debug_end_to_end(tmp_path):
     from conftest import REPO

@@ -90,11 +90,31 @@ def describe(storage) -> str:
     return str(getattr(getattr(storage, "_backend", None), "_file_path", type(storage).__name__))
 
 
+# A worker paused (SIGSTOP, a suspended machine) between a statement and its commit keeps its row locks:
+# the other workers' stale sweeps and claims would wait on them for as long as it sleeps (seen: a study's
+# live worker stuck failing the paused one's trial). PostgreSQL ends a session idle in a transaction this
+# long, which frees the locks; the paused worker finds its connection gone when it wakes (pre-ping replaces
+# it). Every transaction here is one Optuna call, milliseconds long.
+IDLE_IN_TRANSACTION_S = 15
+
+
+def engine_settings(url: str) -> dict:
+    """SQLAlchemy engine arguments for a shared RDB storage. Pre-ping: a connection the server dropped (a
+    restart, an outage, the idle-in-transaction limit) is replaced, not used. PostgreSQL: a partition (packets
+    dropped, nothing refused) fails in ~10 s rather than hangs, and the idle-in-transaction limit above."""
+    engine: dict = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5,
+                                  "keepalives_interval": 2, "keepalives_count": 3,
+                                  "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
+    return engine
+
+
 def rdb_storage(url: str, **kwargs):
-    """optuna's RDBStorage at `url`; a server that does not answer is a SpecError naming the storage (its
-    password hidden) with the driver's first line, not a SQLAlchemy traceback."""
+    """optuna's RDBStorage at `url`, with `engine_settings(url)`; a server that does not answer is a SpecError
+    naming the storage (its password hidden) with the driver's first line, not a SQLAlchemy traceback."""
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_settings(url), **kwargs)
     except Exception as err:  # sqlalchemy's OperationalError, a missing driver, a malformed URL
         from sqlalchemy.engine import make_url
 
@@ -109,12 +129,8 @@ def rdb_storage(url: str, **kwargs):
 def storage_for_campaign(name: str, url: str | None = None):
     """The campaign's storage: `url` (sqlite/postgresql/mysql), else a journal file
     mlruns/optuna/campaign-<name>.journal."""
-    if url:  # pre-ping: a connection the server dropped (a restart, an outage) is replaced, not used
-        engine = {"pool_pre_ping": True}
-        if url.startswith("postgresql"):  # a partition (packets dropped, nothing refused) fails in ~10 s, not hangs
-            engine["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5,
-                                      "keepalives_interval": 2, "keepalives_count": 3}
-        return rdb_storage(url, engine_kwargs=engine)
+    if url:
+        return rdb_storage(url)
     path = paths.OPTUNA / f"campaign-{name}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

@@ -91,8 +91,9 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             try:
                 report(epoch, metrics)
-            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale since the epoch's fence check
-                FENCE.check()  # raises Superseded: the run ends KILLED, tagged
+            # failed as stale since the epoch's fence check; or paused mid-report, its session ended by the server
+            except (optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
+                FENCE.check()  # raises Superseded when the trial is no longer this worker's: the run ends KILLED
                 raise
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
