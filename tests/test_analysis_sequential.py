@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.sequential import MEASURED, Design, boundaries, nominal_levels, simulate, spent
+from analysis.sequential import Design
+from analysis.sequential_simulation import MEASURED, simulate
+from analysis.spending import boundaries, nominal_levels, spent
 
 
 def test_obrien_fleming_boundaries_match_the_published_values():
