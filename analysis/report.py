@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plan, plots, render, sections
+from analysis import plan, plan_report, plots, render, sections
 from analysis.paired import (
     FOLD,
     compare_axis,
@@ -205,7 +205,7 @@ def _plan_section(paired: dict, delta: float | None) -> list:
         plans = plan.plan_paired(paired, delta=delta)
     except LookupError:
         return []
-    return [plan.section(plans, render.figure)]
+    return [plan_report.section(plans, render.figure)]
 
 
 def build_report(campaign: str | list[str] | None = None, experiment: str | None = None, uri: str | None = None,

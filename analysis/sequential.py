@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from analysis.plan import t_parts, tost
+from analysis.power import t_parts, tost
 from analysis.results import ALPHA
 from analysis.spending import Spending, nominal_levels
 

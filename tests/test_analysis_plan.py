@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from analysis.plan import Components, Design, MetricPlan, equivalence_power, estimate, images_needed, mde, power
+from analysis.plan import MetricPlan, estimate
+from analysis.power import Components, Design, equivalence_power, images_needed, mde, power
 from analysis.stats import compare_arms
 
 HEADLINE = Components("dice", interaction_sd=0.04, noise_sd=0.05, seed_sd=0.004, fold_sd=0.003, effect=0.0)
@@ -65,7 +66,7 @@ def test_more_runs_or_images_never_raise_the_minimal_detectable_effect():
 def test_the_smallest_equivalence_margin_is_where_tost_reaches_the_power():
     """The margin per design is the equivalence analogue of the MDE: TOST's power (same simulated
     campaigns) crosses the target there, and more runs or images never widen it."""
-    from analysis.plan import equivalence_margin
+    from analysis.power import equivalence_margin
 
     design = Design(5, 3, 200)
     margin = equivalence_margin(HEADLINE, design)
@@ -108,7 +109,7 @@ def test_out_of_reach_names_the_largest_design_searched():
 
 
 def test_power_curve_ticks_are_few_round_values_inside_the_range():
-    from analysis.plan import _ticks
+    from analysis.plan_report import _ticks
 
     assert _ticks(0.0025, 0.027) == [0.005, 0.01, 0.02]
     many = _ticks(1e-4, 1.0)
