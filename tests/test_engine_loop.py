@@ -140,3 +140,28 @@ def test_threshold_auto_is_logged_and_a_number_keeps_todays_record(store, tmp_pa
     assert 0.05 <= auto.metrics["eval/threshold"] <= 0.95 and 0 <= auto.metrics["eval/val_dice_at_threshold"] <= 1
     fixed = MlflowClient(store).get_run(run("eval.threshold=0.5").run_id).data
     assert "eval/threshold" not in fixed.metrics
+
+
+def test_the_fence_asks_again_when_its_first_answer_fails():
+    """A worker woken from a pause inside a transaction finds its session ended by the server: the
+    first question fails, the second (a new connection) says the claim was lost, and the fence stops
+    the run before anything more is written. A storage that keeps failing stops nothing."""
+    from harness.engine.loop import FENCE, Superseded
+
+    answers = iter([ConnectionError("server closed the connection"), ("trial 2", "trial 1 is FAIL")])
+
+    def verify():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    FENCE.hold(verify)
+    try:
+        with pytest.raises(Superseded, match="trial 1 is FAIL") as stopped:
+            FENCE.check()
+        assert stopped.value.run_tags == {"superseded_by": "trial 2"}
+        FENCE.hold(lambda: 1 / 0)
+        FENCE.check()  # no answer at all: training goes on (the heartbeat decides)
+    finally:
+        FENCE.release()

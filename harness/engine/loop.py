@@ -64,12 +64,17 @@ class _Fence:
     verify = None  # Callable[[], tuple[str, str] | None] | None
 
     def check(self) -> None:
-        if not self.lost and self.verify is not None:
+        # Asked twice at most: a session the server ended while this process slept (a SIGSTOP inside a
+        # transaction: harness.sweeps.queue.IDLE_IN_TRANSACTION_S) fails once, and a new connection answers.
+        for _ in range(2):
+            if self.lost or self.verify is None:
+                break
             try:
                 if lost := self.verify():
                     self.by, self.lost = lost
+                break
             except Exception:  # the storage does not answer: the heartbeat rides that out, or self-fences
-                pass
+                continue
         if self.lost:
             raise Superseded(self.lost, self.by)
 
