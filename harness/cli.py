@@ -65,12 +65,20 @@ def _on_signal(ctrl_c: str):
     return terminate
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's stack to stderr (a worker that seems stuck); only where
+    stderr is a file (called in-process, as tests and notebooks do, it may not be)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no SIGUSR1 (Windows); io.UnsupportedOperation: no fileno
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = COMMANDS[args.command]
     quiet_library_bars()
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a worker that seems stuck
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _stacks_on_sigusr1()
     signal.signal(signal.SIGTERM, _on_signal(command.ctrl_c))
     signal.signal(signal.SIGINT, _on_signal(command.ctrl_c))
     try:
