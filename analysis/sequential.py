@@ -64,7 +64,8 @@ def unit_tests(per_unit: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarr
     the t over images (of the units' mean) and the t over units (their means over images); TOST: both
     t's within +-delta. The report's rule (analysis.stats) with its image bootstrap replaced by the t it
     approximates: 10,000 draws cannot give a p below 2e-4, and early looks test far lower (1e-5 at
-    look 3 of 10). The simulation (`simulate`) runs this same function, so it proves the applied rule."""
+    look 3 of 10). The simulation (analysis.sequential_simulation.simulate) runs this same function, so
+    it proves the applied rule."""
     d = per_unit.mean(axis=1)
     images, units = t_parts(d), t_parts(per_unit.mean(axis=2))
     with np.errstate(divide="ignore", invalid="ignore"):  # identical units: se 0, p 0 (or nan for a 0 mean)

@@ -9,8 +9,8 @@ import numpy as np
 from scipy import stats
 
 from analysis.results import ALPHA, LEVEL
-from analysis.sequential import Design, Spending, unit_tests
-from analysis.spending import nominal_levels
+from analysis.sequential import Design, unit_tests
+from analysis.spending import Spending, nominal_levels
 
 # The components of the paired Dice difference of a real campaign: first_comparison (the README's
 # walkthrough: mini set, 64 px, 2 seeds per arm; `python -m analysis.plan --campaign first_comparison`,

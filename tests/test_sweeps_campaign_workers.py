@@ -340,3 +340,20 @@ def test_an_undecided_look_is_printed_with_its_p_and_boundary(capsys):
     pending = [{"metric": "dice", "arms": ["unet", "resnet34_unet"], "look": 2, "verdict": text}]
     _print_look(None, {"stop": False, "look": 2, "decisions": [], "pending": pending}, "w0")
     assert capsys.readouterr().out == f"[w0] dice resnet34_unet vs unet: {text}\n"
+
+
+def test_postgresql_sessions_get_the_idle_limit_and_keep_the_urls_own_parameters():
+    """Every RDB storage's PostgreSQL sessions end after IDLE_IN_TRANSACTION_S idle in a transaction; a
+    URL's own options, connect_timeout and the like win over the harness's defaults (connect_args would
+    otherwise override them silently)."""
+    from harness.sweeps.queue import IDLE_IN_TRANSACTION_S, engine_settings
+
+    limit = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"
+    plain = engine_settings("postgresql://u@db/optuna")["connect_args"]
+    assert plain["options"] == limit and plain["connect_timeout"] == 10
+    own = engine_settings("postgresql://u@db/optuna?options=-csearch_path%3Dlab&connect_timeout=3")
+    assert own["connect_args"]["options"] == f"-csearch_path=lab {limit}"
+    assert "connect_timeout" not in own["connect_args"]  # the URL's 3 s stands
+    theirs = engine_settings("postgresql://u@db/optuna?options=-c%20idle_in_transaction_session_timeout%3D0")
+    assert theirs["connect_args"]["options"] == "-c idle_in_transaction_session_timeout=0"
+    assert engine_settings("sqlite:///q.db") == {"pool_pre_ping": True}

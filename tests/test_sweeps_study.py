@@ -225,7 +225,6 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(postgres, tmp_pat
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
 
 
-
 @pytest.mark.slow
 def test_a_worker_paused_inside_a_transaction_does_not_block_the_others(postgres):
     """A worker stopped between a statement and its commit holds the trial's row lock, and another worker's

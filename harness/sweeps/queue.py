@@ -101,20 +101,31 @@ IDLE_IN_TRANSACTION_S = 15
 def engine_settings(url: str) -> dict:
     """SQLAlchemy engine arguments for a shared RDB storage. Pre-ping: a connection the server dropped (a
     restart, an outage, the idle-in-transaction limit) is replaced, not used. PostgreSQL: a partition (packets
-    dropped, nothing refused) fails in ~10 s rather than hangs, and the idle-in-transaction limit above."""
+    dropped, nothing refused) fails in ~10 s rather than hangs, and the idle-in-transaction limit above. The
+    URL's own parameters win (connect_args would override them): its `options` are kept, the limit added
+    unless they set one."""
     engine: dict = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        engine["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5,
-                                  "keepalives_interval": 2, "keepalives_count": 3,
-                                  "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
+        from sqlalchemy.engine import make_url
+
+        given = make_url(url).query
+        defaults = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                    "keepalives_count": 3}
+        args = {k: v for k, v in defaults.items() if k not in given}
+        options = " ".join([given["options"]] if isinstance(given.get("options"), str) else given.get("options", ()))
+        if "idle_in_transaction_session_timeout" not in options:
+            options = f"{options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}".strip()
+        engine["connect_args"] = {**args, "options": options}
     return engine
 
 
 def rdb_storage(url: str, **kwargs):
-    """optuna's RDBStorage at `url`, with `engine_settings(url)`; a server that does not answer is a SpecError
-    naming the storage (its password hidden) with the driver's first line, not a SQLAlchemy traceback."""
+    """optuna's RDBStorage at `url`, with `engine_settings(url)` (a caller's engine_kwargs added to them); a
+    server that does not answer is a SpecError naming the storage (its password hidden) with the driver's
+    first line, not a SQLAlchemy traceback."""
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_settings(url), **kwargs)
+        engine = {**engine_settings(url), **kwargs.pop("engine_kwargs", {})}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
     except Exception as err:  # sqlalchemy's OperationalError, a missing driver, a malformed URL
         from sqlalchemy.engine import make_url
 

@@ -91,10 +91,12 @@ def make_objective(spec: StudySpec, base: Path, experiment: str, parent_run_id: 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             try:
                 report(epoch, metrics)
-            # failed as stale since the epoch's fence check; or paused mid-report, its session ended by the server
-            except (optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
-                FENCE.check()  # raises Superseded when the trial is no longer this worker's: the run ends KILLED
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale since the epoch's fence check
+                FENCE.check()  # raises Superseded: the run ends KILLED, tagged
                 raise
+            except optuna.exceptions.StorageInternalError:  # paused mid-report, its session ended by the server
+                FENCE.check()  # failed as stale meanwhile: Superseded
+                report(epoch, metrics)  # still this worker's (paused under grace_period): the server rolled it back
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             if epoch == 1:  # recorded early, so a trial whose worker is killed can still be traced
