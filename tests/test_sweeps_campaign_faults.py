@@ -28,11 +28,11 @@ QUEUED = r"queued \d+ of"  # the launcher has set up the MLflow store: the test'
 
 
 class Campaign:
-    """`python -m harness campaign` in a subprocess, its output read line by line as it comes."""
+    """`python -m harness campaign` (or `command`) in a subprocess, its output read line by line as it comes."""
 
-    def __init__(self, path: Path, tmp_path: Path, uri: str, *args: str):
+    def __init__(self, path: Path, tmp_path: Path, uri: str, *args: str, command: str = "campaign"):
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness", "campaign", str(path), *args], cwd=tmp_path,
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness", command, str(path), *args], cwd=tmp_path,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
@@ -300,13 +300,9 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
     spec = tmp_path / "paused_study.yaml"
     spec.write_text(yaml.safe_dump(study_file))
     storage, uri = f"{server}/campaign", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "study", str(spec), "n_trials=3", "pruner=none",
-                             "heartbeat_interval=1", "grace_period=4", "--workers", "2", "--storage", storage],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    study_cli = Campaign(spec, tmp_path, uri, "n_trials=3", "pruner=none", "heartbeat_interval=1", "grace_period=4",
+                         "--workers", "2", "--storage", storage, command="study")
+    proc = study_cli.proc
     polled = optuna.storages.RDBStorage(storage)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # both workers inside a trial, past its first epoch
@@ -333,12 +329,12 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
         resumed_at = time.time()
         os.kill(workers[0], signal.SIGCONT)
     if not retried or not _ended(proc, 600):
-        _stacks_then_kill(proc, workers, reader)
+        _stacks_then_kill(proc, workers, study_cli.reader)
         states = [(t.number, t.state.name) for t in optuna.load_study(study_name="debug_study", storage=polled).trials]
         pytest.fail(f"{'no retry COMPLETE while paused' if not retried else 'the study did not end'}; trials "
-                    f"{states}; output (with each worker's stacks):\n{''.join(lines)[-12000:]}")
-    reader.join(timeout=30)
-    out = "".join(lines)
+                    f"{states}; output (with each worker's stacks):\n{study_cli.out[-12000:]}")
+    study_cli.finish(timeout=60)
+    out = study_cli.out
     assert proc.returncode == 0, out[-4000:]
     study = optuna.load_study(study_name="debug_study", storage=polled)
     polled.engine.dispose()

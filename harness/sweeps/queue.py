@@ -112,7 +112,8 @@ def engine_settings(url: str) -> dict:
         defaults = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                     "keepalives_count": 3}
         args = {k: v for k, v in defaults.items() if k not in given}
-        options = " ".join([given["options"]] if isinstance(given.get("options"), str) else given.get("options", ()))
+        options = given.get("options", "")  # a tuple when the URL repeats it
+        options = options if isinstance(options, str) else " ".join(options)
         if "idle_in_transaction_session_timeout" not in options:
             options = f"{options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}".strip()
         engine["connect_args"] = {**args, "options": options}
