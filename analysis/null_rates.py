@@ -17,14 +17,8 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
-from analysis.stats import (
-    contrast_draws,
-    excludes_zero,
-    fold_contrast_draws,
-    fold_contrast_t,
-    percentile_interval,
-    run_contrast_t,
-)
+from analysis.intervals import contrast_draws, fold_contrast_draws, fold_contrast_t, percentile_interval, run_contrast_t
+from analysis.results import excludes_zero
 
 IMAGES = 200
 SEEDS_PER_FOLD = 3

@@ -191,7 +191,7 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None, de
     rows = [{"metric": METRICS.get(d.metric, d.metric), "A": d.arms[0], "B": d.arms[1], "decision": d.verdict,
              "look (blocks)": d.look, "level (boundary)": float(f"{d.level:.4g}"), "p": float(f"{d.p:.4g}"),
              "p equivalence (TOST)": "" if d.p_equivalence is None else float(f"{d.p_equivalence:.4g}"),
-             "interval at the look's level": f"[{d.interval[0]:+.4f}, {d.interval[1]:+.4f}]"}
+             "interval at the look's level": d.interval_text()}
             for d in [*r.decisions, *r.pending]]
     table = render.html_table(pd.DataFrame(rows), index=False) if rows else "<p>No look taken yet.</p>"
     return [render.fragment("sections/sequential.html.j2", design=design, family=r.family, recorded=r.recorded,

@@ -118,6 +118,17 @@ class Decision:
         eq = f", {self.p_equivalence:.3g} for equivalence" if self.p_equivalence is not None else ""
         return f"{self.verdict} at look {self.look} (p {self.p:.3g} for real{eq}; boundary {self.level:.3g})"
 
+    def interval_text(self) -> str:
+        """The interval as printed: '[-0.0161, -0.0113]', cut to [-1, +1] (the headline metrics lie in
+        [0, 1], so no difference lies outside), or 'unbounded at this look' where it covers all of that:
+        at an early look a t on 1 df at the boundary's level (e.g. 4.7e-08) bounds nothing."""
+        if self.interval is None:
+            return "none"
+        low, high = max(self.interval[0], -1.0), min(self.interval[1], 1.0)
+        if low <= -1.0 and high >= 1.0:
+            return "unbounded at this look"
+        return f"[{low:+.4f}, {high:+.4f}]"
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -325,8 +336,7 @@ def _replay_main(campaigns: list[str], given: dict) -> int:
           f"looks from {o['min_blocks']} ({o['spending']}, delta {o['delta']:g}, {r.planned} blocks planned, family "
           f"of {r.family})")
     for d in [*r.decisions, *r.pending]:
-        low, high = d.interval or (float("nan"),) * 2
-        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.text()}; interval [{low:+.4f}, {high:+.4f}]")
+        print(f"  {d.metric}: {d.arms[1]} vs {d.arms[0]}: {d.text()}; interval {d.interval_text()}")
     if not r.stop:
         print(f"no look taken: a look needs {o['min_blocks']} complete blocks (a cell of every arm each)")
     elif r.stopped:

@@ -94,3 +94,20 @@ def test_the_look_rule_is_scipys_tests_on_the_units():
         assert (low > 0 or high < 0) == (p_t < level)
     ci = stats.ttest_1samp(means, 0).confidence_interval(0.95)
     assert unit_interval(per_unit, 0.05) == pytest.approx((ci.low, ci.high))  # 4 units: the wider one
+
+
+def test_an_interval_no_wider_than_the_metrics_range_is_printed_and_a_wider_one_says_unbounded():
+    """Two folds at an early look: a t on 1 df at the boundary's level (4.7e-08) gives +-30,000, which
+    bounds nothing a [0, 1] metric's difference could be; the same runs at 0.05 give a real interval."""
+    from analysis.sequential import Decision, unit_interval
+
+    rng = np.random.default_rng(1)
+    per_unit = rng.normal(-0.014, 0.05, (2, 500)) + np.array([[0.002], [-0.002]])
+    early = Decision("dice", ("unet", "resnet34_unet"), "undecided", 2, 4.7e-8, 0.1,
+                     interval=unit_interval(per_unit, 4.7e-8))
+    assert early.interval[1] - early.interval[0] > 2 and early.interval_text() == "unbounded at this look"
+    low, high = unit_interval(per_unit, 0.05)
+    late = Decision("dice", ("unet", "resnet34_unet"), "undecided", 2, 0.05, 0.1, interval=(low, high))
+    assert -1 < low < high < 1 and late.interval_text() == f"[{low:+.4f}, {high:+.4f}]"
+    one_sided = Decision("dice", ("unet", "resnet34_unet"), "undecided", 2, 1e-4, 0.1, interval=(-1.7, 0.3))
+    assert one_sided.interval_text() == "[-1.0000, +0.3000]"  # cut where a difference cannot go
