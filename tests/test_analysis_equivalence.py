@@ -3,6 +3,8 @@ intervals, one error budget with "real", and the margin carried from the spec th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,5 +165,12 @@ def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, e
     matrix = {"seed": [0, 1], "data.fold": [0, 1], "model.arch": ["unet"], **extra}
     path.write_text(yaml.safe_dump({"name": "bad", "base": str(EXPERIMENTS / "debug.yaml"), "sequential": sequential,
                                     "matrix": matrix, "set": {"data.folds": 2}}))
-    with pytest.raises(SpecError, match=words):
+    with pytest.raises(SpecError, match=words) as exc:
         load_campaign_spec(path)
+    # the error names the sequential field and its line, even from a check of the whole campaign
+    where, field = re.search(r"bad.yaml:(\d+): field '([\w.]+)'", str(exc.value)).groups()
+    assert field.startswith("sequential")
+    if "." in field:  # the key's line, or its value's first line when the value is a block below it
+        lines = [n + 1 for n, line in enumerate(path.read_text().splitlines())
+                 if line.strip().startswith(field.split(".")[-1] + ":")]
+        assert int(where) - lines[0] in (0, 1)

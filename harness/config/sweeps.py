@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +268,18 @@ def load_campaign_spec(path: str | Path, overrides: list[str] = ()) -> tuple[Cam
     return load_plan(path, CampaignSpec, overrides)
 
 
+def _error_line(path: Path, node, cls: type[PlanSpec], error: dict) -> str:
+    """'file:line: field 'x.y': message' for one pydantic error. A check of the whole plan has no loc:
+    its message names the field (sequential.max_blocks, matrix, ...), and the line is that field's."""
+    loc, msg = tuple(str(k) for k in error["loc"]), error["msg"].removeprefix("Value error, ")
+    if not loc:
+        named = re.search(r"\b(" + "|".join(map(re.escape, cls.model_fields)) + r")\b((?:\.\w+)*)", msg)
+        loc = (named[1], *named[2].split(".")[1:]) if named else ()
+    line = next((n for n in (line_of(node, loc[:k]) for k in range(len(loc), 0, -1)) if n != "?"), "1")
+    label = ".".join(loc) or cls.__name__.removesuffix("Spec").lower()
+    return f"{path}:{line}: field '{label}': {msg}"
+
+
 def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):
     """Validate a plan and check its fields and values against the base experiment spec.
 
@@ -280,8 +293,7 @@ def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):
     try:
         spec = cls.model_validate(data)
     except ValidationError as err:
-        lines = [f"{path}:{line_of(node, tuple(str(k) for k in e['loc'][:1]))}: field "
-                 f"'{'.'.join(str(k) for k in e['loc']) or '(study)'}': {e['msg']}" for e in err.errors()]
+        lines = [_error_line(path, node, cls, e) for e in err.errors()]
         raise SpecError(f"invalid {cls.__name__.removesuffix('Spec').lower()} spec\n  " + "\n  ".join(lines)) from None
     base = (path.parent / spec.base).resolve()
     if not base.is_file():
