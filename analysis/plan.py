@@ -67,11 +67,15 @@ def estimate(a: np.ndarray, b: np.ndarray, groups: tuple | None, metric: str) ->
     return Components(metric, np.sqrt(interaction), np.sqrt(noise), np.sqrt(seed), np.sqrt(fold), float(d.mean()))
 
 
-def designs(current: Design, max_folds: int) -> list[tuple[str, Design]]:
-    """The designs a plan compares: the current one, more seeds, more folds (capped), 2x and 4x images."""
-    rows = [("current", current), ("2x seeds per fold" if current.folds else "2x seeds",
-                                   replace(current, seeds=2 * current.seeds)),
-            ("4x seeds per fold" if current.folds else "4x seeds", replace(current, seeds=4 * current.seeds))]
+def designs(current: Design, max_folds: int, declared: tuple | None = None) -> list[tuple[str, Design]]:
+    """The designs a plan compares: the current one, the campaign's declared (folds, seeds) when it has
+    one and it differs (a sequential campaign's max_blocks, read as a fixed design), more seeds, more
+    folds (capped), 2x and 4x images."""
+    rows = [("current", current)]
+    if declared and declared != (current.folds, current.seeds):
+        rows.append(("the campaign's design", Design(*declared, current.images)))
+    rows += [("2x seeds per fold" if current.folds else "2x seeds", replace(current, seeds=2 * current.seeds)),
+             ("4x seeds per fold" if current.folds else "4x seeds", replace(current, seeds=4 * current.seeds))]
     if current.folds:
         rows += [(f"{f} folds", replace(current, folds=f)) for f in sorted({min(2 * current.folds, max_folds),
                                                                              max_folds}) if f > current.folds]
@@ -165,14 +169,14 @@ class MetricPlan:
 
 def plan_comparison(a, b, groups, metric: str, settings: dict) -> MetricPlan:
     """A MetricPlan from the runs of two arms (a, b: (runs, images); groups: their folds, or None).
-    settings: delta, power, family, max_folds."""
+    settings: delta, power, family, max_folds, declared ((folds, seeds) the campaign declared, or None)."""
     c = estimate(a, b, groups, metric)
     delta, target, family, max_folds = (settings[k] for k in ("delta", "power", "family", "max_folds"))
     folds = len(set(np.asarray(groups[0]).tolist()) & set(np.asarray(groups[1]).tolist())) if groups else 0
     seeds = max(1, round(min(len(a), len(b)) / max(folds, 1)))
     current = Design(folds, seeds, a.shape[1])
     rows = tuple((name, d, mde(c, d, target, family), equivalence_margin(c, d, target, family))
-                 for name, d in designs(current, max_folds))
+                 for name, d in designs(current, max_folds, settings.get("declared")))
     z = stats.norm.ppf(1 - ALPHA / (2 * family)) + stats.norm.ppf(target)
     return MetricPlan(c, (), current, family, delta, target, rows,
                       cheapest(c, current, delta, target, family, max_folds),
@@ -194,14 +198,33 @@ def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds:
     strata = strata_of(axes, axis)
     scores = load_scores(runs, uri)
     paired = {m: paired_frames(runs, axis, uri, strata, scores, m) for m in headline_metrics(scores)}
-    return plan_paired(paired, delta, target, max_folds)
+    return plan_paired(paired, delta, target, max_folds, declared_design(runs, uri))
 
 
-def plan_paired(paired: dict, delta: float | None, target: float = 0.8,
-                max_folds: int = MAX_FOLDS) -> list[MetricPlan]:
+def declared_design(runs, uri: str | None = None) -> tuple[int, int] | None:
+    """(folds, seeds) a sequential campaign declared (its max_blocks: folds x seeds with blocks over
+    [seed, data.fold], the run's data.folds param; seeds alone with [seed]), or None: a fixed
+    campaign records no grid beyond the runs it has."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import tracking_uri
+    from analysis.sequential import recorded_design
+
+    design = recorded_design(runs)
+    if not design:
+        return None
+    if "data.fold" not in design["block"]:
+        return 0, int(design["max_blocks"])
+    folds = int(MlflowClient(tracking_uri(uri)).get_run(runs["run_id"].iloc[0]).data.params["data.folds"])
+    return folds, int(design["max_blocks"]) // folds
+
+
+def plan_paired(paired: dict, delta: float | None, target: float = 0.8, max_folds: int = MAX_FOLDS,
+                declared: tuple | None = None) -> list[MetricPlan]:
     """A MetricPlan per headline metric and compared level (against the first). paired: metric ->
     analysis.paired.Paired. With other axes varied, the first setting that has every level is the
-    pilot. family: the comparisons the report prints together. delta None: DELTA. LookupError while no
+    pilot. family: the comparisons the report prints together. delta None: DELTA. declared: the
+    campaign's (folds, seeds), a row of its own (`designs`). LookupError while no
     setting has two or more runs of two levels."""
     delta, plans = delta or DELTA, []
     for metric, p in paired.items():
@@ -217,7 +240,8 @@ def plan_paired(paired: dict, delta: float | None, target: float = 0.8,
                 raise LookupError(f"a plan needs two or more runs per arm ({first}: {len(a_cells)}, "
                                   f"{b}: {len(b_cells)})")
             groups = (p.groups[(s, first)], p.groups[(s, b)]) if p.groups else None
-            settings_ = {"delta": delta, "power": target, "family": family, "max_folds": max_folds}
+            settings_ = {"delta": delta, "power": target, "family": family, "max_folds": max_folds,
+                         "declared": declared}
             plans.append(replace(plan_comparison(a_cells, b_cells, groups, metric, settings_), arms=(first, b)))
     return plans
 

@@ -173,7 +173,7 @@ def _extra_sections(runs, axes: list[str], axis: str, context: dict) -> list:
             by = dice if axis == other else paired_frames(runs, other, uri, strata_of(axes, other), context["scores"])
             parts += sections.ablation(runs, other, by, render.figure)
     if context["conclusions"]:
-        parts += _plan_section(paired, context["margin"])
+        parts += _plan_section(paired, context["margin"], plan.declared_design(runs, uri))
     if context["design"]:
         parts += _sequential_section(runs, axes, context["uri"], context["design"])
     return parts
@@ -198,11 +198,12 @@ def _sequential_section(runs: pd.DataFrame, axes: list[str], uri: str | None, de
                             stopped=r.stopped, stop=r.stop, table=render.Markup(table))]
 
 
-def _plan_section(paired: dict, delta: float | None) -> list:
+def _plan_section(paired: dict, delta: float | None, declared: tuple | None = None) -> list:
     """How many runs the comparison needs (analysis.plan) to detect `delta` (the campaign's margin; None:
-    the plan's default); nothing while an arm has a single run (no seed-to-seed spread to plan from)."""
+    the plan's default), with the campaign's declared design as a row; nothing while an arm has a single
+    run (no seed-to-seed spread to plan from)."""
     try:
-        plans = plan.plan_paired(paired, delta=delta)
+        plans = plan.plan_paired(paired, delta=delta, declared=declared)
     except LookupError:
         return []
     return [plan_report.section(plans, render.figure)]

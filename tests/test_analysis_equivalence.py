@@ -137,6 +137,9 @@ def test_a_sequential_campaign_stops_once_every_comparison_is_decided(store, tmp
 
     assert {p.delta for p in plan_campaign("seq", None)} == {100.0}
     assert {p.delta for p in plan_campaign("seq", 0.02)} == {0.02}
+    rows = {name: (d.folds, d.seeds) for name, d, *_ in plan_campaign("seq", None)[0].rows}
+    assert rows["current"] == (2, 1) and rows["the campaign's design"] == (2, 2)  # 4 blocks over 2 folds
+    assert "the campaign&#39;s design" in page or "the campaign's design" in page
     from harness.sweeps.campaign import print_status
 
     capsys.readouterr()
