@@ -202,21 +202,31 @@ def plan_campaign(campaign, delta: float | None, target: float = 0.8, max_folds:
 
 
 def declared_design(runs, uri: str | None = None) -> tuple[int, int] | None:
-    """(folds, seeds) a sequential campaign declared (its max_blocks: folds x seeds with blocks over
-    [seed, data.fold], the run's data.folds param; seeds alone with [seed]), or None: a fixed
-    campaign records no grid beyond the runs it has."""
+    """(folds, seeds) a sequential campaign declared: its max_blocks over [seed, data.fold] blocks as
+    folds x seeds, over [seed] as seeds (folds 0). Folds: the design tag's own, else (records made
+    before the tag had it) the runs' data.folds param, which assumes the matrix lists every fold. None
+    for a fixed campaign (it records no grid beyond its runs), pooled campaigns, runs whose designs
+    differ, a design without max_blocks, or a max_blocks that is no whole number of seeds."""
+    import json
+
     from mlflow.tracking import MlflowClient
 
     from analysis.runs import tracking_uri
-    from analysis.sequential import recorded_design
 
-    design = recorded_design(runs)
-    if not design:
+    tags = runs["campaign.sequential"].dropna() if "campaign.sequential" in runs else []
+    if not len(tags) or runs["campaign"].nunique() > 1:
         return None
-    if "data.fold" not in design["block"]:
-        return 0, int(design["max_blocks"])
-    folds = int(MlflowClient(tracking_uri(uri)).get_run(runs["run_id"].iloc[0]).data.params["data.folds"])
-    return folds, int(design["max_blocks"]) // folds
+    designs = [json.loads(t) for t in tags]
+    if len({(tuple(d["block"]), d.get("max_blocks")) for d in designs}) > 1 or not designs[0].get("max_blocks"):
+        return None
+    blocks = int(designs[0]["max_blocks"])
+    if "data.fold" not in designs[0]["block"]:
+        return 0, blocks
+    folds = next((int(d["folds"]) for d in designs if d.get("folds")), None)
+    if folds is None:
+        params = MlflowClient(tracking_uri(uri)).get_run(runs.loc[tags.index[0], "run_id"]).data.params
+        folds = int(params.get("data.folds") or 0)
+    return (folds, blocks // folds) if folds and blocks >= folds and blocks % folds == 0 else None
 
 
 def plan_paired(paired: dict, delta: float | None, target: float = 0.8, max_folds: int = MAX_FOLDS,

@@ -170,9 +170,10 @@ def test_a_sequential_design_that_cannot_work_is_refused(tmp_path, sequential, e
                                     "matrix": matrix, "set": {"data.folds": 2}}))
     with pytest.raises(SpecError, match=words) as exc:
         load_campaign_spec(path)
-    # the error names the sequential field and its line, even from a check of the whole campaign
+    # the error names the field (sequential.*, or the matrix for the arms) and its line, even from a
+    # check of the whole campaign
     where, field = re.search(r"bad.yaml:(\d+): field '([\w.]+)'", str(exc.value)).groups()
-    assert field.startswith("sequential")
+    assert field == "matrix" if words == "one axis besides" else field.startswith("sequential")
     if "." in field:  # the key's line, or its value's first line when the value is a block below it
         lines = [n + 1 for n, line in enumerate(path.read_text().splitlines())
                  if line.strip().startswith(field.split(".")[-1] + ":")]

@@ -137,3 +137,52 @@ def test_a_small_pilot_says_what_it_cannot_estimate():
     flat = replace(pilot, seed_sd=0.0, fold_sd=0.0)  # two folds that happened to agree
     assert "came out 0" in replace(plan(Design(2, 1, 400)), components=flat).caveat()
     assert Design(2, 1, 400).label() == "2 folds x 1 seed, 400 images (4 runs)"
+
+
+def _tagged(*designs, campaign=("c",)):
+    import json
+
+    import pandas as pd
+
+    return pd.DataFrame({"run_id": [f"r{i}" for i in range(len(designs))],
+                         "campaign": [campaign[i % len(campaign)] for i in range(len(designs))],
+                         "campaign.sequential": [json.dumps(d) if d else None for d in designs]})
+
+
+@pytest.mark.parametrize("designs, campaigns, expected", [
+    ([None, None], ("c",), None),  # a fixed campaign records no grid
+    ([{"block": ["seed"], "max_blocks": 6}], ("c",), (0, 6)),
+    ([{"block": ["seed", "data.fold"], "max_blocks": 9, "folds": 3}] * 2, ("c",), (3, 3)),
+    ([{"block": ["seed", "data.fold"], "max_blocks": 3, "folds": 5}], ("c",), None),  # under one seed of folds
+    ([{"block": ["seed", "data.fold"], "max_blocks": 7, "folds": 5}], ("c",), None),  # no whole number of seeds
+    ([{"block": ["seed", "data.fold"], "max_blocks": None}], ("c",), None),  # an early record: unresolved
+    ([{"block": ["seed"], "max_blocks": 6}, {"block": ["seed"], "max_blocks": 4}], ("c",), None),  # edited
+    ([{"block": ["seed"], "max_blocks": 6}, None], ("c", "d"), None),  # pooled with another campaign
+])
+def test_the_declared_design_is_read_only_where_the_record_says_it(designs, campaigns, expected):
+    from analysis.plan import declared_design
+
+    assert declared_design(_tagged(*designs, campaign=campaigns)) == expected
+
+
+def test_a_design_recorded_before_its_fold_count_reads_the_runs_data_folds(monkeypatch):
+    """Tags written before `folds` was recorded: data.folds of a run that carries the tag."""
+    from types import SimpleNamespace
+
+    import mlflow.tracking
+
+    from analysis.plan import declared_design
+
+    asked = []
+
+    class Client:
+        def __init__(self, uri):
+            pass
+
+        def get_run(self, run_id):
+            asked.append(run_id)
+            return SimpleNamespace(data=SimpleNamespace(params={"data.folds": "5"}))
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Client)
+    runs = _tagged(None, {"block": ["seed", "data.fold"], "max_blocks": 10})
+    assert declared_design(runs, "sqlite://") == (5, 2) and asked == ["r1"]

@@ -284,3 +284,30 @@ def test_bad_sweep_and_weights_inputs_exit_2_with_one_line(tmp_path, capsys, mon
         with pytest.raises(WeightsUnavailable, match="not a state dict loadable with weights_only=True") as raised:
             _from_file(str(tmp_path / name))
         assert "weights_only=False" not in str(raised.value)
+
+
+@pytest.mark.parametrize("kind, text, field", [
+    ("campaign", "matrix:\n  variant: [a, b]\n  seed: [0]\n", "matrix"),
+    ("campaign", "matrix:\n  seed: [0, 1]\nvariants:\n  a: {train.lr: 0.01}\n"
+                 "sequential:\n  delta: 0.01\n  block: [seed]\n", "variants"),
+    ("study", "search_space:\n  train.lr: {type: float, low: 0.001, high: 0.01}\nmetric: bogus\n", "metric"),
+    ("study", "search_space:\n  train.lr: {type: float, low: 0.001, high: 0.01}\nn_trials: null\n", "n_trials"),
+    ("study", "search_space:\n  train.lr: {type: float, low: 0.001, high: 0.01}\n"
+              "metrics: [val/dice, model/num_params]\ndirections: [maximize, minimize]\n"
+              "best: {metric: val/loss}\n", "best"),
+])
+def test_a_check_of_the_whole_plan_names_its_field_and_line(tmp_path, kind, text, field):
+    """A campaign's or study's check across fields (pydantic's model validator: no location of its
+    own) still says which field is wrong and where, not 'line 1'."""
+    import re
+
+    from harness.config.sweeps import load_campaign_spec, load_study_spec
+
+    path = tmp_path / f"bad_{kind}.yaml"
+    path.write_text(f"name: bad\nbase: {REPO / 'experiments' / 'debug.yaml'}\n{text}")
+    with pytest.raises(SpecError) as exc:
+        (load_campaign_spec if kind == "campaign" else load_study_spec)(path)
+    where = re.search(rf"bad_{kind}.yaml:(\d+): field '([\w.]+)': (.*)", str(exc.value))
+    assert where and where[2] == field and not where[3].startswith(f"{field}:")
+    key_line = next(n + 1 for n, line in enumerate(text.splitlines()) if line.startswith(f"{field}:")) + 2
+    assert int(where[1]) - key_line in (0, 1)  # the key's line, or its block value's first line

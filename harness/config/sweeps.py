@@ -110,9 +110,9 @@ class CampaignSpec(PlanSpec):
     @model_validator(mode="after")
     def _non_empty(self):
         if not (self.matrix or self.variants) or any(not v for v in self.matrix.values()):
-            raise ValueError("give a matrix (fields with non-empty lists of values) and/or variants")
+            raise ValueError("matrix: give a matrix (fields with non-empty lists of values) and/or variants")
         if "variant" in self.matrix:
-            raise ValueError("'variant' is the name of the variants axis; it cannot be a matrix field")
+            raise ValueError("matrix: 'variant' is the name of the variants axis; it cannot be a matrix field")
         if self.sequential is not None:
             self._check_sequential()
         return self
@@ -135,11 +135,11 @@ class CampaignSpec(PlanSpec):
         if self.delta is not None and self.delta != seq.delta:
             raise ValueError(f"delta {self.delta} and sequential.delta {seq.delta} differ: give one")
         if self.variants:
-            raise ValueError("a sequential campaign takes a matrix, not variants")
+            raise ValueError("variants: a sequential campaign takes a matrix, not variants")
         arms = [a for a, values in self.matrix.items() if a not in seq.block and len(values) > 1]
         if len(arms) != 1:  # its looks test the arms' comparisons only: other axes would widen the report's family
-            raise ValueError(f"a sequential campaign varies one axis besides {seq.block} (its arms); this matrix "
-                             f"varies {arms or 'none'}")
+            raise ValueError(f"matrix: a sequential campaign varies one axis besides {seq.block} (its arms); "
+                             f"this matrix varies {arms or 'none'}")
 
     def blocks(self) -> list[tuple]:
         """The sequential design's blocks in look order: (seed, fold) fold-major within seed, or (seed,)."""
@@ -234,7 +234,8 @@ class StudySpec(PlanSpec):
             raise ValueError(f"metrics repeat a name: {self.objectives}")
         for name in self.objectives:
             if not (name.startswith(("val/", "train/")) or name in ONCE_PER_TRIAL):
-                raise ValueError(f"objective {name!r}: an epoch metric (val/..., train/...) or one of "
+                field = "metrics" if self.metrics else "metric"
+                raise ValueError(f"{field}: objective {name!r}: an epoch metric (val/..., train/...) or one of "
                                  f"{', '.join(ONCE_PER_TRIAL)}")
         if self.multi_objective:
             if "pruner" not in self.model_fields_set:
@@ -251,7 +252,7 @@ class StudySpec(PlanSpec):
     @model_validator(mode="after")
     def _stop_rule(self):
         if self.n_trials is None and self.timeout is None:
-            raise ValueError("give n_trials, timeout or both")
+            raise ValueError("n_trials: give n_trials, timeout or both")
         if self.sampler == "grid" and any(p.type != "categorical" for p in self.search_space.values()):
             raise ValueError("sampler 'grid' needs every search_space entry to be categorical")
         return self
@@ -270,11 +271,12 @@ def load_campaign_spec(path: str | Path, overrides: list[str] = ()) -> tuple[Cam
 
 def _error_line(path: Path, node, cls: type[PlanSpec], error: dict) -> str:
     """'file:line: field 'x.y': message' for one pydantic error. A check of the whole plan has no loc:
-    its message names the field (sequential.max_blocks, matrix, ...), and the line is that field's."""
+    its message starts with the field ('sequential.max_blocks 30 exceeds ...', or 'matrix: ...', the
+    'field: ' then dropped), and the line is that field's (else the longest part of it found, else 1)."""
     loc, msg = tuple(str(k) for k in error["loc"]), error["msg"].removeprefix("Value error, ")
-    if not loc:
-        named = re.search(r"\b(" + "|".join(map(re.escape, cls.model_fields)) + r")\b((?:\.\w+)*)", msg)
-        loc = (named[1], *named[2].split(".")[1:]) if named else ()
+    named = None if loc else re.match(r"(\w+)((?:\.\w+)*)(: )?", msg)
+    if named and named[1] in cls.model_fields:
+        loc, msg = (named[1], *named[2].split(".")[1:]), msg[named.end():] if named[3] else msg
     line = next((n for n in (line_of(node, loc[:k]) for k in range(len(loc), 0, -1)) if n != "?"), "1")
     label = ".".join(loc) or cls.__name__.removesuffix("Spec").lower()
     return f"{path}:{line}: field '{label}': {msg}"
