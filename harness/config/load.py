@@ -9,6 +9,7 @@ itself (sections, defaults, cross-field rules, the spec hash) is `harness.config
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def line_of(node, keys: tuple) -> str:
     return str(node.start_mark.line + 1)
 
 
-def _locate(chain, keys: tuple) -> str:
+def locate(chain, keys: tuple) -> str:
     """'file:line' of the nearest file in the chain that sets `keys` (or a prefix of them)."""
     for depth in range(len(keys), 0, -1):
         for path, node in chain:
@@ -205,7 +206,7 @@ def _check_read_paths(spec: "ExperimentSpec", chain) -> None:
     """A weights file the spec names must exist (and be a file) before anything runs."""
     weights = spec.model.encoder_weights
     if weights.endswith(WEIGHT_SUFFIXES) and not Path(weights).is_file():
-        raise SpecError(f"{_locate(chain, ('model', 'encoder_weights'))}: field 'model.encoder_weights': "
+        raise SpecError(f"{locate(chain, ('model', 'encoder_weights'))}: field 'model.encoder_weights': "
                         f"{weights} is not a file")
 
 
@@ -219,7 +220,7 @@ def _check_write_paths(spec: "ExperimentSpec", chain) -> None:
         path = Path(value).resolve()
         for protected in PROTECTED:
             if path == protected or protected in path.parents:
-                raise SpecError(f"{_locate(chain, ('data', key))}: field 'data.{key}': {path} is inside the "
+                raise SpecError(f"{locate(chain, ('data', key))}: field 'data.{key}': {path} is inside the "
                                 f"source tree ({protected}); a run writes there. Use a folder such as mlruns/cache")
 
 
@@ -230,16 +231,26 @@ def _defining_file(chain, keys) -> Path:
     return chain[0][0]
 
 
+def error_field(error: dict, fields) -> tuple[tuple, str]:
+    """(keys, message) of one pydantic error. A check of the whole model has no loc: where its message
+    starts with one of `fields` ('sequential.max_blocks 30 exceeds ...', or 'matrix: ...', the 'field: '
+    then dropped), that field is its place."""
+    keys, msg = tuple(str(k) for k in error["loc"]), error["msg"].removeprefix("Value error, ")
+    named = None if keys else re.match(r"(\w+)((?:\.\w+)*)(: )?", msg)
+    if named and named[1] in fields:
+        keys, msg = (named[1], *named[2].split(".")[1:]), msg[named.end():] if named[3] else msg
+    return keys, msg
+
+
 def _format_errors(err: ValidationError, chain) -> str:
     lines = []
     for e in err.errors():
-        keys = tuple(str(k) for k in e["loc"])
+        keys, msg = error_field(e, ExperimentSpec.model_fields)
         field = ".".join(keys) or "(spec)"
-        msg = e["msg"]
         if e["type"] == "extra_forbidden":
             parent = _section_fields(keys[:-1])
             msg = f"unknown field; valid fields here: {', '.join(parent)}" if parent else "unknown field"
-        lines.append(f"{_locate(chain, keys)}: field '{field}': {msg}")
+        lines.append(f"{locate(chain, keys)}: field '{field}': {msg}")
     return "invalid spec\n  " + "\n  ".join(lines)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.config.catalog import PRUNERS, SAMPLERS
-from harness.config.load import SpecError, line_of, load_spec, read_yaml
+from harness.config.load import SpecError, error_field, line_of, load_spec, locate, read_yaml
 
 
 class Param(BaseModel):
@@ -270,16 +269,10 @@ def load_campaign_spec(path: str | Path, overrides: list[str] = ()) -> tuple[Cam
 
 
 def _error_line(path: Path, node, cls: type[PlanSpec], error: dict) -> str:
-    """'file:line: field 'x.y': message' for one pydantic error. A check of the whole plan has no loc:
-    its message starts with the field ('sequential.max_blocks 30 exceeds ...', or 'matrix: ...', the
-    'field: ' then dropped), and the line is that field's (else the longest part of it found, else 1)."""
-    loc, msg = tuple(str(k) for k in error["loc"]), error["msg"].removeprefix("Value error, ")
-    named = None if loc else re.match(r"(\w+)((?:\.\w+)*)(: )?", msg)
-    if named and named[1] in cls.model_fields:
-        loc, msg = (named[1], *named[2].split(".")[1:]), msg[named.end():] if named[3] else msg
-    line = next((n for n in (line_of(node, loc[:k]) for k in range(len(loc), 0, -1)) if n != "?"), "1")
-    label = ".".join(loc) or cls.__name__.removesuffix("Spec").lower()
-    return f"{path}:{line}: field '{label}': {msg}"
+    """'file:line: field 'x.y': message' for one pydantic error (a whole-plan check: `error_field`)."""
+    keys, msg = error_field(error, cls.model_fields)
+    label = ".".join(keys) or cls.__name__.removesuffix("Spec").lower()
+    return f"{locate([(path, node)], keys)}: field '{label}': {msg}"
 
 
 def load_plan(path: str | Path, cls: type[PlanSpec], overrides: list[str] = ()):

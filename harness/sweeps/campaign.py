@@ -308,7 +308,7 @@ def _design(spec: CampaignSpec) -> str:
     """The sequential design as recorded on each run (tag campaign.sequential), max_blocks resolved: the
     report redraws the looks from it, at the boundaries the campaign used; with folds in its blocks, their
     count (`make plan` reads max_blocks as folds x seeds)."""
-    design = spec.sequential.model_copy(update={"max_blocks": spec.last_block()}).model_dump(mode="json")
+    design = {**spec.sequential.model_dump(mode="json"), "max_blocks": spec.last_block()}
     if "data.fold" in spec.sequential.block:
         design["folds"] = len(spec.matrix["data.fold"])
     return json.dumps(design, separators=(",", ":"))
