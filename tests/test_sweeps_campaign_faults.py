@@ -8,8 +8,10 @@ workers on several machines share; an MLflow tracking server's outage is MLflow'
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -113,6 +115,31 @@ def _holder_pid(name: str, storage_url: str | None, cell_arch: str) -> tuple[str
     return worker, int(worker.split(":")[-1].split("#")[0])
 
 
+def _pause_between_store_writes(pid: int, uri: str, tries: int = 100) -> int:
+    """SIGSTOP `pid` at a moment it holds no lock on the SQLite MLflow store at `uri`.
+
+    SQLite locks the whole file, and nothing ends a sleeping holder's lock (PostgreSQL's queue sessions
+    have idle_in_transaction_session_timeout): a worker stopped inside a store read or write blocks the
+    others' writes, which fail after MLflow's 20 s busy timeout (docs/runs.md). Stopped at random, a
+    process logging metrics held such a lock 15 times in 30. These tests are about the queue's handover, so
+    the worker is stopped between its store calls: stopped, then continued and stopped again a moment
+    later while an exclusive lock on the file cannot be had. Returns how many stops that took."""
+    db = uri.removeprefix("sqlite:///")
+    for attempt in range(1, tries + 1):
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(db, timeout=5)  # the running workers' transactions are short: wait them out
+        try:
+            probe.execute("BEGIN EXCLUSIVE")
+            probe.rollback()
+            return attempt
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(random.uniform(0.05, 0.3))
+        finally:
+            probe.close()
+    raise AssertionError(f"worker {pid} held a lock on {db} each of {tries} times it was stopped")
+
+
 @pytest.fixture
 def server():
     from pg import postgres_server
@@ -138,7 +165,7 @@ def test_a_worker_paused_past_the_stale_limit_is_superseded(queue, tmp_path, mon
     paused_run = _training(uri, name, 2)[0]
     arch = paused_run.data.tags["cell.model.arch"]
     worker, pid = _holder_pid(name, storage, arch)
-    os.kill(pid, signal.SIGSTOP)
+    stops = _pause_between_store_writes(pid, uri)
     client = MlflowClient(uri)
     epochs_at_pause = len(client.get_metric_history(paused_run.info.run_id, "val/dice"))
     before = _store(uri, name)
@@ -152,7 +179,7 @@ def test_a_worker_paused_past_the_stale_limit_is_superseded(queue, tmp_path, mon
     assert campaign.finish() == 0, campaign.out[-4000:]
     after = _store(uri, name)
     with capsys.disabled():
-        print(f"\n[{queue}] paused {worker} on arch={arch}\nbefore the handover:\n{before}\n"
+        print(f"\n[{queue}] paused {worker} on arch={arch} (stop {stops})\nbefore the handover:\n{before}\n"
               f"handed on and finished by {other[1]}:\n{during}\nafter the paused worker was continued:\n{after}")
     runs = _one_finished_run_per_cell(uri, name)
     assert len(runs) == 3  # the two cells' runs, and the paused one
@@ -315,7 +342,7 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
             break
     workers = _children(proc.pid)
     assert len(workers) == 2
-    os.kill(workers[0], signal.SIGSTOP)
+    stops = _pause_between_store_writes(workers[0], uri)
     retried = False
     try:
         while time.monotonic() < deadline:  # the other worker failed the paused trial as stale and retried it
@@ -354,6 +381,6 @@ def test_a_study_worker_paused_past_the_grace_period_is_superseded(server, tmp_p
     complete = {t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "COMPLETE"}
     assert {r.info.run_id for r in finished} == complete  # one FINISHED run per COMPLETE trial
     with capsys.disabled():
-        print(f"\n[study] trial {lost.number}: run {run.info.run_id[:8]} {run.info.status} "
+        print(f"\n[study] trial {lost.number} (paused at stop {stops}): run {run.info.run_id[:8]} {run.info.status} "
               f"superseded_by={run.data.tags['superseded_by']}, {len(logged)} epochs; retried as trial "
               f"{retry.number} ({retry.state.name}); states {[t.state.name for t in study.trials]}")
